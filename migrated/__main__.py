@@ -1,0 +1,3 @@
+from migrated.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Task states and the actions a person may take in each. Pure: imports nothing of ours.
+
+The console and the agent both check every transition here, so a task can
+only move along the edges listed in ``_EDGES``; anything else is a bug or a
+stale command and raises :class:`IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    CREATED = "created"
+    SCHEDULED = "scheduled"
+    STARTING = "starting"
+    TRANSFERRING = "transferring"
+    PAUSED = "paused"
+    VERIFYING = "verifying"
+    SUCCESS = "success"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+    @property
+    def finished(self) -> bool:
+        """No agent work remains (the task may still be deleted)."""
+        return self in (TaskState.SUCCESS, TaskState.DELETED)
+
+    @property
+    def active(self) -> bool:
+        """An agent is (or should be) working on it right now."""
+        return self in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.VERIFYING)
+
+
+class Action(StrEnum):
+    START = "start"
+    PAUSE = "pause"
+    RETRY = "retry"
+    DELETE = "delete"
+
+
+S = TaskState
+
+# (from, to) -> why the edge exists
+_EDGES: dict[tuple[TaskState, TaskState], str] = {
+    (S.CREATED, S.SCHEDULED): "a start time was set; the scheduler will start it",
+    (S.SCHEDULED, S.CREATED): "the schedule was cleared",
+    (S.CREATED, S.STARTING): "start by a person",
+    (S.SCHEDULED, S.STARTING): "the scheduled time came, or a person started it early",
+    (S.PAUSED, S.STARTING): "start/resume after a pause: continues from the checkpoint",
+    (S.FAILED, S.STARTING): "retry after a failure: continues from the checkpoint",
+    (S.STARTING, S.TRANSFERRING): "target initialised, receiver running, capacity checked",
+    (S.TRANSFERRING, S.PAUSED): "pause: flushed and checkpointed",
+    (S.TRANSFERRING, S.STARTING): "the agent restarted or reconnected mid-transfer and re-initialises",
+    (S.TRANSFERRING, S.VERIFYING): "all blocks durable; checksum verification asked for",
+    (S.TRANSFERRING, S.SUCCESS): "all blocks durable; no verification asked for",
+    (S.VERIFYING, S.SUCCESS): "every target block matches the source",
+    (S.STARTING, S.FAILED): "initialisation failed (unreachable target, too small, checks)",
+    (S.TRANSFERRING, S.FAILED): "a permanent error, or temporary ones past their deadline",
+    (S.VERIFYING, S.FAILED): "blocks still differ after re-sending",
+    (S.PAUSED, S.FAILED): "the paused task can no longer continue (source gone)",
+    (S.CREATED, S.DELETED): "deleted before it ever started",
+    (S.SCHEDULED, S.DELETED): "deleted before its start time",
+    (S.PAUSED, S.DELETED): "deleted after a pause: checkpoint dropped, target released",
+    (S.FAILED, S.DELETED): "deleted after a failure: checkpoint dropped, target released",
+    (S.SUCCESS, S.DELETED): "the finished task is removed from the list",
+}
+
+# which states allow each action (what the console's DeniedActions are computed from)
+_ALLOWED: dict[Action, frozenset[TaskState]] = {
+    Action.START: frozenset({S.CREATED, S.SCHEDULED, S.PAUSED, S.FAILED}),
+    Action.RETRY: frozenset({S.PAUSED, S.FAILED}),
+    Action.PAUSE: frozenset({S.TRANSFERRING}),
+    Action.DELETE: frozenset({S.CREATED, S.SCHEDULED, S.PAUSED, S.FAILED, S.SUCCESS}),
+}
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, old: TaskState, new: TaskState) -> None:
+        super().__init__(f"task state cannot go from {old.value} to {new.value}")
+        self.old, self.new = old, new
+
+
+class ActionDenied(ValueError):
+    def __init__(self, action: Action, state: TaskState) -> None:
+        allowed = ", ".join(sorted(s.value for s in _ALLOWED[action]))
+        super().__init__(
+            f"cannot {action.value} a task that is {state.value}; {action.value} is allowed when {allowed}"
+        )
+        self.action, self.state = action, state
+
+
+def can_transition(old: TaskState, new: TaskState) -> bool:
+    return (old, new) in _EDGES
+
+
+def transition(old: TaskState, new: TaskState) -> str:
+    """Check the edge ``old -> new``; return why it exists (for the log line)."""
+    try:
+        return _EDGES[(old, new)]
+    except KeyError:
+        raise IllegalTransition(old, new) from None
+
+
+def allowed_actions(state: TaskState) -> list[Action]:
+    return [a for a in Action if state in _ALLOWED[a]]
+
+
+def denied_actions(state: TaskState) -> list[Action]:
+    return [a for a in Action if state not in _ALLOWED[a]]
+
+
+def check_action(action: Action, state: TaskState) -> None:
+    if state not in _ALLOWED[action]:
+        raise ActionDenied(action, state)
