@@ -188,3 +188,25 @@ async def test_sigterm_checkpoints_and_exits_130(sshd, tmp_path):
     assert rc == 0, err
     assert_same(src, dst)
     assert s["resumed"]
+
+
+async def test_small_scattered_writes_cost_about_their_size(sshd, tmp_path):
+    """4 KiB changes inside 64 KiB blocks travel as 4 KiB pieces (sub-block hashes), not whole blocks."""
+    import random
+
+    src = make_image(tmp_path / "src.img", 16 * MiB, seed=12, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    state = tmp_path / "state"
+    rc, _, err = await run_sync(sshd, src, dst, state=state)
+    assert rc == 0, err
+    rng = random.Random(5)
+    for flags in ((), ("--state-dir", str(tmp_path / "other"))):  # checkpoint trusted, then unknown target
+        with open(src, "r+b") as f:
+            for _ in range(40):
+                f.seek(rng.randrange(0, 16 * MiB // 4096) * 4096)
+                f.write(rng.randbytes(4096))
+        rc, s, err = await run_sync(sshd, src, dst, *flags, state=state)
+        assert rc == 0, err
+        assert_same(src, dst)
+        assert s["blocks_sent"] >= 30
+        assert s["bytes_sent"] <= 40 * (4096 + 512) + 64 * 1024, s  # whole blocks would be ~2.5 MiB

@@ -49,6 +49,8 @@ from migrated.transport.ssh import RecvChannel
 log = structlog.get_logger(__name__)
 
 HASH_LEN = wire.HASH_LEN
+SUB_BLOCK = 4096  # changed blocks the target holds data for are patched in pieces of this size
+MAX_WRITE = 1024 * 1024  # raw bytes per WRITE frame
 
 
 def default_state_dir() -> Path:
@@ -73,6 +75,7 @@ class SyncOptions:
     checkpoint_seconds: float = 5.0  # ... or after this long
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
     workers: int = 2
+    subblocks: bool = True  # patch changed blocks in 4 KiB pieces where the target holds data
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
 
     def validate(self) -> None:
@@ -318,6 +321,7 @@ class DiskSync:
         if self.hash_name is None:
             raise ProtocolError(f"no common hash with the receiver on {self.target_label} ({theirs_h})")
         self.hash = wire.hasher(self.hash_name)
+        self.subhash = self.opt.subblocks and "subhash" in (reply.get("features") or []) and self.bs >= SUB_BLOCK
         want = self.opt.compress
         if want == "auto":
             self.codec = "zstd" if "zstd" in theirs_c and "zstd" in wire.available_codecs() else "none"
@@ -404,10 +408,21 @@ class DiskSync:
                 zeros.append(False)
         return data, hashes, zeros
 
-    def _encode_runs(self, offset: int, data: bytes | None, runs, length: int) -> list[bytes]:
+    def _encode_runs(self, offset: int, data: bytes | None, runs, length: int,
+                     subs: dict[int, bytes] | None = None) -> list[bytes]:
+        """Frames for a chunk's ZERO and DATA runs. ``subs`` maps a block index to the target's
+        sub-block hashes: only the sub-blocks that differ from the source are sent for it."""
         frames: list[bytes] = []
-        bs = self.bs
+        bs, sub = self.bs, SUB_BLOCK
         mv = memoryview(data) if data is not None else None
+        ranges: list[list[int]] = []  # byte ranges [start, end) within the chunk to send as data
+
+        def add(start: int, end: int) -> None:
+            if ranges and ranges[-1][1] == start and end - ranges[-1][0] <= MAX_WRITE:
+                ranges[-1][1] = end
+            else:
+                ranges.append([start, end])
+
         for run in runs:
             start = run.first * bs
             end = min(length, (run.first + run.count) * bs)
@@ -415,8 +430,51 @@ class DiskSync:
                 frames.append(wire.pack_frame(wire.T_ZERO, wire.RANGE.pack(offset + start, end - start)))
             elif run.kind is Kind.DATA:
                 assert mv is not None
-                frames.append(_encode_write(offset + start, mv[start:end], self.codec))
+                for i in range(run.first, run.first + run.count):
+                    b0, b1 = i * bs, min(length, (i + 1) * bs)
+                    theirs = subs.get(i) if subs else None
+                    if theirs is None:
+                        add(b0, b1)
+                        continue
+                    for k, p in enumerate(range(b0, b1, sub)):
+                        q = min(b1, p + sub)
+                        if self.hash(mv[p:q]) != theirs[k * HASH_LEN:(k + 1) * HASH_LEN]:
+                            add(p, q)
+        assert mv is not None or not ranges
+        for a, b in ranges:
+            frames.append(_encode_write(offset + a, mv[a:b], self.codec))  # type: ignore[index]
         return frames
+
+    async def _ask_subhashes(self, offset: int, length: int, runs, tgt: list[bytes]) -> dict[int, bytes]:
+        """Ask the target for sub-block hashes of DATA blocks where it holds (non-zero) data."""
+        bs = self.bs
+        wanted = [i for r in runs if r.kind is Kind.DATA for i in range(r.first, r.first + r.count)
+                  if tgt[i] != self.zero_hash(min(bs, length - i * bs))]
+        groups: list[list[int]] = []  # [first block, count]
+        for i in wanted:
+            if groups and groups[-1][0] + groups[-1][1] == i and (groups[-1][1] + 1) * bs <= wire.MAX_SUBHASH_SPAN:
+                groups[-1][1] += 1
+            else:
+                groups.append([i, 1])
+        futs = []
+        for first, count in groups:
+            a, b = first * bs, min(length, (first + count) * bs)
+            req = wire.SUBRANGE.pack(offset + a, b - a, SUB_BLOCK)
+            futs.append((first, count, b - a, req, self.chan.request(wire.pack_frame(wire.T_SUBHASH, req),
+                                                                    wire.T_SUBHASHES)))
+            self.stats.bytes_sent += wire.HEADER.size + len(req)
+        subs: dict[int, bytes] = {}
+        per_block = bs // SUB_BLOCK * HASH_LEN
+        for first, count, nbytes, req, fut in futs:
+            reply = await fut
+            want = wire.SUBRANGE.size + wire.block_count(nbytes, SUB_BLOCK) * HASH_LEN
+            if len(reply) != want or reply[:wire.SUBRANGE.size] != req:
+                raise ProtocolError(f"receiver on {self.target_label} answered a sub-block hash request "
+                                    f"with {len(reply)} bytes that do not match it")
+            body = reply[wire.SUBRANGE.size:]
+            for j in range(count):
+                subs[first + j] = body[j * per_block:(j + 1) * per_block]
+        return subs
 
     def _is_hole(self, offset: int, length: int) -> bool:
         return not self.src.is_device and not self.src.data_ranges(offset, offset + length)
@@ -462,7 +520,8 @@ class DiskSync:
                 ch.data += r.count
                 ch.changed_bytes += nbytes
         if send and (ch.zero or ch.data):
-            ch.frames = await loop.run_in_executor(self.pool, self._encode_runs, offset, data, runs, length)
+            subs = await self._ask_subhashes(offset, length, runs, tgt) if self.subhash and ch.data else None
+            ch.frames = await loop.run_in_executor(self.pool, self._encode_runs, offset, data, runs, length, subs)
         # What the target holds once these frames are durable: the source's hashes, except blocks
         # that a check-only pass found different (their entries keep the target's hash).
         ch.entries = b"".join(src_hashes) if send else b"".join(tgt)

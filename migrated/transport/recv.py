@@ -50,6 +50,7 @@ T_OPEN, T_OPENED = 0x03, 0x04
 T_SETGEN, T_GENSET = 0x05, 0x06
 T_WRITE, T_ZERO = 0x10, 0x11
 T_HASH, T_HASHES = 0x12, 0x13
+T_SUBHASH, T_SUBHASHES = 0x14, 0x15
 T_FLUSH, T_FLUSHED = 0x20, 0x21
 T_BYE, T_BYE_OK = 0x30, 0x31
 T_ERROR = 0x7F
@@ -57,6 +58,10 @@ T_ERROR = 0x7F
 WRITE_HDR = struct.Struct(">QIB")  # offset, raw length, codec id
 RANGE = struct.Struct(">QQ")  # offset, length (ZERO, HASH, HASHES header)
 SEQ = struct.Struct(">Q")  # FLUSH / FLUSHED
+SUBRANGE = struct.Struct(">QQI")  # offset, length, sub-block size (SUBHASH, SUBHASHES header)
+MAX_SUBHASH_SPAN = 4 * 1024 * 1024
+MIN_SUB = 512
+FEATURES = ["subhash"]  # optional requests this receiver answers (same protocol version)
 
 CODEC_IDS = {"none": 0, "zlib": 1, "zstd": 2}
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
@@ -265,6 +270,8 @@ class Receiver:
                 self.on_zero(payload)
             elif ftype == T_HASH:
                 self.on_hash(payload)
+            elif ftype == T_SUBHASH:
+                self.on_subhash(payload)
             elif ftype == T_FLUSH:
                 if len(payload) != SEQ.size:
                     raise Fail("protocol", "bad FLUSH length")
@@ -292,7 +299,7 @@ class Receiver:
             raise Fail("protocol", f"no common protocol version (agent {versions}, receiver {PROTOCOL_VERSION})")
         self.send(pack_json(T_HELLO_OK, {
             "magic": MAGIC, "version": PROTOCOL_VERSION, "hashes": available_hashes(),
-            "codecs": available_codecs(), "max_payload": MAX_PAYLOAD, "pid": os.getpid(),
+            "codecs": available_codecs(), "max_payload": MAX_PAYLOAD, "pid": os.getpid(), "features": FEATURES,
         }))
 
     def on_open(self, payload: bytes) -> None:
@@ -442,6 +449,22 @@ class Receiver:
                 self._pwrite(bytes(n), pos)
             pos += n
 
+    def on_subhash(self, payload: bytes) -> None:
+        """Hashes of ``sub``-byte pieces of a range: lets the agent send only the changed pieces."""
+        if len(payload) != SUBRANGE.size:
+            raise Fail("protocol", "bad SUBHASH length")
+        offset, length, sub = SUBRANGE.unpack(payload)
+        self._check_range(offset, length)
+        why = _subhash_check(offset, length, sub, self.block_size)
+        if why:
+            raise Fail("protocol", why)
+        buf = os.pread(self.fd, length, offset)
+        if len(buf) != length:
+            raise Fail("target", f"short read at {offset}")
+        mv = memoryview(buf)
+        out = [payload] + [self.hash(mv[i:i + sub]) for i in range(0, length, sub)]
+        self.send(pack_frame(T_SUBHASHES, b"".join(out)))
+
     def on_hash(self, payload: bytes) -> None:
         if len(payload) != RANGE.size:
             raise Fail("protocol", "bad HASH length")
@@ -464,6 +487,14 @@ class Receiver:
                 out.append(self.hash(mv[i:i + bs]))
             pos += n
         self.send(pack_frame(T_HASHES, b"".join(out)))
+
+
+def _subhash_check(offset: int, length: int, sub: int, block_size: int) -> str | None:
+    if sub < MIN_SUB or sub > block_size or sub & (sub - 1):
+        return f"sub-block size {sub} not a power of two in [{MIN_SUB}, {block_size}]"
+    if offset % sub or length > MAX_SUBHASH_SPAN:
+        return f"SUBHASH range {offset}+{length} not aligned to {sub} or too long"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
