@@ -173,16 +173,14 @@ def sparse_copy(src: Path, dst: Path) -> None:
     subprocess.run(["cp", "--sparse=always", "--", str(src), str(dst)], check=True)
 
 
-def make_modified(base: Path, path: Path, fraction: float = 0.01, seed: int = 2) -> ImageStats:
-    """Copy ``base`` to ``path`` and rewrite about ``fraction`` of it in 4 KiB-1 MiB regions."""
-    start = time.monotonic()
-    size = base.stat().st_size
+def modify_in_place(path: Path, fraction: float = 0.01, seed: int = 2) -> tuple[int, int]:
+    """Rewrite about ``fraction`` of ``path`` (same inode) with random bytes in 4 KiB-1 MiB regions at
+    page-aligned offsets. Returns (bytes written, regions). Same size + fraction + seed = same edits."""
+    size = path.stat().st_size
     rng = random.Random(seed)
-    tmp = path.with_name(path.name + ".partial")
-    sparse_copy(base, tmp)
     budget = -(-int(size * fraction) // PAGE) * PAGE
     written = regions = 0
-    with open(tmp, "r+b") as f:
+    with open(path, "r+b") as f:
         while written < budget:
             left = -(-(budget - written) // PAGE) * PAGE  # rounded up to a page
             length = min(rng.randrange(1, 256 + 1) * PAGE, left)
@@ -191,8 +189,17 @@ def make_modified(base: Path, path: Path, fraction: float = 0.01, seed: int = 2)
             f.write(rng.randbytes(length))
             written += length
             regions += 1
+    return written, regions
+
+
+def make_modified(base: Path, path: Path, fraction: float = 0.01, seed: int = 2) -> ImageStats:
+    """Copy ``base`` to ``path`` (sparse) and :func:`modify_in_place` the copy."""
+    start = time.monotonic()
+    tmp = path.with_name(path.name + ".partial")
+    sparse_copy(base, tmp)
+    written, regions = modify_in_place(tmp, fraction, seed)
     os.replace(tmp, path)
-    return ImageStats(str(path), "modified", size, seed, {"rewritten": written}, regions,
+    return ImageStats(str(path), "modified", base.stat().st_size, seed, {"rewritten": written}, regions,
                       round(time.monotonic() - start, 2))  # fmt: skip
 
 

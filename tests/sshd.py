@@ -21,7 +21,8 @@ Contract of a started server:
   ``[127.0.0.1]:port``; ``host_key_line`` is that key as ``"ssh-ed25519 AAAA..."``;
 * ``Subsystem sftp internal-sftp`` is enabled; sshd logs (LogLevel ERROR) go to ``log_path``;
 * ``set_env`` (optional) is exported into every session via sshd's ``SetEnv`` (e.g. ``PYTHONPATH``
-  so a receiver runs from this checkout).
+  so a receiver runs from this checkout); ``extra_config`` lines are appended to sshd_config
+  (e.g. ``Ciphers aes128-gcm@openssh.com`` to force one cipher on every client).
 
 ``stop()`` kills the listener and every per-connection sshd it forked; it is idempotent.
 Needs root (sshd privilege separation wants ``/run/sshd``) and ``/usr/sbin/sshd``
@@ -33,15 +34,19 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import pytest
+try:  # the fixtures need pytest; the context manager (bench/, scripts/demo) does not
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None  # type: ignore[assignment]
 
 # One cipher for everything we compare (asyncssh, ssh, rsync over ssh): the fast one on this box.
 CIPHER = "aes128-gcm@openssh.com"
@@ -97,11 +102,13 @@ class LoopbackSshd:
         *,
         user: str | None = None,
         set_env: Mapping[str, str] | None = None,
+        extra_config: Sequence[str] = (),
         start_timeout: float = 15.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.user = user or getpass.getuser()
         self.set_env = dict(set_env or {})
+        self.extra_config = list(extra_config)
         self.start_timeout = start_timeout
         self.port = 0
         self.host_key = self.workdir / "ssh_host_ed25519_key"
@@ -171,6 +178,7 @@ class LoopbackSshd:
         ]
         if self.set_env:
             lines.append("SetEnv " + " ".join(f'{k}="{v}"' for k, v in self.set_env.items()))
+        lines += self.extra_config
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _wait_ready(self) -> bool:
@@ -258,8 +266,6 @@ class LoopbackSshd:
 
     def rsync_rsh(self) -> str:
         """Value for ``rsync -e`` (shell-quoted ssh command line)."""
-        import shlex
-
         return shlex.join(["ssh", *self.ssh_options()])
 
     def asyncssh_options(self) -> dict[str, object]:
@@ -274,31 +280,30 @@ class LoopbackSshd:
         }
 
 
-# -- pytest fixtures ---------------------------------------------------------------------------
+# -- pytest fixtures (only when pytest is importable) -------------------------------------------
 
+if pytest is not None:
 
-def _start_or_fail(workdir: Path) -> LoopbackSshd:
-    try:
-        return LoopbackSshd(workdir).start()
-    except FileNotFoundError as exc:
-        pytest.fail(str(exc))
+    def _start_or_fail(workdir: Path) -> LoopbackSshd:
+        try:
+            return LoopbackSshd(workdir).start()
+        except FileNotFoundError as exc:
+            pytest.fail(str(exc))
 
+    @pytest.fixture
+    def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
+        """A fresh real sshd on 127.0.0.1 for one test (see :class:`LoopbackSshd`)."""
+        server = _start_or_fail(tmp_path_factory.mktemp("sshd"))
+        try:
+            yield server
+        finally:
+            server.stop()
 
-@pytest.fixture
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
-    """A fresh real sshd on 127.0.0.1 for one test (see :class:`LoopbackSshd`)."""
-    server = _start_or_fail(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def sshd_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
-    """One real sshd shared by the whole session: do not stop it or change its files."""
-    server = _start_or_fail(tmp_path_factory.mktemp("sshd-session"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    @pytest.fixture(scope="session")
+    def sshd_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
+        """One real sshd shared by the whole session: do not stop it or change its files."""
+        server = _start_or_fail(tmp_path_factory.mktemp("sshd-session"))
+        try:
+            yield server
+        finally:
+            server.stop()
