@@ -6,9 +6,9 @@ Three kinds (same arguments + same seed = byte-identical output, on any machine)
   4 KiB): about 45 % zero runs (left as holes: the file is sparse), 35 % random bytes (incompressible,
   like compressed or encrypted data), 20 % log-like text (compressible, zstd about 0.3-0.45). The run
   shares are exact to within one 4 KiB page; the order of the runs is shuffled.
-* **modified** (``--modify PCT --from BASE``): a sparse copy of BASE with about PCT of its size
-  rewritten with random bytes in regions of 4 KiB-1 MiB at 4 KiB-aligned offsets (regions may land in
-  zero runs, as new files on a disk do).
+* **modified** (``--modify PCT --from BASE``; without ``--from``: OUTPUT edited in place): a sparse
+  copy of BASE with about PCT of its size rewritten with random bytes in regions of 4 KiB-1 MiB at
+  4 KiB-aligned offsets (regions may land in zero runs, as new files on a disk do).
 * **sparse** (``--sparse``, default 200 GiB): a file that is almost all holes, with a small realistic
   image (``--data``, default 64 MiB) at its start, middle and end: a huge disk with little on it.
 
@@ -16,6 +16,7 @@ Usage::
 
     python3 bench/gen_image.py /var/tmp/img/base.img --size 2GiB
     python3 bench/gen_image.py /var/tmp/img/mod.img --modify 1% --from /var/tmp/img/base.img
+    python3 bench/gen_image.py /var/tmp/img/base.img --modify 1%      # edit in place (same inode)
     python3 bench/gen_image.py /var/tmp/img/huge.img --sparse --size 200GiB
     ... add --json for a machine-readable summary.
 
@@ -243,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output", type=Path, help="image file to write (replaced if it exists)")
     p.add_argument("--size", type=parse_size, help="image size (realistic: 2GiB, sparse: 200GiB)")
     p.add_argument("--seed", type=int, help="RNG seed (default 1 realistic, 2 modify, 3 sparse)")
-    p.add_argument("--modify", type=parse_percent, metavar="PCT", help="rewrite about PCT (e.g. 1%%) of --from")
+    p.add_argument(
+        "--modify", type=parse_percent, metavar="PCT",
+        help="rewrite about PCT (e.g. 1%%) of a copy of --from, or of OUTPUT in place",
+    )
     p.add_argument("--from", dest="base", type=Path, help="base image for --modify")
     p.add_argument("--sparse", action="store_true", help="mostly-holes image (default 200GiB)")
     p.add_argument("--data", type=parse_size, default=64 * MiB, help="--sparse: realistic data per blob")
@@ -252,15 +256,23 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    if args.modify is not None and args.base is None:
-        p.error("--modify needs --from BASE")
+    if args.modify is not None and args.base is None and not args.output.is_file():
+        print(f"gen_image: --modify without --from edits OUTPUT in place, and it does not exist: {args.output}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.modify is not None and args.sparse:
         p.error("--modify and --sparse do not go together")
     if args.base is not None and not args.base.is_file():
         print(f"gen_image: base image not found: {args.base}", file=sys.stderr)
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    if args.modify is not None:
+    if args.modify is not None and args.base is None:
+        seed = 2 if args.seed is None else args.seed
+        begin = time.monotonic()
+        written, regions = modify_in_place(args.output, args.modify, seed)
+        stats = ImageStats(str(args.output), "modified in place", args.output.stat().st_size, seed,
+                           {"rewritten": written}, regions, round(time.monotonic() - begin, 2))  # fmt: skip
+    elif args.modify is not None:
         stats = make_modified(args.base, args.output, args.modify, 2 if args.seed is None else args.seed)
     elif args.sparse:
         stats = make_sparse(args.output, args.size or 200 * GiB, args.data, 3 if args.seed is None else args.seed)

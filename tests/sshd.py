@@ -7,6 +7,10 @@ One implementation, two ways in:
       with LoopbackSshd(Path("/tmp/x")) as server:
           subprocess.run([*server.ssh_argv(), "echo ok"])
 
+* a command line for shell scripts (``scripts/demo``): ``python3 -m tests.sshd start DIR`` starts a
+  detached sshd and prints ``SSHD_PORT=...`` style shell assignments (also written to ``DIR/sshd.env``);
+  ``python3 -m tests.sshd stop DIR`` stops it.
+
 * pytest fixtures (this module is a pytest plugin: ``pytest_plugins = ["tests.sshd"]``):
 
   - ``sshd``          a fresh server per test (function scope),
@@ -225,6 +229,17 @@ class LoopbackSshd:
         """Stop sshd and its per-connection children. Safe to call twice."""
         self._kill()
 
+    def shell_env(self) -> dict[str, str]:
+        """What a shell script needs to reach this server (see :func:`main`)."""
+        return {
+            "SSHD_PID": str(self.pid or ""),
+            "SSHD_HOST": self.host,
+            "SSHD_PORT": str(self.port),
+            "SSHD_USER": self.user,
+            "SSHD_KEY": str(self.client_key),
+            "SSHD_KNOWN_HOSTS": str(self.known_hosts),
+        }
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -280,6 +295,53 @@ class LoopbackSshd:
         }
 
 
+# -- command line (for shell scripts) ------------------------------------------------------------
+
+
+def stop_detached(workdir: Path) -> bool:
+    """Stop the sshd that ``start`` left running for ``workdir``. True if one was running."""
+    env_file = Path(workdir) / "sshd.env"
+    if not env_file.exists():
+        return False
+    values = dict(line.split("=", 1) for line in env_file.read_text().split() if "=" in line)
+    pid = int(values.get("SSHD_PID", "0").strip("'") or 0)
+    env_file.unlink()
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if b"sshd" not in cmdline:  # the pid was reused by something else: leave it alone
+        return False
+    for child in _children_of(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``start DIR [--set-env K=V ...]`` or ``stop DIR``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python3 -m tests.sshd", description="a loopback sshd for scripts")
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("workdir", type=Path)
+    p.add_argument("--set-env", action="append", default=[], metavar="K=V", help="SetEnv for sessions")
+    args = p.parse_args(argv)
+    if args.action == "stop":
+        stop_detached(args.workdir)
+        return 0
+    set_env = dict(item.split("=", 1) for item in args.set_env)
+    server = LoopbackSshd(args.workdir, set_env=set_env).start()  # not stopped: it outlives this process
+    text = "".join(f"{k}={shlex.quote(v)}\n" for k, v in server.shell_env().items())
+    (args.workdir / "sshd.env").write_text(text)
+    print(text, end="")
+    return 0
+
+
 # -- pytest fixtures (only when pytest is importable) -------------------------------------------
 
 if pytest is not None:
@@ -307,3 +369,7 @@ if pytest is not None:
             yield server
         finally:
             server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

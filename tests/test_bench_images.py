@@ -66,3 +66,14 @@ def test_cli_parses_units_and_rejects_bad_input(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert "base image not found" in run.stderr
+
+
+def test_modify_in_place_equals_modified_copy(tmp_path: Path) -> None:
+    make_realistic(tmp_path / "base.img", 16 * MiB, seed=1)
+    make_modified(tmp_path / "base.img", tmp_path / "copy.img", 0.05, seed=9)
+    inode = (tmp_path / "base.img").stat().st_ino
+    run = subprocess.run([sys.executable, str(REPO / "bench/gen_image.py"), str(tmp_path / "base.img"),
+                          "--modify", "5%", "--seed", "9"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "base.img").stat().st_ino == inode
+    assert (tmp_path / "base.img").read_bytes() == (tmp_path / "copy.img").read_bytes()
