@@ -40,6 +40,10 @@ How it measures (the same for every tool):
   process (GNU ``time -f %M``, i.e. ru_maxrss; a wrapper so that the RSS of this Python process from
   before exec does not count). **recv RSS**: the same sampled sum over the sshd session tree
   (sshd session processes + the remote rsync / cat / receiver).
+* **sender CPU**: user + system seconds of the command's process tree (GNU ``time`` %U + %S): much less
+  sensitive than wall time to other load on a shared machine.
+* ``--repeat N``: every row runs N times (interleaved); the table shows the median wall time, wire bytes
+  and CPU with the wall-time range, and the peak RSS over all runs. Every run is in the JSON.
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ class Run:
     wire_bytes: int = 0
     sender_rss: int = 0
     sender_maxrss: int = 0
+    sender_cpu_s: float = 0.0
     recv_rss: int = 0
     status: str = "ok"
     error: str = ""
@@ -163,6 +168,7 @@ class Row:
     wire_bytes: int = 0
     sender_rss: int = 0
     sender_maxrss: int = 0
+    sender_cpu_s: float = 0.0
     recv_rss: int = 0
     source_bytes: int = 0
     verified: bool = False
@@ -182,6 +188,7 @@ class Row:
         self.wire_bytes = int(statistics.median(r.wire_bytes for r in ok))
         self.sender_rss = max(r.sender_rss for r in self.runs)
         self.sender_maxrss = max(r.sender_maxrss for r in self.runs)
+        self.sender_cpu_s = statistics.median(r.sender_cpu_s for r in ok)
         self.recv_rss = max(r.recv_rss for r in self.runs)
         self.tool_report = run.tool_report
 
@@ -214,7 +221,7 @@ def run_measured(name: str, argv: list[str], *, sshd: LoopbackSshd, env: dict[st
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         # GNU time reports the exact kernel peak RSS (ru_maxrss) of the largest process in the tree; the
         # wait4 rusage of our own child would include the RSS of this Python process from before exec.
-        argv = ["/usr/bin/time", "-f", "%M", "-o", str(time_out), *argv]
+        argv = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(time_out), *argv]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                 start_new_session=True)  # fmt: skip
         assert sshd.pid is not None
@@ -245,9 +252,11 @@ def run_measured(name: str, argv: list[str], *, sshd: LoopbackSshd, env: dict[st
     run.wire_bytes = lo_tx_bytes() - wire0
     run.sender_rss, run.recv_rss = peaks["sender"], peaks["recv"]
     try:
-        run.sender_maxrss = int(time_out.read_text().split()[-1]) * 1024
-    except (OSError, ValueError, IndexError):
-        run.sender_maxrss = 0
+        maxrss_kib, user_s, sys_s = time_out.read_text().split()[-3:]
+        run.sender_maxrss = int(maxrss_kib) * 1024
+        run.sender_cpu_s = round(float(user_s) + float(sys_s), 2)
+    except (OSError, ValueError):
+        pass
     if status != 0:
         run.status = f"FAILED rc={status}"
         run.error = (run.error + " " + err_path.read_text(errors="replace")[-600:]).strip()
@@ -492,21 +501,23 @@ def render(result: dict[str, object]) -> str:
         return "" if v is None else f"{v:.2f}x"
 
     lines = [
-        "| phase | tool | wall s | MB/s | wire MiB | time vs rsync | wire vs rsync | sender RSS MiB (1 proc) "
-        "| recv RSS MiB | ok |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| phase | tool | wall s (range) | MB/s | wire MiB | time vs rsync | wire vs rsync | sender CPU s "
+        "| sender RSS MiB (1 proc) | recv RSS MiB | ok |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:  # type: ignore[union-attr]
         tool = r["tool"].replace("|", "\\|")
         if r["status"] == "not available" or r["status"].startswith("skipped"):
-            lines.append(f"| {r['phase']} | {tool} | {r['status']} | | | | | | | |")
+            lines.append(f"| {r['phase']} | {tool} | {r['status']} | | | | | | | | |")
             continue
         rate = r["source_bytes"] / r["wall_s"] / 1e6 if r["wall_s"] else 0
+        walls = [run["wall_s"] for run in r["runs"]]
+        spread = f" ({min(walls):.2f}-{max(walls):.2f})" if len(walls) > 1 else ""
         ok = "yes" if r["verified"] else r["status"]
         lines.append(
-            f"| {r['phase']} | {tool} | {r['wall_s']:.2f} | {rate:.0f} | {mib(r['wire_bytes'])} | "
-            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {mib(r['sender_rss'])} ({mib(r['sender_maxrss'])}) | "
-            f"{mib(r['recv_rss'])} | {ok} |"
+            f"| {r['phase']} | {tool} | {r['wall_s']:.2f}{spread} | {rate:.0f} | {mib(r['wire_bytes'])} | "
+            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} | "
+            f"{mib(r['sender_rss'])} ({mib(r['sender_maxrss'])}) | {mib(r['recv_rss'])} | {ok} |"
         )
     lines += ["", "| issue-2 target | measured | met |", "|---|---:|---|"]
     for t in result["targets"]:  # type: ignore[union-attr]
