@@ -1,0 +1,52 @@
+"""The daemon's subcommands of ``migrated``: ``run``, ``register``, ``check``, ``check-config``.
+
+``migrated/cli/main.py`` (the subcommand registry) calls :func:`register` with its
+argparse subparsers; each subcommand's handler is ``args.func(args) -> int`` and
+may raise :class:`~migrated.errors.MigratedError` (``main()`` maps it to an exit code).
+This module is also runnable by itself (``python -m migrated.cli.agent_cmds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from migrated.config import DEFAULT_CONFIG_PATH, load_config
+from migrated.errors import MigratedError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help=f"config file (default {DEFAULT_CONFIG_PATH}; missing default file = all defaults)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add run, register, check, check-config to ``migrated``'s subparsers."""
+    p = subparsers.add_parser("check-config", help="validate the config file (for ExecStartPre)")
+    _common(p)
+    p.set_defaults(func=cmd_check_config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    where = args.config or DEFAULT_CONFIG_PATH
+    print(f"{where}: OK (console {cfg.console.endpoint or 'not set'}, socket {cfg.control.socket})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="migrated")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MigratedError as e:
+        print(f"migrated: error: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
