@@ -26,7 +26,8 @@ to fix (the config key, the host, the disk), never a stack, and never a secret.
     ├── StateError                     exit 2   an action the task's state does not allow
     ├── DaemonNotRunning               exit 7   migratectl cannot reach the daemon
     ├── ControlAccessDenied            exit 8   migratectl may not use the control socket
-    └── DaemonAlreadyRunning           exit 2   a live daemon already owns the control socket
+    ├── DaemonAlreadyRunning           exit 2   a live daemon already owns the control socket
+    └── ChecksFailed                   exit 9   a pre-migration check failed (message lists them)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ExitCode(IntEnum):
     SOURCE = 6
     DAEMON_NOT_RUNNING = 7
     ACCESS_DENIED = 8
+    CHECKS_FAILED = 9
     INTERRUPTED = 130
 
 
@@ -165,3 +167,9 @@ class DaemonAlreadyRunning(MigratedError):
     """Another daemon answers on the control socket; refuse to start a second one."""
 
     exit_code = ExitCode.USAGE
+
+
+class ChecksFailed(MigratedError):
+    """A pre-migration check failed; the message names each failed check and what to do."""
+
+    exit_code = ExitCode.CHECKS_FAILED

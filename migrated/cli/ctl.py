@@ -10,7 +10,7 @@
 Exit codes (docs/exit-codes.md): 0 done; 2 bad arguments or an action the
 task's state does not allow; 3 the daemon reported a connection problem;
 7 the daemon is not running; 8 not allowed to use the socket (not root, not in
-the daemon's group); 1 anything else. ``check`` exits 5 when a check failed.
+the daemon's group); 9 ``check`` found a failed check; 1 anything else.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             render_checks(out, result.get("checks", []))
         failed = any(c.get("result") == "fail" for c in result.get("checks", []))
-        return int(ExitCode.VERIFY) if failed else 0
+        return int(ExitCode.CHECKS_FAILED) if failed else 0
     raise UsageError(f"unknown command {args.command}")
 
 
