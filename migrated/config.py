@@ -142,6 +142,10 @@ class Config:
     # Pre-migration checks to skip: "all", or a list of check names (see CHECK_NAMES).
     ignore_checks: Literal["all"] | tuple[str, ...] = ()
     stop_timeout: float = 8.0  # SIGTERM: seconds to checkpoint before giving up (systemd kills at 10)
+    # A transfer retries temporary failures (network, target away) from its checkpoint for this long
+    # (seconds since the last progress) before the task is marked failed.
+    transfer_retry_deadline: float = 600.0
+    ssh_identity: str | None = None  # private key for targets; default <state_dir>/ssh/id_ed25519
 
     def validate(self, path: str) -> None:
         for key in ("credentials_file", "state_dir"):
@@ -155,6 +159,9 @@ class Config:
                         path=f"ignore_checks[{i}]",
                     )
         _positive(self.stop_timeout, "stop_timeout")
+        _positive(self.transfer_retry_deadline, "transfer_retry_deadline")
+        if self.ssh_identity is not None and not os.path.isabs(self.ssh_identity):
+            raise ConfigError(f"must be an absolute path, got {self.ssh_identity!r}", path="ssh_identity")
 
     @property
     def runtime_dir(self) -> str:
