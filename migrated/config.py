@@ -146,6 +146,9 @@ class Config:
     # (seconds since the last progress) before the task is marked failed.
     transfer_retry_deadline: float = 600.0
     ssh_identity: str | None = None  # private key for targets; default <state_dir>/ssh/id_ed25519
+    # Disks this source offers (block devices or raw image files). Empty: discovered, i.e. the
+    # system disk and every disk with a mounted filesystem.
+    disks: tuple[str, ...] = ()
 
     def validate(self, path: str) -> None:
         for key in ("credentials_file", "state_dir"):
@@ -160,6 +163,9 @@ class Config:
                     )
         _positive(self.stop_timeout, "stop_timeout")
         _positive(self.transfer_retry_deadline, "transfer_retry_deadline")
+        for i, d in enumerate(self.disks):
+            if not os.path.isabs(d):
+                raise ConfigError(f"must be an absolute path, got {d!r}", path=f"disks[{i}]")
         if self.ssh_identity is not None and not os.path.isabs(self.ssh_identity):
             raise ConfigError(f"must be an absolute path, got {self.ssh_identity!r}", path="ssh_identity")
 

@@ -202,7 +202,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     creds, typed = _ask_credentials(cfg)
     machine_id, hostname, os_name = _machine_facts()
     disks = [{"Name": d.path, "SizeBytes": d.size, "MountPoints": list(d.mounts), "IsSystem": d.is_system}
-             for d in migratable_disks(SystemProbe().disks() or [])]
+             for d in (configured_disks(cfg) or migratable_disks(SystemProbe().disks() or []))]
 
     async def go() -> dict[str, Any]:
         async with console_client(cfg, endpoint, creds) as client:
@@ -219,6 +219,24 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"Credentials: {cfg.credentials_file}; state: {cfg.state_dir}")
     print(f"Authorize this key on migration targets (~/.ssh/authorized_keys):\n{pub}")
     return 0
+
+
+def configured_disks(cfg: Config) -> list[Any]:
+    """The disks named in the config (``disks:``), with their sizes; [] when none are named."""
+    from migrated.agent.checks import Disk
+
+    out = []
+    for path in cfg.disks:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise UsageError(f"disks: cannot open {path}: {e.strerror}") from None
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+        out.append(Disk(path=path, size=size))
+    return out
 
 
 def _version() -> str:
