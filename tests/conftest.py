@@ -33,10 +33,4 @@ def cli(program: str) -> list[str]:
 @pytest.fixture
 def env() -> dict[str, str]:
     return repo_env()
-
-
-def migrated_cmd() -> list[str]:
-    """argv prefix for ``migrated`` (its daemon subcommands work before and after main.py exists)."""
-    if (REPO / "migrated" / "cli" / "main.py").exists():
-        return cli("migrated")
-    return [sys.executable, "-m", "migrated.cli.agent_cmds"]
+pytest_plugins = ["tests.sshd"]

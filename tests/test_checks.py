@@ -25,7 +25,7 @@ from migrated.agent.checks import (
 )
 from migrated.config import Config, parse_config
 from migrated.errors import AuthError
-from tests.conftest import migrated_cmd, repo_env
+from tests.conftest import cli, repo_env
 
 BLK = "kernel/drivers/block/virtio_blk.ko"
 PCI = "kernel/drivers/virtio/virtio_pci.ko"
@@ -162,7 +162,7 @@ async def test_target_checks(tmp_path: Path) -> None:
 def test_migrated_check_command(tmp_path: Path) -> None:
     cfg = tmp_path / "m.yaml"
     cfg.write_text("ignore_checks: [virtio_drivers]\n")
-    r = subprocess.run([*migrated_cmd(), "check", "--config", str(cfg), "--json"], env=repo_env(),
+    r = subprocess.run([*cli("migrated"), "check", "--config", str(cfg), "--json"], env=repo_env(),
                        capture_output=True, text=True, timeout=120)
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["virtio_drivers"]["result"] == "skip"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from migrated.config import Config, ConfigError, load_config, load_credentials, parse_config
-from tests.conftest import REPO, migrated_cmd, repo_env
+from tests.conftest import REPO, cli, repo_env
 
 SAMPLES = sorted((REPO / "etc").glob("*.yaml"))
 INVALID = REPO / "tests" / "samples" / "invalid"
@@ -116,11 +116,11 @@ def test_systemd_credential_directory_wins(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["unknown-key.yaml", "heartbeat-zero.yaml"])
 def test_check_config_command(name: str) -> None:
-    bad = subprocess.run([*migrated_cmd(), "check-config", "--config", str(INVALID / name)],
+    bad = subprocess.run([*cli("migrated"), "check-config", "--config", str(INVALID / name)],
                          env=repo_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2, bad.stderr
     assert EXPECTED[name][0] in bad.stderr
-    good = subprocess.run([*migrated_cmd(), "check-config", "--config", str(REPO / "etc" / "migrated.yaml")],
+    good = subprocess.run([*cli("migrated"), "check-config", "--config", str(REPO / "etc" / "migrated.yaml")],
                           env=repo_env(), capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout
