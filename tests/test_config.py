@@ -11,7 +11,7 @@ import pytest
 from migrated.config import Config, ConfigError, load_config, load_credentials, parse_config
 from tests.conftest import REPO, cli, repo_env
 
-SAMPLES = sorted((REPO / "etc").glob("*.yaml"))
+SAMPLES = sorted((REPO / "etc").glob("migrated*.yaml"))  # the agent's samples (console.yaml is the console's)
 INVALID = REPO / "tests" / "samples" / "invalid"
 
 # file -> (key path the error must name, words the message must contain)

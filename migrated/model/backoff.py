@@ -28,10 +28,11 @@ class Backoff:
 
     def ceiling(self) -> float:
         """The un-jittered delay for the current failure count."""
-        # stop growing the exponent once past the cap (no float overflow after many failures)
-        if self.initial * self.factor ** min(self.failures, 64) >= self.cap:
+        try:
+            d = self.initial * self.factor**self.failures
+        except OverflowError:  # thousands of failures in a row: long past the cap
             return self.cap
-        return self.initial * self.factor**self.failures
+        return min(d, self.cap)
 
     def next_delay(self) -> float:
         """Record one more failure and return how long to wait before the next attempt."""
