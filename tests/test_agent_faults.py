@@ -101,3 +101,25 @@ def test_transfer_continues_while_the_console_is_away(world: World) -> None:
         wait_for(lambda: ctl_status(w.socket)["console"]["online"], "back online")
     finally:
         daemon.stop()
+
+
+def test_wrong_pinned_host_key_fails_the_start_with_the_check(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.admin_call("CreateTask", {
+            "SourceId": source_id, "TaskName": "bad-key", "Region": "ap-guangzhou", "TargetType": "image",
+            "ImageName": "x", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
+            "TargetHostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
+        })["TaskId"]
+        w.admin_call("StartTask", {"TaskId": task_id})
+        t = wait_for(lambda: (t := w.task(task_id))["State"] == "failed" and t, "the start to fail")
+        assert "target_ssh" in t["Message"] and "host key" in t["Message"], t["Message"]
+        assert not w.target.exists()
+        local = ctl_status(w.socket)["task"]
+        assert local["state"] == "failed" and "host key" in local["message"]
+    finally:
+        daemon.stop()

@@ -195,6 +195,8 @@ def evaluate_target_capacity(pairs: Sequence[tuple[str, int, str, int | None]]) 
                             f"grow it by {format_bytes(src_size - dst_size)}")
     if problems:
         return CheckResult(name, Result.FAIL, "; ".join(problems))
+    if not pairs:
+        return CheckResult(name, Result.PASS, "the targets are image files (created and grown as needed)")
     return CheckResult(name, Result.PASS, f"{len(pairs)} target disk(s) large enough")
 
 
@@ -260,7 +262,8 @@ class SystemProbe:
 class TargetInfo:
     """What the target said: its disks' sizes (None = missing) and the receiver's version."""
 
-    disk_sizes: dict[str, int | None] = field(default_factory=dict)
+    disk_sizes: dict[str, int | None] = field(default_factory=dict)  # block devices (None: missing)
+    files: set[str] = field(default_factory=set)  # image files (created or grown as needed)
     receiver_version: str | None = None
     receiver_error: str | None = None
 
@@ -328,7 +331,7 @@ async def run_checks(
         else:
             results["target_ssh"] = CheckResult("target_ssh", Result.PASS, "target reachable, host key matches")
             results["target_capacity"] = evaluate_target_capacity(
-                [(s, z, d, info.disk_sizes.get(d)) for s, z, d in plan.disks])
+                [(s, z, d, info.disk_sizes.get(d)) for s, z, d in plan.disks if d not in info.files])
             if info.receiver_version:
                 results["target_receiver"] = CheckResult("target_receiver", Result.PASS,
                                                          f"migrated-recv {info.receiver_version} runs on the target")

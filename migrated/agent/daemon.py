@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable
@@ -36,10 +37,10 @@ import structlog
 from migrated.agent.checks import SystemProbe, any_failed, migratable_disks, results_to_dict, run_checks
 from migrated.agent.console_api import AgentConsole
 from migrated.agent.notify import Notifier
-from migrated.agent.state import AgentStore, SourceRecord, TaskRecord
+from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
 from migrated.control.server import ControlServer
-from migrated.errors import ConsoleError, Interrupted, MigratedError, StateError, UsageError
+from migrated.errors import ConsoleError, Interrupted, MigratedError, SourceError, StateError, UsageError
 from migrated.model.backoff import Backoff
 from migrated.model.states import Action, ActionDenied, TaskState, check_action, transition
 from migrated.model.status import DiskProgress, TaskProgress, format_bytes, format_duration
@@ -152,8 +153,7 @@ class Agent:
         self.source = self.store.load_source()
         if self.source and not self.link.endpoint:
             self.link.endpoint = self.source.console
-        self.applied = [[str(x[0]), bool(x[1]), str(x[2])] if isinstance(x, list) else [str(x), True, ""]
-                        for x in self.store.load_applied()]  # type: ignore[arg-type]
+        self.applied = self.store.load_applied()
         self.task = self.store.load_task()
         if self.task is not None:
             self.bandwidth_bps = self.task.bandwidth_bps
@@ -229,6 +229,8 @@ class Agent:
     async def run(self) -> None:
         """Serve until :meth:`stop`; READY=1 once the socket is bound and the state loaded."""
         self.load()
+        if self.source is not None:
+            structlog.contextvars.bind_contextvars(source_id=self.source.source_id)  # SOURCE_ID in the journal
         async with ControlServer(self.cfg.control.socket, self.cfg.control.group, self):
             self.notifier.ready(self.status_line())
             log.info("migrated running", source_id=self.source.source_id if self.source else None,
@@ -377,8 +379,8 @@ class Agent:
             except (MigratedError, ActionDenied) as e:
                 ok, message = False, str(e)
                 log.warning("command refused", command_id=cid, action=action, reason=message)
-            self.applied.append([cid, ok, message])
-            self.store.save_applied(self.applied)  # type: ignore[arg-type]
+            self.applied = [*self.applied, [cid, ok, message]][-MAX_REMEMBERED_COMMANDS:]
+            self.store.save_applied(self.applied)
         try:
             await self.console.ack(self.source.source_id, cid, ok, message)
         except MigratedError as e:
@@ -574,6 +576,7 @@ class Agent:
                 continue
             self._running = True
             self._runner_idle.clear()
+            structlog.contextvars.bind_contextvars(task_id=t.task_id)  # this task's context only
             try:
                 await self._run_task(t)
             finally:
@@ -660,17 +663,16 @@ class Agent:
         mapping = self._disk_mapping(t)
         if not mapping:
             raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
+        endpoint = self._endpoint(t)
         ignore = t.spec.get("IgnoreChecks", ())
-        if not (self.cfg.ignore_checks == "all" or ignore == "all"):
-            results = await run_checks(self.cfg, self.probe, clock_skew=self.link.clock_skew,
-                                       ignore=("disks", "virtio_drivers", *(ignore or ())) if t.spec.get(
-                                           "DiskMapping") else tuple(ignore or ()))
+        # checks run when a task starts afresh; a resume from a checkpoint already passed them
+        if not t.progress and not (self.cfg.ignore_checks == "all" or ignore == "all"):
+            results = await self._task_checks(t, mapping, endpoint, ignore)
             if any_failed(results):
                 from migrated.errors import ChecksFailed
 
                 failed = "; ".join(f"{r.name}: {r.message}" for r in results if r.result.value == "fail")
                 raise ChecksFailed(f"pre-migration checks failed: {failed}")
-        endpoint = self._endpoint(t)
         state_dir = self.store.checkpoint_dir(t.task_id)
         done = set((t.progress or {}).get("done_disks", []))
         disks = self._initial_disks(t, mapping)
@@ -696,6 +698,32 @@ class Agent:
             self.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
         self.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
                        + (", verified" if t.spec.get("Checksum") else ""))
+
+    async def _task_checks(self, t: TaskRecord, mapping: list[tuple[str, str]], endpoint: Any,
+                           ignore: Any) -> list[Any]:
+        """The checks before a start: local ones, plus the target over SSH (sizes, receiver)."""
+        from migrated.agent.checks import TargetPlan
+        from migrated.agent.target_probe import SshTargetProbe
+
+        sizes = []
+        for src, dst in mapping:
+            try:
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    sizes.append((src, os.lseek(fd, 0, os.SEEK_END), dst))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise SourceError(f"cannot open source disk {src}: {e.strerror}") from None
+        skip = tuple(ignore or ())
+        if t.spec.get("DiskMapping"):
+            skip += ("disks",)  # the person chose the disks
+        results = await run_checks(self.cfg, self.probe, clock_skew=self.link.clock_skew,
+                                   target=SshTargetProbe(endpoint), plan=TargetPlan(tuple(sizes)), ignore=skip)
+        for r in results:
+            if r.result.value in ("warn", "fail"):
+                log.warning("pre-migration check", check=r.name, result=r.result.value, detail=r.message)
+        return results
 
     def _initial_disks(self, t: TaskRecord, mapping: list[tuple[str, str]]) -> list[DiskProgress]:
         known = {d["name"]: d for d in (t.progress or {}).get("disks", [])}

@@ -91,12 +91,17 @@ class AgentStore:
         self._write("source.json", asdict(rec))
 
     # -- applied commands
-    def load_applied(self) -> list[str]:
+    def load_applied(self) -> list[list[Any]]:
+        """[[command_id, ok, message], ...] oldest first."""
         d = self._read("commands.json")
-        return [str(x) for x in d] if isinstance(d, list) else []
+        out: list[list[Any]] = []
+        for x in d if isinstance(d, list) else []:
+            if isinstance(x, list) and len(x) == 3:
+                out.append([str(x[0]), bool(x[1]), str(x[2])])
+        return out
 
-    def save_applied(self, ids: list[str]) -> None:
-        self._write("commands.json", ids[-MAX_REMEMBERED_COMMANDS:])
+    def save_applied(self, entries: list[list[Any]]) -> None:
+        self._write("commands.json", entries[-MAX_REMEMBERED_COMMANDS:])
 
     # -- task
     def load_task(self) -> TaskRecord | None:
