@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrated.errors import SourceError
+from migrated.errors import QuiesceError, SourceError
 from migrated.source.guardian import freeze_failure_reason
 
 FIFREEZE = 0xC0045877
@@ -50,7 +50,7 @@ MOUNTINFO = "/proc/self/mountinfo"
 SYS_BLOCK = "/sys/class/block"
 
 
-class FreezeError(SourceError):
+class FreezeError(QuiesceError):
     """A filesystem could not be frozen (unsupported, already frozen, no permission)."""
 
 
