@@ -271,3 +271,22 @@ def test_guardian_exits_without_freezing_when_its_parent_goes_away() -> None:
     assert lines[-1] == {"event": "thawed", "reason": "parent-gone", "frozen_at": None,
                          "thawed_at": lines[-1]["thawed_at"], "errors": []}
     time.sleep(0)
+
+
+def test_staged_dir_writes_back_only_what_changed_checkpoint_last(tmp_path: Path) -> None:
+    from migrated.source.freeze import StagedDir
+
+    real = tmp_path / "state"
+    real.mkdir()
+    (real / "a.ckpt").write_bytes(b"old")
+    (real / "a.hashes").write_bytes(b"h1")
+    (real / "other.ckpt").write_bytes(b"keep")
+    st = StagedDir(real, frozen=[], names={"a.ckpt", "a.hashes"})
+    staged = st.stage()
+    assert sorted(p.name for p in staged.iterdir()) == ["a.ckpt", "a.hashes"]
+    (staged / "a.ckpt").write_bytes(b"new")
+    (staged / "a.hashes").write_bytes(b"h2")
+    assert (real / "a.ckpt").read_bytes() == b"old"  # nothing reaches the real dir before unstage
+    assert st.unstage() == ["a.hashes", "a.ckpt"]
+    assert (real / "a.ckpt").read_bytes() == b"new" and (real / "a.hashes").read_bytes() == b"h2"
+    assert (real / "other.ckpt").read_bytes() == b"keep" and not staged.exists()

@@ -44,7 +44,6 @@ from migrated.source.guardian import freeze_failure_reason
 
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
-BLKFLSBUF = 0x1261
 
 MOUNTINFO = "/proc/self/mountinfo"
 SYS_BLOCK = "/sys/class/block"
@@ -93,7 +92,7 @@ def thaw_fs(mountpoint: str) -> bool:
 
 
 def drop_block_cache(device: str) -> None:
-    """Invalidate the page cache of a block device (``blockdev --flushbufs``).
+    """Drop the clean cached pages of a block device.
 
     A filesystem writes file data straight to the device, around the device's
     own page cache, so a buffered read of the device can return blocks cached
@@ -108,8 +107,7 @@ def drop_block_cache(device: str) -> None:
         return
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with contextlib.suppress(OSError):
-            fcntl.ioctl(fd, BLKFLSBUF, 0)
+        # DONTNEED drops clean cached pages only; it never writes (BLKFLSBUF would write back first)
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
@@ -446,3 +444,73 @@ class HeldWrites:
             path = next(iter(self._pending))
             data, mode = self._pending.pop(path)
             atomic_write(path, data, mode=mode)
+
+
+class StagedDir:
+    """A state directory that lives in memory while its filesystem is frozen.
+
+    ``stage()`` copies the files of ``real`` whose names match ``names`` (all files when
+    ``names`` is None) into a fresh directory on a filesystem that is *not* being frozen
+    (tmpfs: $XDG_RUNTIME_DIR, /run, /dev/shm), and returns its path: point the final pass at it.
+    ``unstage()``, after the thaw, writes every file that changed back into ``real``
+    atomically and durably, and removes the staging directory. ``discard()`` removes it
+    without writing back (the final pass failed: the real checkpoint stays as it was, which
+    is always safe: it claims less than the target holds).
+    """
+
+    CANDIDATES = ("XDG_RUNTIME_DIR", "/run", "/dev/shm")
+
+    def __init__(self, real: str | os.PathLike[str], frozen: list[MountedFs], names: Iterable[str] | None = None):
+        self.real = Path(real)
+        self.frozen = frozen
+        self.names = set(names) if names is not None else None
+        self.path: Path | None = None
+        self._orig: dict[str, bytes] = {}
+
+    def _base(self) -> Path:
+        import tempfile
+
+        for c in self.CANDIDATES:
+            d = os.environ.get(c, "") if not c.startswith("/") else c
+            if d and os.path.isdir(d) and os.access(d, os.W_OK) and not path_on_filesystems(d, self.frozen):
+                return Path(d)
+        d = tempfile.gettempdir()
+        if path_on_filesystems(d, self.frozen):
+            raise FreezeError("no writable directory outside the filesystems to freeze for the state during the "
+                              "final pass (tried $XDG_RUNTIME_DIR, /run, /dev/shm, $TMPDIR)")
+        return Path(d)
+
+    def stage(self) -> Path:
+        import shutil
+        import tempfile
+
+        self.path = Path(tempfile.mkdtemp(prefix="migrated-final-", dir=self._base()))
+        if self.real.is_dir():
+            for f in self.real.iterdir():
+                if f.is_file() and (self.names is None or f.name in self.names):
+                    shutil.copy2(f, self.path / f.name)
+                    self._orig[f.name] = f.read_bytes()
+        return self.path
+
+    def unstage(self) -> list[str]:
+        """Write changed files back (atomic, durable); returns their names. Checkpoint files
+        (``*.ckpt``) go last: a checkpoint must never be newer than the hash file it vouches for."""
+        from migrated.store import atomic_write
+
+        assert self.path is not None
+        written = []
+        for f in sorted(self.path.iterdir(), key=lambda f: (f.suffix == ".ckpt", f.name)):
+            if f.is_file() and not f.name.startswith("."):
+                data = f.read_bytes()
+                if self._orig.get(f.name) != data:
+                    atomic_write(self.real / f.name, data)
+                    written.append(f.name)
+        self.discard()
+        return written
+
+    def discard(self) -> None:
+        import shutil
+
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
