@@ -154,9 +154,7 @@ class ContinuousControl:
     def set_read_limit(self, bytes_per_s: int | None) -> None:
         """Source read-rate limit for the rounds; applies from the next chunk read."""
         self.read_limit = bytes_per_s or None
-        setter = getattr(self.sync, "set_read_limit", None)
-        if setter is not None:
-            setter(self.read_limit)
+        self.sync.set_read_limit(self.read_limit)
 
     def stop(self, reason: str = "stop requested") -> None:
         """Flush, checkpoint and raise Interrupted (resumable), whatever the phase except the final pass."""
@@ -397,7 +395,8 @@ def _state_files(source: str, session: Any, target_path: str) -> set[str] | None
     import hashlib
 
     try:
-        key = hashlib.sha256(f"{os.path.realpath(source)}\0{session.endpoint.label}\0{target_path}".encode()).hexdigest()
+        ident = f"{os.path.realpath(source)}\0{session.endpoint.label}\0{target_path}"
+        key = hashlib.sha256(ident.encode()).hexdigest()
     except AttributeError:
         return None
     return {f"{key[:24]}.ckpt", f"{key[:24]}.hashes"}
