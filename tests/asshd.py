@@ -94,10 +94,26 @@ class AsyncSSHD:
             process.command or "true", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=self.home, env=env, start_new_session=True)
         self.children.append(proc)
-        await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
+
+        async def pump_in() -> None:
+            with contextlib.suppress(Exception):
+                while data := await process.stdin.read(256 * 1024):
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+
+        async def pump_out(src, dst) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(256 * 1024):
+                    dst.write(data)
+                    await dst.drain()
+
+        feeder = asyncio.create_task(pump_in())
+        await asyncio.gather(pump_out(proc.stdout, process.stdout), pump_out(proc.stderr, process.stderr))
         rc = await proc.wait()
+        feeder.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.sleep(0.05)
             process.exit(rc if rc >= 0 else 128 - rc)
 
     def abort_all(self) -> None:

@@ -665,7 +665,8 @@ class DiskSync:
             result.blocks_zero = self.stats.blocks_zero
             result.blocks_same = self.stats.blocks_same
             result.seconds = round(time.monotonic() - t0, 3)
-            result.throughput_bps = round((self.size - start) / result.seconds if result.seconds else 0.0, 1)
+            covered = max(0, self.progress.bytes_done - start)
+            result.throughput_bps = round(covered / result.seconds if result.seconds else 0.0, 1)
             self._emit_progress(force=True)
             self.last_result = result
         return result

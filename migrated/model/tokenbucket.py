@@ -16,6 +16,7 @@ class TokenBucket:
         self._tokens = 0.0
         self._stamp = now
         self.set_rate(rate, now)
+        self._tokens = self._burst  # start full
 
     @property
     def rate(self) -> float | None:
