@@ -270,3 +270,29 @@ def test_hooks_quiesce_needs_a_hook(tmp_path):
     r = subprocess.run([*cli("migrated"), "sync", str(img), "127.0.0.1:1:/x", "--continuous", "--quiesce", "hooks"],
                        capture_output=True, text=True, env=repo_env(), timeout=60)
     assert r.returncode == 2 and "--quiesce hooks needs --pre-hook" in r.stderr
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@root_only
+async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(sshd, tmp_path):
+    with loop_ext4(tmp_path, size_mb=64) as fs, writer_process(fs.mountpoint) as writer:
+        args = [*cli("migrated"), "sync", fs.loopdev, sshd.target(tmp_path / "t.img"), *sshd.ssh_args(),
+                "--state-dir", str(tmp_path / "state"), "--recv-command", "upload", "--continuous",
+                "--interval", "0", "--cutover-after", "1", "--freeze-budget", "600", "--bwlimit", "1MiB", "-q"]
+        agent = await asyncio.create_subprocess_exec(*args, env=repo_env())
+        try:
+            for _ in range(240 * 200):  # until the writer waits on the freeze (the final pass is slow: 1 MiB/s)
+                if wchan(writer.pid) == "percpu_rwsem_wait" or agent.returncode is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert agent.returncode is None, "the agent ended before freezing"
+            agent.kill()
+            await agent.wait()
+        finally:
+            if agent.returncode is None:
+                agent.kill()
+                await agent.wait()
+        # long before the 600 s budget: the guardian saw the agent die and thawed
+        assert can_write(fs.mountpoint, timeout=30)
+        assert writer.poll() is None
