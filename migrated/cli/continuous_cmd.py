@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hard limit of the freeze; past it the source is thawed and the cutover retried (default 30)")
     g.add_argument("--downtime-target", type=float, default=2.0, metavar="SECONDS",
                    help="a forecast final pass under this is 'ready for cutover' (default 2)")
+    g.add_argument("--no-track-writes", dest="track_writes", action="store_false",
+                   help="make the frozen final pass re-read the whole disk instead of only the writes traced "
+                        "since the last round (longer downtime; for when kernel tracing is distrusted)")
     g.add_argument("--pre-hook", metavar="CMD", help="shell command run before the final pass (stop services)")
     g.add_argument("--post-hook", metavar="CMD",
                    help="shell command run after it, always, even when the pre hook failed (start services)")
@@ -71,7 +74,8 @@ def _options(args: argparse.Namespace) -> Any:
     copts = ContinuousOptions(interval=args.interval, read_limit=read_limit, cutover_after=args.cutover_after,
                               auto_cutover=args.auto_cutover, quiesce=args.quiesce,
                               freeze_budget=args.freeze_budget, downtime_target=args.downtime_target,
-                              pre_hook=args.pre_hook, post_hook=args.post_hook, hook_timeout=args.hook_timeout)
+                              pre_hook=args.pre_hook, post_hook=args.post_hook, hook_timeout=args.hook_timeout,
+                              track_writes=args.track_writes)
     copts.validate()
     return copts
 
@@ -93,7 +97,9 @@ def _on_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
     elif kind == "freeze-budget-exceeded":
         _say(args, f"cutover attempt {ev['attempt']}: {ev['message']}")
     elif kind == "thawed":
-        _say(args, f"cutover: final pass done, source running again; downtime {ev['downtime']:.3f} s")
+        traced = ev.get("traced_bytes")
+        read = "the whole disk" if traced is None else f"{format_bytes(traced)} of traced writes"
+        _say(args, f"cutover: final pass done (read {read}), source running again; downtime {ev['downtime']:.3f} s")
     elif kind == "verified":
         _say(args, f"cutover: target verified ({ev['blocks']} blocks match the source as frozen)")
 

@@ -53,10 +53,8 @@ import structlog
 from migrated.engine.sync import DiskSync, HashFile, SyncControl, SyncOptions, SyncResult, default_state_dir
 from migrated.errors import MigratedError, QuiesceError, UsageError, VerificationFailed
 from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
-from migrated.model.tokenbucket import TokenBucket
 from migrated.source.freeze import (
     FreezeBudgetExceeded,
-    FreezeError,
     GuardedFreeze,
     MountedFs,
     StagedDir,
@@ -64,6 +62,7 @@ from migrated.source.freeze import (
     path_on_filesystems,
 )
 from migrated.source.hooks import HookResult, hooks_around
+from migrated.source.tracker import TrackerUnavailable, WriteTracker
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +99,7 @@ class ContinuousOptions:
     post_hook: str | None = None
     hook_timeout: float = 300.0
     final_attempts: int = 2
+    track_writes: bool = True  # trace writes so the final pass reads only them (migrated.source.tracker)
     snapshot_size: str = "10%ORIGIN"
     verify: bool = True
 
@@ -187,6 +187,7 @@ class CutoverReport:
     blocks_verified: int = 0
     hooks: list[dict[str, Any]] = field(default_factory=list)
     held_log_lines: int = 0
+    traced_bytes: int | None = None  # bytes the final pass re-read from traced writes (None: whole disk)
     notes: list[str] = field(default_factory=list)
 
 
@@ -311,11 +312,6 @@ async def verify_against_checkpoint(session: Any, source_path: str, target_path:
 # ------------------------------------------------------------ rounds
 
 
-async def _throttled_round(session: Any, source: str, target: str, options: SyncOptions, control: ContinuousControl,
-                           on_progress: Callable[..., None] | None) -> SyncResult:
-    return await session.sync_disk(source, target, options, control.sync, on_progress)
-
-
 async def run_continuous(session: Any, source: str, target_path: str, options: SyncOptions,
                          copts: ContinuousOptions, control: ContinuousControl,
                          on_event: Callable[[Event], None] | None = None,
@@ -331,6 +327,39 @@ async def run_continuous(session: Any, source: str, target_path: str, options: S
         control.set_read_limit(copts.read_limit)
     policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget)
     sys.dont_write_bytecode = True  # a lazy import during the freeze must not write next to our code
+    tracker = _start_tracker(source) if copts.quiesce == "freeze" and copts.track_writes else None
+    poller = asyncio.create_task(_poll_tracker(tracker)) if tracker is not None else None
+    try:
+        return await _run_rounds_and_cutover(session, source, target_path, options, copts, control, emit, policy,
+                                             tracker, on_progress)
+    finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(BaseException):
+                await poller
+        if tracker is not None:
+            tracker.close()
+
+
+def _start_tracker(source: str) -> WriteTracker | None:
+    try:
+        return WriteTracker(source).start()
+    except TrackerUnavailable as e:
+        log.info("write_tracking_off", disk=source, reason=str(e))
+        return None
+
+
+async def _poll_tracker(tracker: WriteTracker | None) -> None:
+    while tracker is not None:
+        await asyncio.to_thread(tracker.poll)
+        await asyncio.sleep(0.5)
+
+
+async def _run_rounds_and_cutover(session: Any, source: str, target_path: str, options: SyncOptions,
+                                  copts: ContinuousOptions, control: ContinuousControl,
+                                  emit: Callable[[Event], None], policy: Policy,
+                                  tracker: WriteTracker | None,
+                                  on_progress: Callable[..., None] | None) -> ContinuousResult:
     rounds = control.rounds
     bytes_total = 0
     said_not_converging = False
@@ -338,8 +367,10 @@ async def run_continuous(session: Any, source: str, target_path: str, options: S
     async def one_round() -> None:
         nonlocal bytes_total, said_not_converging
         control.phase = Phase.FULL_PASS if not rounds else Phase.ROUND
+        if tracker is not None:
+            tracker.reset()  # the final pass re-reads what is written from now on
         started = time.monotonic()
-        res = await _throttled_round(session, source, target_path, options, control, on_progress)
+        res = await session.sync_disk(source, target_path, options, control.sync, on_progress)
         bytes_total = res.bytes_total
         rounds.append(_stats(len(rounds), started, res))
         control.summary = summarize(rounds, bytes_total, policy)
@@ -381,7 +412,7 @@ async def run_continuous(session: Any, source: str, target_path: str, options: S
             continue  # the interval changed: wait again with the new one
         await one_round()
 
-    report = await cutover(session, source, target_path, options, copts, control, emit, one_round)
+    report = await cutover(session, source, target_path, options, copts, control, emit, one_round, tracker)
     control.phase = Phase.DONE
     return ContinuousResult(source=source, target=f"{session.endpoint.label}:{target_path}", bytes_total=bytes_total,
                             rounds=list(rounds), summary=control.summary, cutover=report)
@@ -404,7 +435,8 @@ def _state_files(source: str, session: Any, target_path: str) -> set[str] | None
 
 async def cutover(session: Any, source: str, target_path: str, options: SyncOptions, copts: ContinuousOptions,
                   control: ContinuousControl, emit: Callable[[Event], None],
-                  another_round: Callable[[], Any] | None = None) -> CutoverReport:
+                  another_round: Callable[[], Any] | None = None,
+                  tracker: WriteTracker | None = None) -> CutoverReport:
     """Quiesce, final pass, un-quiesce, verify (module doc). The source is running when this returns or raises."""
     control.phase = Phase.CUTOVER
     report = CutoverReport(quiesce=copts.quiesce)
@@ -428,7 +460,7 @@ async def cutover(session: Any, source: str, target_path: str, options: SyncOpti
                         res = await _final_pass_lvm(session, source, target_path, final_opts, copts, control, report)
                     else:
                         res = await _final_pass_frozen(session, source, target_path, final_opts, copts, control,
-                                                       report, mounts, state_dir)
+                                                       report, mounts, state_dir, tracker)
                 except FreezeBudgetExceeded as e:
                     last_error = e
                     emit({"event": "freeze-budget-exceeded", "attempt": attempt, "message": str(e)})
@@ -445,7 +477,8 @@ async def cutover(session: Any, source: str, target_path: str, options: SyncOpti
                 raise last_error
     finally:
         report.hooks = [dataclasses.asdict(h) for h in hook_results]
-    emit({"event": "thawed", "downtime": report.downtime, "final_changed": report.final_changed})
+    emit({"event": "thawed", "downtime": report.downtime, "final_changed": report.final_changed,
+          "traced_bytes": report.traced_bytes})
     if copts.verify:
         control.phase = Phase.VERIFYING
         report.blocks_verified = await verify_against_checkpoint(session, source, target_path, final_opts)
@@ -456,7 +489,8 @@ async def cutover(session: Any, source: str, target_path: str, options: SyncOpti
 
 async def _final_pass_frozen(session: Any, source: str, target_path: str, final_opts: SyncOptions,
                              copts: ContinuousOptions, control: ContinuousControl, report: CutoverReport,
-                             mounts: list[MountedFs], state_dir: Any) -> SyncResult:
+                             mounts: list[MountedFs], state_dir: Any,
+                             tracker: WriteTracker | None = None) -> SyncResult:
     """One final pass with ``mounts`` frozen (or none, for quiesce hooks/none)."""
     from migrated.source.freeze import drop_block_cache
 
@@ -475,6 +509,15 @@ async def _final_pass_frozen(session: Any, source: str, target_path: str, final_
                 await asyncio.to_thread(fz.freeze)
             try:
                 drop_block_cache(source)
+                if tracker is not None and fz is not None:
+                    # frozen: every write the filesystem made is queued, so its event is in the buffer
+                    await asyncio.to_thread(tracker.drain)
+                    ranges = tracker.dirty()
+                    if ranges is not None:
+                        final_opts = dataclasses.replace(final_opts, only_ranges=ranges)
+                        report.traced_bytes = sum(e - s for s, e in ranges)
+                    report.notes.append("final pass read only the traced writes" if ranges is not None else
+                                        "write tracking incomplete: the final pass read the whole disk")
                 # stop before the guardian's deadline: what we read after a thaw is not consistent
                 timeout = None if fz is None else max(0.1, fz.remaining() - 0.5)
                 res = await asyncio.wait_for(
@@ -508,5 +551,3 @@ async def _final_pass_lvm(session: Any, source: str, target_path: str, final_opt
     raise QuiesceError("--quiesce lvm is not wired to the engine yet: the engine keys its checkpoint by source "
                        "path, so a final pass from the snapshot device needs an engine option; use --quiesce freeze")
 
-
-_ = (TokenBucket, FreezeError)

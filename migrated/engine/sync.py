@@ -74,6 +74,10 @@ class SyncOptions:
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
     workers: int = 2
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
+    # Byte ranges [start, end) that may have changed since the checkpoint's last round; blocks outside
+    # them are taken as unchanged from the hash file without reading the source. Only for a caller that
+    # traced every write to the source (the cutover's final pass, migrated.source.tracker); None = read all.
+    only_ranges: list[tuple[int, int]] | None = None
 
     def validate(self) -> None:
         from migrated.errors import UsageError
@@ -436,6 +440,12 @@ class DiskSync:
         loop = asyncio.get_running_loop()
         bs = self.bs
         n = wire.block_count(length, bs)
+        if known is not None and self.opt.only_ranges is not None and not any(
+                s < offset + length and offset < e for s, e in self.opt.only_ranges):
+            entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
+            if UNKNOWN not in entries:  # untraced and known: unchanged since the last round read it
+                ch = _Chunk(offset, length, same=n, entries=known)
+                return ch, entries
         hash_fut = None
         if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
