@@ -120,3 +120,13 @@ def test_policy_validates() -> None:
         Policy(downtime_target=0)
     with pytest.raises(ValueError):
         Policy(shrink_factor=1.5)
+
+
+def test_tracked_final_pass_forecast_does_not_grow_with_the_disk() -> None:
+    rs = rounds(FULL, (12.0, 2.4, DISK, 100 * MB))
+    untracked = summarize(rs, DISK)
+    tracked = summarize(rs, DISK, Policy(tracked=True, pass_overhead=1.0))
+    dirty = 100 * MB / 12.0 * 2.4
+    assert tracked.forecast_final == pytest.approx(1.0 + dirty / GB + dirty / (250 * MB))
+    assert tracked.forecast_final < untracked.forecast_final
+    assert tracked.advice is Advice.CUTOVER

@@ -325,9 +325,10 @@ async def run_continuous(session: Any, source: str, target_path: str, options: S
         control.interval = copts.interval
     if control.read_limit is None and copts.read_limit:
         control.set_read_limit(copts.read_limit)
-    policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget)
     sys.dont_write_bytecode = True  # a lazy import during the freeze must not write next to our code
     tracker = _start_tracker(source) if copts.quiesce == "freeze" and copts.track_writes else None
+    policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget,
+                    tracked=tracker is not None)
     poller = asyncio.create_task(_poll_tracker(tracker)) if tracker is not None else None
     try:
         return await _run_rounds_and_cutover(session, source, target_path, options, copts, control, emit, policy,

@@ -24,8 +24,10 @@ From them (see :func:`summarize`):
   what we can re-read and hash.
 * **forecast of the final pass**: the cutover freezes the source right after a
   round, so the final pass sends what changed while that round ran
-  (``change_rate * last.duration``) and re-scans the disk:
-  ``scan_cost * disk_bytes + send_cost * that``. This is the predicted
+  (``dirty = change_rate * last.duration``) and re-scans the disk:
+  ``scan_cost * disk_bytes + send_cost * dirty``; with write tracking
+  (``Policy.tracked``) it reads only the dirty bytes:
+  ``pass_overhead + (scan_cost + send_cost) * dirty``. This is the predicted
   downtime.
 
 The decision (:class:`Advice`):
@@ -86,6 +88,11 @@ class Policy:
     freeze_budget: float = 30.0
     plateau_rounds: int = 3
     shrink_factor: float = 0.9
+    # The final pass reads only traced writes (migrated.source.tracker) instead of the whole disk;
+    # then it costs a fixed ``pass_overhead`` (starting the receiver, flushing the target: ~1 s in
+    # bench/cutover_bench.py) plus reading and sending what changed.
+    tracked: bool = False
+    pass_overhead: float = 1.0
 
     def __post_init__(self) -> None:
         if self.downtime_target <= 0 or self.freeze_budget <= 0:
@@ -174,7 +181,11 @@ def summarize(rounds: list[RoundStats], disk_bytes: int, policy: Policy | None =
     send_rate = 1 / send_cost if send_cost else None
     forecast = None
     if scan_cost is not None and rate is not None:
-        forecast = scan_cost * disk_bytes + (send_cost or 0.0) * rate * last.duration
+        dirty = rate * last.duration
+        if policy.tracked:
+            forecast = policy.pass_overhead + (scan_cost + (send_cost or 0.0)) * dirty
+        else:
+            forecast = scan_cost * disk_bytes + (send_cost or 0.0) * dirty
 
     def out(advice: Advice, message: str) -> Summary:
         return Summary(len(rounds), last.bytes_changed, last.duration, rate, send_rate, scan_rate, forecast,
