@@ -107,7 +107,10 @@ class FormErrors(Exception):
 
 class WebBackend(Protocol):
     async def verify_admin(self, secret_id: str, secret_key: str) -> bool:
-        """True iff the pair is an enabled admin key of this console (constant-time compare)."""
+        """True iff the pair is an active admin key of this console (constant-time compare)."""
+
+    async def admin_active(self, secret_id: str) -> bool:
+        """True iff the key is still an active admin key (a revoked key ends its web sessions)."""
 
     async def list_sources(self) -> list[SourceView]: ...
 
@@ -121,8 +124,8 @@ class WebBackend(Protocol):
     async def task_events(self, task_id: str) -> list[EventView]:
         """The task's event log, oldest first."""
 
-    async def create_task(self, source_id: str, form: TaskForm, tz: str) -> str:
-        """Validate with the console's own rules and create; return the task ID or raise FormErrors."""
+    async def create_task(self, source_id: str, form: TaskForm, tz: str, *, actor: str) -> str:
+        """Validate with the console's own rules and create as ``actor``; the task ID, or FormErrors."""
 
-    async def act(self, task_id: str, action: Action) -> None:
-        """Apply an action through the console's own logic; raise StateError if the state denies it."""
+    async def act(self, task_id: str, action: Action, *, actor: str) -> None:
+        """Apply an action as ``actor`` (a SecretId) through the console's own logic; StateError if refused."""

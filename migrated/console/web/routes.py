@@ -215,6 +215,9 @@ def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         session = _session(request)
+        if session is not None and not await request.app[BACKEND].admin_active(session.secret_id):
+            request.app[SESSIONS].drop_secret_id(session.secret_id)  # key revoked: its sessions end
+            session = None
         is_api = request.path.startswith("/ui/api/")
         if session is None:
             if is_api:
@@ -371,7 +374,7 @@ async def create_post(request: web.Request, session: Session) -> web.StreamRespo
                       message="That source server is not registered with this console.")
     form = _form_from_post(await request.post(), source)
     try:
-        task_id = await backend.create_task(source.id, form, session.tz)
+        task_id = await backend.create_task(source.id, form, session.tz, actor=session.secret_id)
     except FormErrors as e:
         return _create_page(request, session, source, form, e, status=400)
     log.info("web.task_created", task_id=task_id, source_id=source.id, secret_id=session.secret_id)
@@ -443,7 +446,7 @@ async def task_action(request: web.Request, session: Session) -> web.StreamRespo
     post = await request.post()
     back = _safe_next(str(post.get("back", "")) or "/ui/tasks")
     try:
-        await request.app[BACKEND].act(task_id, action)
+        await request.app[BACKEND].act(task_id, action, actor=session.secret_id)
     except (StateError, ActionDenied) as e:
         session.flash.append(("error", str(e)))
     except MigratedError as e:
