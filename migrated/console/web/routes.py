@@ -187,9 +187,9 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _redirect(location: str) -> web.Response:
-    resp = web.HTTPSeeOther(location)
+    resp = web.Response(status=303, headers={"Location": location})
     _secure_headers(resp)
-    return resp  # type: ignore[return-value]
+    return resp
 
 
 def _session(request: web.Request) -> Session | None:
@@ -461,7 +461,7 @@ async def task_action(request: web.Request, session: Session) -> web.StreamRespo
 
 # ---------------------------------------------------------------------------- mounting
 
-def setup_web(app: web.Application, backend: WebBackend, *, sessions: SessionStore | None = None,
+def mount(app: web.Application, backend: WebBackend, *, sessions: SessionStore | None = None,
               throttle: LoginThrottle | None = None) -> None:
     """Mount the UI under ``/ui`` (and ``GET /`` → ``/ui/tasks``) on the console's app."""
     app[BACKEND] = backend
