@@ -272,3 +272,50 @@ async def test_csrf_missing_is_refused_and_logout_sends_to_login(console: Consol
     await page.goto("/ui/tasks")
     await expect(page).to_have_url(f"{console.url}/ui/login?next=/ui/tasks")
     await asyncio.sleep(0)  # nothing left running
+
+
+async def test_failure_reason_retry_and_a_source_going_offline(tmp_path: Path) -> None:
+    # heartbeats every 2 s, offline after 2 missed: the page must notice without a reload
+    async with running_console(tmp_path, agents={"heartbeat_interval_seconds": 2.0, "offline_after_missed": 2}) as c:
+        sid, skey = await c.new_key("agent", "a")
+        async with ConsoleClient(c.url, sid, skey) as client, async_playwright() as p:
+            src = await register(client, "db02")
+            await client.call("Heartbeat", {"SourceId": src})
+            r = await c.admin_call("CreateTask", {
+                "SourceId": src, "TaskName": "db02-move", "Region": "ap-shanghai", "TargetType": "instance",
+                "TargetInstanceId": "ins-abc12345", "TargetSsh": "root@203.0.113.9", "TargetHostKey": HOST_KEY})
+            task_id = r["TaskId"]
+            await c.admin_call("StartTask", {"TaskId": task_id})
+            await agent_takes(client, src, "start")
+            await report(client, src, task_id, "transferring", 2)
+
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await (await browser.new_context(timezone_id=TZ, base_url=c.url)).new_page()
+            await log_in(page, c)
+            await page.goto(f"/ui/tasks/{task_id}")
+            await expect(page.locator('#task [data-f="state_label"]').first).to_have_text("Transferring")
+            await expect(page.locator("dl.settings")).to_contain_text("ins-abc12345")
+
+            reason = "target disk /dev/vdb is 10.0 GiB, smaller than the source disk (100.0 GiB)"
+            await client.call("ReportTaskProgress", {"SourceId": src, "TaskId": task_id, "State": "failed",
+                                                     "Stage": "init", "Message": reason})
+            await expect(page.locator('#task [data-f="state_label"]').first).to_have_text("Failed")
+            await expect(page.locator('#task > p[data-f="message"]')).to_have_text(reason)
+            await expect(page.locator("#events tr.ev-error")).to_contain_text(reason)
+            await expect(page.get_by_role("button", name="Retry task db02-move")).to_be_visible()
+            await expect(page.get_by_role("button", name="Pause task db02-move")).to_be_hidden()
+
+            await client.call("Heartbeat", {"SourceId": src})
+            await page.get_by_role("button", name="Retry task db02-move").click()
+            await expect(page.locator(".flash-ok")).to_contain_text("Retry: sent")
+            await expect(page.locator('#task [data-f="state_label"]').first).to_have_text("Starting")
+            await agent_takes(client, src, "retry")
+
+            # the agent stops beating: the sources page turns the row offline by itself
+            await client.call("Heartbeat", {"SourceId": src})
+            await page.goto("/ui/sources")
+            row = page.locator(f'tr[data-source-id="{src}"]')
+            await expect(row.locator('[data-f="status"]')).to_have_text("Online")
+            await expect(row.locator('[data-f="status"]')).to_have_text("Offline", timeout=30_000)
+            await expect(row).to_have_class("offline")
+            await browser.close()
