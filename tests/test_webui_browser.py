@@ -165,6 +165,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await page.get_by_role("navigation").get_by_role("link", name="Tasks").click()
     trow = page.locator(f'tr[data-task-id="{task_id}"]')
     await expect(trow.locator('[data-f="state_label"]')).to_have_text("Scheduled")
+    await expect(trow.locator('[data-f="stage"]')).to_have_text(f"starts {typed:%Y-%m-%d %H:%M}:00 CST")
     await expect(trow.get_by_role("button", name="Start task web01-move")).to_be_visible()
     await expect(trow.get_by_role("button", name="Pause task web01-move")).to_be_hidden()
     await expect(trow.get_by_role("button", name="Retry task web01-move")).to_be_hidden()

@@ -110,7 +110,7 @@ def tz_label(tz: str) -> str:
     return f"{tz} (UTC{off[:3]}:{off[3:]})"
 
 
-def task_live(t: TaskView) -> dict[str, Any]:
+def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
     """What the tasks list shows for a task and refreshes while polling; all text formatted here."""
     p = t.progress
     total = p.bytes_total if p else 0
@@ -122,7 +122,9 @@ def task_live(t: TaskView) -> dict[str, Any]:
         "id": t.id,
         "state": t.state.value,
         "state_label": STATE_LABEL[t.state],
-        "stage": STAGE_LABEL.get(p.stage, p.stage) if (p and p.stage) else "—",
+        "stage": (STAGE_LABEL.get(p.stage, p.stage) if (p and p.stage)
+                  else f"starts {fmt_time(t.start_at, tz)}" if (t.state == TaskState.SCHEDULED and t.start_at)
+                  else "—"),
         "fraction": round(min(1.0, fraction), 4),
         "percent": f"{min(1.0, fraction) * 100:.1f}%",
         "bytes": f"{format_bytes(done)} / {format_bytes(total)}" if total else "—",
@@ -281,7 +283,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
         log.warning("web.login_failed", secret_id=secret_id, peer=peer)
         return _login_page(request, status=401, secret_id=secret_id, next_url=next_url,
                            error="SecretId or SecretKey is wrong, or the key is not an admin key "
-                                 "(make one with: migrate-console keys create --role admin).")
+                                 "(make one with: migrate-console keys create --role admin --name NAME).")
     throttle.succeeded(*keys)
     old = request.cookies.get(SESSION_COOKIE)
     request.app[SESSIONS].drop(old)  # never reuse a session token across a login (fixation)
@@ -388,13 +390,13 @@ async def create_post(request: web.Request, session: Session) -> web.StreamRespo
 async def tasks_page(request: web.Request, session: Session) -> web.StreamResponse:
     tasks = await request.app[BACKEND].list_tasks()
     return render(request, "tasks.html", session=session, nav="tasks", tasks=tasks,
-                  live={t.id: task_live(t) for t in tasks})
+                  live={t.id: task_live(t, session.tz) for t in tasks})
 
 
 @page
 async def tasks_api(request: web.Request, session: Session) -> web.StreamResponse:
     tasks = await request.app[BACKEND].list_tasks()
-    return _json({"tasks": [task_live(t) for t in tasks]})
+    return _json({"tasks": [task_live(t, session.tz) for t in tasks]})
 
 
 async def _task_or_404(request: web.Request, session: Session) -> TaskView | web.Response:
@@ -411,7 +413,7 @@ async def task_page(request: web.Request, session: Session) -> web.StreamRespons
     if isinstance(task, web.Response):
         return task
     events = await request.app[BACKEND].task_events(task.id)
-    return render(request, "task.html", session=session, nav="tasks", task=task, live=task_live(task),
+    return render(request, "task.html", session=session, nav="tasks", task=task, live=task_live(task, session.tz),
                   disks=disks_live(task), events=events, fmt_time=lambda ts: fmt_time(ts, session.tz))
 
 
@@ -422,7 +424,7 @@ async def task_api(request: web.Request, session: Session) -> web.StreamResponse
     if task is None or task.state == TaskState.DELETED:
         return _json({"error": "no such task"}, status=404)
     events = await backend.task_events(task.id)
-    return _json({"task": task_live(task), "disks": disks_live(task), "image_id": task.image_id,
+    return _json({"task": task_live(task, session.tz), "disks": disks_live(task), "image_id": task.image_id,
                   "events": [{"time": fmt_time(e.time, session.tz), "level": e.level, "message": e.message}
                              for e in events]})
 
