@@ -214,6 +214,18 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(page.locator("#events")).to_contain_text("transferring -> paused")
     await expect(page.locator('[data-f="image_id"]')).to_have_text("not created yet")
 
+    # the bandwidth limit changes on a paused (or running) task; the agent is told at once
+    await expect(page.locator("#bw-now")).to_have_text("80.0 Mbit/s")
+    await page.get_by_label("New limit").fill("40")
+    await page.get_by_role("button", name="Set limit").click()
+    await expect(page.locator(".flash-ok")).to_contain_text("Bandwidth limit changed")
+    await expect(page.locator("#bw-now")).to_have_text("40.0 Mbit/s")
+    cmd = await agent_takes(client, source_id, "set-bandwidth")
+    assert cmd["Params"] == {"BandwidthLimitKBps": 4883}
+    await page.get_by_label("New limit").fill("lots")
+    await page.get_by_role("button", name="Set limit").click()
+    await expect(page.locator(".flash-error")).to_contain_text("must be a number of Mbit/s")
+
     # delete asks first; cancel keeps the task
     await page.get_by_role("link", name="Delete task web01-move").click()
     await expect(page.get_by_role("heading", name="Delete task web01-move?")).to_be_visible()

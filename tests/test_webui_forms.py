@@ -16,9 +16,10 @@ from migrated.console.web.forms import (
     local_to_iso,
     mbps_to_kbps,
     message_field,
+    parse_bandwidth,
     pydantic_errors,
 )
-from migrated.console.web.model import TaskForm
+from migrated.console.web.model import FormErrors, TaskForm
 from tests.console_support import HOST_KEY
 
 DISKS = [("/dev/vda", True, "/dev/vda"), ("/dev/vdb", False, "/dev/vdb"), ("/dev/vdc", True, "/dev/sdb")]
@@ -95,6 +96,18 @@ def test_service_messages_name_their_field() -> None:
     assert message_field("parameter DiskMapping.1.Source: source src-1 has no disk '/dev/vdc'", form) == "disk-2-target"
     assert message_field("parameter DiskMapping: each disk may appear once per side", form) == "disks"
     assert message_field("source src-1 already has unfinished task task-x", form) is None
+
+
+@pytest.mark.parametrize(("typed", "kbps"), [("", 0), ("0", 0), ("8", 977), ("0,5", 61), ("1000", 122070)])
+def test_bandwidth_limits(typed: str, kbps: int) -> None:
+    assert parse_bandwidth(typed) == kbps
+
+
+@pytest.mark.parametrize("typed", ["fast", "-1", "nan", "inf", "1e999"])
+def test_bandwidth_limits_refused(typed: str) -> None:
+    with pytest.raises(FormErrors) as ei:
+        parse_bandwidth(typed)
+    assert "bandwidth_mbps" in ei.value.fields
 
 
 def test_bandwidth_units_round_trip() -> None:

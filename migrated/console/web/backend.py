@@ -20,7 +20,7 @@ from migrated.errors import StateError
 from migrated.model.states import Action, TaskState
 from migrated.model.status import DiskProgress, TaskProgress
 
-from .forms import form_to_params, kbps_to_mbps, message_field, pydantic_errors
+from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, pydantic_errors
 from .model import DiskMapView, DiskView, EventView, FormErrors, SourceView, TaskForm, TaskView
 
 _ACTION_CALL = {
@@ -145,6 +145,18 @@ class ServiceBackend:
             msg = exc.message.split(": ", 1)[1] if exc.message.startswith("parameter ") else exc.message
             raise FormErrors({name: msg}) from None
         return str(result["TaskId"])
+
+    async def set_bandwidth(self, task_id: str, mbps: str, *, actor: str) -> None:
+        caller = await self._caller(actor)
+        kbps = parse_bandwidth(mbps)
+        try:
+            params = P.ModifyTaskBandwidth.model_validate({"TaskId": task_id, "BandwidthLimitKBps": kbps})
+        except ValidationError as exc:
+            raise FormErrors({"bandwidth_mbps": P.validation_error(exc)[1]}) from None
+        try:
+            await self.service.modify_task_bandwidth(caller, params)
+        except ApiError as exc:
+            raise StateError(exc.message) from None
 
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:
         caller = await self._caller(actor)

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .model import TaskForm
+from .model import FormErrors, TaskForm
 
 # API parameter -> form field
 PARAM_FIELD = {
@@ -53,6 +53,20 @@ def mbps_to_kbps(mbps: float) -> int:
 
 def kbps_to_mbps(kbps: int) -> float:
     return round(kbps / KBPS_PER_MBIT, 1)
+
+
+def parse_bandwidth(text: str) -> int:
+    """A typed limit in Mbit/s -> KiB/s for the API; empty or 0 = unlimited (0). FormErrors if unreadable."""
+    text = text.strip().replace(",", ".")
+    if not text:
+        return 0
+    try:
+        mbps = float(text)
+    except ValueError:
+        mbps = -1.0
+    if not (mbps >= 0 and mbps != float("inf")):
+        raise FormErrors({"bandwidth_mbps": "must be a number of Mbit/s (0 or empty: no limit)"})
+    return max(1, mbps_to_kbps(mbps)) if mbps > 0 else 0
 
 
 def local_to_iso(value: str, tz: str) -> str:
@@ -89,12 +103,9 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
             errors["start_at"] = f"{form.start_at!r} is not a date and time (YYYY-MM-DD HH:MM)"
     if form.bandwidth_mbps:
         try:
-            mbps = float(form.bandwidth_mbps.replace(",", "."))
-            if not mbps > 0 or mbps != mbps or mbps == float("inf"):
-                raise ValueError
-            p["BandwidthLimitKBps"] = max(1, mbps_to_kbps(mbps))
-        except ValueError:
-            errors["bandwidth_mbps"] = "must be a number of Mbit/s greater than 0, or empty for no limit"
+            p["BandwidthLimitKBps"] = parse_bandwidth(form.bandwidth_mbps)
+        except FormErrors as e:
+            errors.update(e.fields)
     if form.ssh_endpoint:
         p["TargetSsh"] = form.ssh_endpoint
     if form.host_key:

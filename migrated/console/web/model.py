@@ -127,5 +127,8 @@ class WebBackend(Protocol):
     async def create_task(self, source_id: str, form: TaskForm, tz: str, *, actor: str) -> str:
         """Validate with the console's own rules and create as ``actor``; the task ID, or FormErrors."""
 
+    async def set_bandwidth(self, task_id: str, mbps: str, *, actor: str) -> None:
+        """Change the limit (typed in Mbit/s, empty/0 = none), also while running; FormErrors/StateError."""
+
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:
         """Apply an action as ``actor`` (a SecretId) through the console's own logic; StateError if refused."""

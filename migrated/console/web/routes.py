@@ -174,7 +174,7 @@ def _secure_headers(resp: web.StreamResponse) -> web.StreamResponse:
 def render(request: web.Request, template: str, *, status: int = 200, session: Session | None = None,
            **ctx: Any) -> web.Response:
     env = request.app[JINJA]
-    if session is not None:
+    if session is not None and "partial" not in request.query:
         ctx.setdefault("flash", session.flash[:])
         session.flash.clear()
     ctx.setdefault("flash", [])
@@ -439,6 +439,23 @@ async def delete_confirm(request: web.Request, session: Session) -> web.StreamRe
 
 
 @page
+async def task_bandwidth(request: web.Request, session: Session) -> web.StreamResponse:
+    task_id = request.match_info["task_id"]
+    post = await request.post()
+    try:
+        await request.app[BACKEND].set_bandwidth(task_id, str(post.get("bandwidth_mbps", "")),
+                                                 actor=session.secret_id)
+    except FormErrors as e:
+        session.flash.append(("error", f"Bandwidth limit not changed: {'; '.join(e.fields.values()) or e.general}"))
+    except MigratedError as e:
+        session.flash.append(("error", f"Bandwidth limit not changed: {e}"))
+    else:
+        log.info("web.task_bandwidth", task_id=task_id, secret_id=session.secret_id)
+        session.flash.append(("ok", "Bandwidth limit changed; a running task applies it at once."))
+    return _redirect(f"/ui/tasks/{quote(task_id)}")
+
+
+@page
 async def task_action(request: web.Request, session: Session) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     try:
@@ -486,6 +503,7 @@ def mount(app: web.Application, backend: WebBackend, *, sessions: SessionStore |
     r.add_get("/ui/tasks/{task_id}", task_page)
     r.add_get("/ui/api/tasks/{task_id}", task_api)
     r.add_get("/ui/tasks/{task_id}/delete", delete_confirm)
+    r.add_post("/ui/tasks/{task_id}/bandwidth", task_bandwidth)
     r.add_post("/ui/tasks/{task_id}/{action}", task_action)
     r.add_static("/ui/static", HERE / "static", append_version=True, name="web_static")
     app[JINJA].globals["static"] = lambda f: str(app.router["web_static"].url_for(filename=f))

@@ -71,7 +71,7 @@
     if (reloading) return;
     reloading = true;
     try {
-      var resp = await fetch(location.pathname, { credentials: "same-origin" });
+      var resp = await fetch(location.pathname + "?partial=1", { credentials: "same-origin" });
       if (!resp.ok) return;
       var doc = new DOMParser().parseFromString(await resp.text(), "text/html");
       var fresh = doc.getElementById(table.id);
