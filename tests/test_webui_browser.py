@@ -247,6 +247,9 @@ async def test_csrf_missing_is_refused_and_logout_sends_to_login(console: Consol
         "TargetInstanceId": "ins-abc12345", "TargetSsh": "root@203.0.113.7", "TargetHostKey": HOST_KEY})
     task_id = r["TaskId"]
     await log_in(page, console)
+    await page.goto("/ui/sources")
+    await expect(page.locator(f'tr[data-source-id="{source_id}"]')).to_contain_text("t1 Created")
+    await page.goto("/ui/tasks")
     trow = page.locator(f'tr[data-task-id="{task_id}"]')
     await expect(trow.locator('[data-f="state_label"]')).to_have_text("Created")
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from migrated.console import params as P
-from migrated.console.service import ApiError, Caller, ConsoleService
+from migrated.console.service import UNFINISHED_STATES, ApiError, Caller, ConsoleService
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import StateError
 from migrated.model.states import Action, TaskState
@@ -81,7 +81,13 @@ class ServiceBackend:
 
     async def list_sources(self) -> list[SourceView]:
         now = self.service.clock()
-        return [self._source(s, now) for s in await self.storage.list_sources()]
+        out = []
+        for s in await self.storage.list_sources():
+            v = self._source(s, now)
+            tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
+            v.current_task = self._task(tasks[0], s.hostname) if tasks else None
+            out.append(v)
+        return out
 
     async def get_source(self, source_id: str) -> SourceView | None:
         s = await self.storage.get_source(source_id)

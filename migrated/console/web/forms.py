@@ -144,7 +144,7 @@ def pydantic_errors(exc: Any, form: TaskForm) -> tuple[dict[str, str], str]:
         loc = tuple(e.get("loc", ()))
         kind = e.get("type", "")
         name = field_for_loc(loc, form)
-        if kind == "missing":
+        if kind == "missing" or (kind == "string_too_short" and (e.get("ctx") or {}).get("min_length") == 1):
             msg = "required"
         elif kind == "string_pattern_mismatch" and loc and str(loc[0]) in PATTERN_HINT:
             msg = PATTERN_HINT[str(loc[0])]

@@ -38,6 +38,7 @@ class SourceView:
     agent_version: str
     disks: list[DiskView] = field(default_factory=list)
     address: str = ""
+    current_task: TaskView | None = None  # its unfinished task, if any
 
 
 @dataclass

@@ -141,8 +141,7 @@ def disks_live(t: TaskView) -> list[dict[str, Any]]:
         out.append({"name": d.name, "target": d.target, "size": format_bytes(d.bytes_total),
                     "done": format_bytes(d.bytes_done), "fraction": round(d.fraction, 4),
                     "percent": f"{d.fraction * 100:.1f}%",
-                    "sent": format_bytes(d.bytes_sent),
-                    "skipped": f"{d.blocks_zero} zero, {d.blocks_same} same"})
+                    "sent": format_bytes(d.bytes_sent)})
     return out
 
 

@@ -41,14 +41,14 @@
   }
 
   function renderDisks(tbody, disks) {
-    if (!disks.length) { emptyRow(tbody, 7, "No progress reported yet."); return; }
+    if (!disks.length) { emptyRow(tbody, 6, "No progress reported yet."); return; }
     var rows = disks.map(function (d) {
       var tr = document.createElement("tr");
       cell(tr, d.name, true); cell(tr, d.target, true); cell(tr, d.size); cell(tr, d.done);
       var td = cell(tr, "");
       var p = document.createElement("progress"); p.max = 1; p.value = d.fraction;
       td.appendChild(p); td.appendChild(document.createTextNode(" " + d.percent));
-      cell(tr, d.sent); cell(tr, d.skipped);
+      cell(tr, d.sent);
       return tr;
     });
     tbody.replaceChildren.apply(tbody, rows);
@@ -56,7 +56,7 @@
 
   function renderEvents(tbody, events) {
     if (!events.length) { emptyRow(tbody, 3, "No events yet."); return; }
-    var rows = events.map(function (e) {
+    var rows = events.slice().reverse().map(function (e) {
       var tr = document.createElement("tr");
       tr.className = "ev-" + e.level;
       cell(tr, e.time); cell(tr, e.level); cell(tr, e.message);
