@@ -54,10 +54,19 @@ async def page(console: Console):
                                             base_url=console.url)
         pg = await context.new_page()
         errors: list[str] = []
+        foreign: list[str] = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("request", lambda r: None if r.url.startswith((console.url, "data:")) else foreign.append(r.url))
         yield pg
         await browser.close()
         assert not errors, f"JavaScript errors in the page: {errors}"
+        assert not foreign, f"the UI loaded something from elsewhere: {foreign}"
+
+
+async def fits_the_screen(page) -> None:
+    """Readable on a laptop: nothing wider than the 1366 px window (no sideways scrolling)."""
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 1366, f"{page.url} is {width} px wide"
 
 
 async def log_in(page, console: Console) -> None:
@@ -105,6 +114,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(row).to_contain_text("/dev/vda 20.0 GiB")
     await expect(row).to_contain_text("/dev/vdb 100.0 GiB")
     await expect(row).to_contain_text("0.1.0")
+    await fits_the_screen(page)
 
     # Create a task from the row; the form changes with the target type
     await row.get_by_role("link", name="Create task").click()
@@ -119,6 +129,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     assert await page.locator("#disk-0-migrate").is_checked()  # /dev/vda, system
     assert await page.locator("#disk-1-migrate").is_checked()  # /dev/vdb, /data
     assert not await page.locator("#disk-2-migrate").is_checked()  # /dev/vdc, nothing mounted
+    await fits_the_screen(page)
 
     await page.get_by_label("Destination region").fill("ap-guangzhou")
     await page.get_by_label("Task name").fill("web01-move")
@@ -192,6 +203,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(trow.locator('[data-f="percent"]')).to_have_text("15.0%")
     await expect(trow.locator('progress[data-f="fraction"]')).to_have_js_property("value", 0.15)
     assert await page.evaluate("window.__noReload === true"), "the page reloaded"
+    await fits_the_screen(page)
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "tasks.png"), full_page=True)
 
@@ -213,6 +225,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(page.locator("#events")).to_contain_text("task created (scheduled)")
     await expect(page.locator("#events")).to_contain_text("transferring -> paused")
     await expect(page.locator('[data-f="image_id"]')).to_have_text("not created yet")
+    await fits_the_screen(page)
 
     # the bandwidth limit changes on a paused (or running) task; the agent is told at once
     await expect(page.locator("#bw-now")).to_have_text("80.0 Mbit/s")
@@ -246,7 +259,18 @@ async def test_csrf_missing_is_refused_and_logout_sends_to_login(console: Consol
         "SourceId": source_id, "TaskName": "t1", "Region": "ap-guangzhou", "TargetType": "instance",
         "TargetInstanceId": "ins-abc12345", "TargetSsh": "root@203.0.113.7", "TargetHostKey": HOST_KEY})
     task_id = r["TaskId"]
-    await log_in(page, console)
+    # keyboard only: the SecretId field has the focus, Tab moves on, Enter submits
+    await page.goto("/ui/tasks")
+    await page.keyboard.type(console.admin_id)
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(console.admin_key)
+    await page.keyboard.press("Enter")
+    await expect(page).to_have_url(f"{console.url}/ui/tasks")
+    # the first Tab reaches "Skip to content", which jumps past the header
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main")).to_be_focused()
     await page.goto("/ui/sources")
     await expect(page.locator(f'tr[data-source-id="{source_id}"]')).to_contain_text("t1 Created")
     await page.goto("/ui/tasks")

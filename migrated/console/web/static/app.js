@@ -78,6 +78,7 @@
       if (fresh) {
         table.tBodies[0].replaceWith(fresh.tBodies[0]);
         table.hidden = fresh.hidden;
+        document.querySelectorAll("[data-empty]").forEach(function (p) { p.hidden = !table.hidden; });
       }
     } finally { reloading = false; }
   }
