@@ -315,23 +315,28 @@ async def test_csrf_missing_is_refused_and_logout_sends_to_login(console: Consol
 
 
 async def test_failure_reason_retry_and_a_source_going_offline(tmp_path: Path) -> None:
-    # heartbeats every 2 s, offline after 2 missed: the page must notice without a reload
-    async with running_console(tmp_path, agents={"heartbeat_interval_seconds": 2.0, "offline_after_missed": 2}) as c:
+    # heartbeats every 3 s, offline after 2 missed: the page must notice without a reload
+    async with running_console(tmp_path, agents={"heartbeat_interval_seconds": 3.0, "offline_after_missed": 2}) as c:
         sid, skey = await c.new_key("agent", "a")
         async with ConsoleClient(c.url, sid, skey) as client, async_playwright() as p:
             src = await register(client, "db02")
             await client.call("Heartbeat", {"SourceId": src})
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await (await browser.new_context(timezone_id=TZ, base_url=c.url)).new_page()
+            await log_in(page, c)
+            await expect(page.locator("[data-empty]")).to_be_visible()
             r = await c.admin_call("CreateTask", {
                 "SourceId": src, "TaskName": "db02-move", "Region": "ap-shanghai", "TargetType": "instance",
                 "TargetInstanceId": "ins-abc12345", "TargetSsh": "root@203.0.113.9", "TargetHostKey": HOST_KEY})
             task_id = r["TaskId"]
+            # a task created elsewhere appears in the open list by itself
+            await expect(page.locator(f'tr[data-task-id="{task_id}"]')).to_contain_text("db02-move")
+            await expect(page.locator("[data-empty]")).to_be_hidden()
+            await client.call("Heartbeat", {"SourceId": src})
             await c.admin_call("StartTask", {"TaskId": task_id})
             await agent_takes(client, src, "start")
             await report(client, src, task_id, "transferring", 2)
 
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = await (await browser.new_context(timezone_id=TZ, base_url=c.url)).new_page()
-            await log_in(page, c)
             await page.goto(f"/ui/tasks/{task_id}")
             await expect(page.locator('#task [data-f="state_label"]').first).to_have_text("Transferring")
             await expect(page.locator("dl.settings")).to_contain_text("ins-abc12345")
