@@ -12,6 +12,7 @@ two seconds from ``static/app.js``; the server formats every number, so the page
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -271,7 +272,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
     keys = (f"addr:{peer}", f"id:{secret_id}")
     wait = throttle.wait_seconds(*keys)
     if wait > 0:
-        log.warning("web.login_throttled", secret_id=secret_id, peer=peer, wait=round(wait, 1))
+        log.warning("web.login_throttled", peer=peer, wait=round(wait, 1))
         return _login_page(request, status=429, secret_id=secret_id, next_url=next_url,
                            error=f"Too many failed logins. Try again in {int(wait) + 1} s.")
     if not secret_id or not secret_key:
@@ -279,7 +280,9 @@ async def login_post(request: web.Request) -> web.StreamResponse:
                            error="Enter the SecretId and SecretKey of an admin key.")
     if not await request.app[BACKEND].verify_admin(secret_id, secret_key):
         throttle.failed(*keys)
-        log.warning("web.login_failed", secret_id=secret_id, peer=peer)
+        # a SecretKey pasted into the SecretId field must not end up in the log
+        shown = secret_id if re.fullmatch(r"AKID[A-Za-z0-9]{1,60}", secret_id) else "(not a SecretId)"
+        log.warning("web.login_failed", secret_id=shown, peer=peer)
         return _login_page(request, status=401, secret_id=secret_id, next_url=next_url,
                            error="SecretId or SecretKey is wrong, or the key is not an admin key "
                                  "(make one with: migrate-console keys create --role admin --name NAME).")
