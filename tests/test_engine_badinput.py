@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from asshd import AsyncSSHD, make_keys
-from diskimg import MiB, assert_same, make_image, mutate, sha256
-from test_engine_sync import run_sync
+
+from tests.asshd import AsyncSSHD, make_keys
+from tests.diskimg import MiB, assert_same, make_image, mutate, sha256
+from tests.test_engine_sync import run_sync
 
 HERE = Path(__file__).resolve().parent
 
@@ -97,7 +98,7 @@ async def test_missing_source(sshd, tmp_path):
 
 async def test_bad_target_syntax(sshd, images):
     src, _, _state = images
-    from conftest import cli, repo_env
+    from tests.conftest import cli, repo_env
 
     p = subprocess.run([*cli("migrated"), "sync", str(src), "no-colon-here"], capture_output=True, text=True,
                        env=repo_env())

@@ -77,6 +77,10 @@ class SyncOptions:
     workers: int = 2
     subblocks: bool = True  # patch changed blocks in 4 KiB pieces where the target holds data
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
+    # Byte ranges [start, end) that may have changed since the checkpoint's last round; blocks outside
+    # them are taken as unchanged from the hash file without reading the source. Only for a caller that
+    # traced every write to the source (the cutover's final pass, migrated.source.tracker); None = read all.
+    only_ranges: list[tuple[int, int]] | None = None
 
     def validate(self) -> None:
         from migrated.errors import UsageError
@@ -101,6 +105,7 @@ class SyncControl:
         self._bwlimit = bwlimit
         self._stop = False
         self._listeners: list[Callable[[int | None], None]] = []
+        self._read_listeners: list[Callable[[int | None], None]] = []
         self.stop_reason = "stop requested"
 
     @property
@@ -111,6 +116,15 @@ class SyncControl:
         self._bwlimit = bytes_per_s if bytes_per_s else None
         for cb in list(self._listeners):
             cb(self._bwlimit)
+
+    # Source read-rate limit (bytes/s; None = unlimited), changeable while running: protects the
+    # production server's I/O during continuous rounds (migrated.engine.continuous).
+    read_limit: int | None = None
+
+    def set_read_limit(self, bytes_per_s: int | None) -> None:
+        self.read_limit = bytes_per_s if bytes_per_s else None
+        for cb in list(self._read_listeners):
+            cb(self.read_limit)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self._stop = True
@@ -264,6 +278,8 @@ class DiskSync:
         self.stats = _Stats()
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
         self.control._listeners.append(lambda r: self.bucket.set_rate(r, time.monotonic()))
+        self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
+        self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
@@ -493,10 +509,20 @@ class DiskSync:
             zeros = self.zero_entries(offset, length)
             if known == zeros:  # a hole onto zeros: nothing to read, send or ask
                 return _Chunk(offset, length, entries=zeros, same=n), []
+        if known is not None and self.opt.only_ranges is not None and not any(
+                s < offset + length and offset < e for s, e in self.opt.only_ranges):
+            entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
+            if UNKNOWN not in entries:  # untraced and known: unchanged since the last round read it
+                ch = _Chunk(offset, length, same=n, entries=known)
+                return ch, entries
         hash_fut = None
         if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
             self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
+        if not hole:
+            read_delay = self.read_bucket.reserve(length, time.monotonic())
+            if read_delay > 0:
+                await asyncio.sleep(read_delay)
         data, src_hashes, src_zero = await loop.run_in_executor(self.pool, self._read_and_hash, offset, length, hole)
         tgt = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)] if known is not None else [UNKNOWN] * n
         if hash_fut is not None:

@@ -1,0 +1,254 @@
+"""The console's aiohttp application: the signed API at ``POST /``, ``GET /healthz``,
+``GET /metrics``. Other route sets (the web UI under ``/ui/``) are added to the same
+app by whoever builds it: ``build_app`` returns a plain ``web.Application`` and the
+:class:`ConsoleService` is at ``app[SERVICE]``.
+
+Every API reply is HTTP 200 with ``Content-Type: application/json`` exactly (the
+Tencent SDK only looks for an error body then): ``{"Response": {..., "RequestId"}}``
+or ``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``. No request can
+produce a 500: anything unexpected is logged and answered ``InternalError``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from migrated.console import params as P
+from migrated.console.auth import Verifier
+from migrated.console.config import API_VERSION, ConsoleConfig
+from migrated.console.scheduler import Scheduler
+from migrated.console.service import ApiError, Caller, ConsoleService
+from migrated.console.storage import SQLiteStorage, Storage
+from migrated.console.web import setup_web
+
+log = structlog.get_logger(__name__)
+
+SERVICE = web.AppKey("service", ConsoleService)
+METRICS = web.AppKey("metrics", object)
+VERIFIER = web.AppKey("verifier", Verifier)
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    role: str  # admin | agent
+    model: type[BaseModel]
+    handler: Callable[[ConsoleService, Caller, Any], Awaitable[dict[str, Any]]]
+
+
+def _spec(role: str, model: type[BaseModel], method: str) -> ActionSpec:
+    async def call(svc: ConsoleService, caller: Caller, p: Any) -> dict[str, Any]:
+        return await getattr(svc, method)(caller, p)
+
+    return ActionSpec(role, model, call)
+
+
+ACTIONS: dict[str, ActionSpec] = {
+    # agent actions
+    "RegisterSource": _spec("agent", P.RegisterSource, "register_source"),
+    "Heartbeat": _spec("agent", P.Heartbeat, "heartbeat"),
+    "PollCommands": _spec("agent", P.PollCommands, "poll_commands"),
+    "AckCommand": _spec("agent", P.AckCommand, "ack_command"),
+    "ReportTaskProgress": _spec("agent", P.ReportTaskProgress, "report_task_progress"),
+    "ReportTaskEvent": _spec("agent", P.ReportTaskEvent, "report_task_event"),
+    # admin actions
+    "CreateKey": _spec("admin", P.CreateKey, "create_key"),
+    "DescribeKeys": _spec("admin", P.DescribeKeys, "describe_keys"),
+    "RevokeKey": _spec("admin", P.RevokeKey, "revoke_key"),
+    "DescribeSources": _spec("admin", P.DescribeSources, "describe_sources"),
+    "RemoveSource": _spec("admin", P.RemoveSource, "remove_source"),
+    "CreateTask": _spec("admin", P.CreateTask, "create_task"),
+    "DescribeTasks": _spec("admin", P.DescribeTasks, "describe_tasks"),
+    "StartTask": _spec("admin", P.StartTask, "start_task"),
+    "PauseTask": _spec("admin", P.PauseTask, "pause_task"),
+    "RetryTask": _spec("admin", P.RetryTask, "retry_task"),
+    "DeleteTask": _spec("admin", P.DeleteTask, "delete_task"),
+    "ModifyTaskBandwidth": _spec("admin", P.ModifyTaskBandwidth, "modify_task_bandwidth"),
+    "DescribeTaskEvents": _spec("admin", P.DescribeTaskEvents, "describe_task_events"),
+}
+
+
+# safe to receive twice (reads, or idempotent by design): exempt from the replay check when unsigned
+# by a nonce, because the official SDK sends byte-identical requests for the same call in one second
+REPEATABLE = frozenset({
+    "RegisterSource", "Heartbeat", "PollCommands", "AckCommand",
+    "DescribeKeys", "DescribeSources", "DescribeTasks", "DescribeTaskEvents",
+})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("migrate_console_requests", "API requests by action and result code",
+                                ["action", "code"], registry=r)
+        self.latency = Histogram("migrate_console_request_seconds", "API request latency (long-polls included)",
+                                 ["action"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.sources = Gauge("migrate_console_sources", "Registered sources by status", ["status"], registry=r)
+        self.tasks = Gauge("migrate_console_tasks", "Tasks by state", ["state"], registry=r)
+        self.polls = Gauge("migrate_console_longpolls_held", "PollCommands requests waiting now", registry=r)
+        self.pending = Gauge("migrate_console_commands_pending", "Commands not yet acked", registry=r)
+
+    async def render(self, svc: ConsoleService) -> bytes:
+        from migrated.model.states import TaskState
+
+        now = svc.clock()
+        srcs = await svc.storage.list_sources()
+        online = sum(1 for s in srcs if svc.is_online(s, now))
+        self.sources.labels("online").set(online)
+        self.sources.labels("offline").set(len(srcs) - online)
+        counts = await svc.storage.task_state_counts()
+        for st in TaskState:
+            self.tasks.labels(st.value).set(counts.get(st.value, 0))
+        self.polls.set(svc.polls_held)
+        self.pending.set(await svc.storage.count_pending_commands())
+        return generate_latest(self.registry)
+
+
+def _reply(payload: dict[str, Any]) -> web.Response:
+    return web.Response(body=json.dumps({"Response": payload}).encode(), headers={"Content-Type": "application/json"})
+
+
+def _error(code: str, message: str, rid: str) -> web.Response:
+    return _reply({"Error": {"Code": code, "Message": message}, "RequestId": rid})
+
+
+async def _read_body(request: web.Request, cap: int) -> bytes:
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError("RequestSizeLimitExceeded", f"the request body is {request.content_length} bytes; "
+                                                   f"the limit is {cap}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > cap:
+            raise ApiError("RequestSizeLimitExceeded", f"the request body is over the limit of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def api_handler(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    metrics: Metrics = request.app[METRICS]  # type: ignore[assignment]
+    verifier = request.app[VERIFIER]
+    rid = str(uuid.uuid4())
+    t0 = time.monotonic()
+    action = request.headers.get("X-TC-Action", "")
+    label = action if action in ACTIONS else "(unknown)"
+    code = "OK"
+    try:
+        body = await _read_body(request, svc.config.api.max_body_bytes)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        key = await verifier.verify(method=request.method, path=request.path, query=request.query_string,
+                                    headers=headers, body=body, now=time.time())
+        spec = ACTIONS.get(action)
+        if spec is None:
+            raise ApiError("InvalidAction", f"no action {action!r}; see docs/console-api.md")
+        version = request.headers.get("X-TC-Version", "")
+        if version != API_VERSION:
+            raise ApiError("NoSuchVersion", f"X-TC-Version {version!r} is not supported; use {API_VERSION}")
+        if key.role != spec.role:
+            raise ApiError("AuthFailure.UnauthorizedOperation",
+                           f"{action} needs an {spec.role} key; this is an {key.role} key")
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError("InvalidParameter", f"Content-Type must be application/json, not {ctype!r}")
+        try:
+            data = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError("InvalidParameter", f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError("InvalidParameter", "the body must be a JSON object of parameters")
+        try:
+            params = spec.model.model_validate(data)
+        except ValidationError as exc:
+            c, m = P.validation_error(exc)
+            raise ApiError(c, m) from None
+        result = await spec.handler(svc, Caller(key), params)
+        result["RequestId"] = rid
+        return _reply(result)
+    except ApiError as exc:
+        code = exc.code
+        if code.startswith("AuthFailure"):
+            log.info("request refused", action=action, code=code, remote=request.remote)
+        return _error(exc.code, exc.message, rid)
+    except Exception:
+        code = "InternalError"
+        log.exception("request failed", action=action, request_id=rid)
+        return _error("InternalError", f"internal error; the console log has request {rid}", rid)
+    finally:
+        metrics.requests.labels(label, code).inc()
+        metrics.latency.labels(label).observe(time.monotonic() - t0)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    try:
+        await svc.storage.count_pending_commands()
+    except Exception as exc:  # storage unusable: say so, with a non-200 for load balancers
+        return web.json_response({"status": "error", "error": type(exc).__name__}, status=503)
+    return web.json_response({"status": "ok", "version": API_VERSION})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics: Metrics = request.app[METRICS]  # type: ignore[assignment]
+    body = await metrics.render(request.app[SERVICE])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(service: ConsoleService) -> web.Application:
+    """The app around an already open service (storage lifecycle is the caller's)."""
+    cfg = service.config
+    app = web.Application(client_max_size=cfg.api.max_body_bytes + 1024)
+    app[SERVICE] = service
+    app[METRICS] = Metrics()
+    app[VERIFIER] = Verifier(service=cfg.api.service, window_seconds=cfg.api.signature_window_seconds,
+                             get_key=service.storage.get_key, require_signed_action=cfg.api.require_signed_action,
+                             repeatable=REPEATABLE)
+    app.router.add_post("/", api_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    setup_web(app, service)  # the operators' web UI under /ui/ (migrated/console/web/)
+    return app
+
+
+def make_storage(cfg: ConsoleConfig) -> Storage:
+    return SQLiteStorage(cfg.storage.path, heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
+
+
+def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Callable[[], float] = time.time
+               ) -> web.Application:
+    """The full console: opens storage and runs the scheduler for the app's lifetime."""
+    store = storage or make_storage(cfg)
+    service = ConsoleService(store, cfg, clock=clock)
+    app = build_app(service)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        sched = Scheduler(service, tick_seconds=cfg.scheduler.tick_seconds)
+        sched.start()
+        try:
+            yield
+        finally:
+            await sched.stop()
+            await store.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        service.shutdown()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,466 @@
+"""``migrate-console``: run the console, and administer it through its own signed API.
+
+::
+
+    migrate-console serve --config /etc/migrate-console/console.yaml
+    migrate-console keys create --local --config console.yaml --role admin --name ops \
+        --save ~/.config/migrate-console/credentials.yaml
+    migrate-console keys create --role agent --name fleet
+    migrate-console keys list | keys revoke AKID...
+    migrate-console sources [--json] | sources remove SRC
+    migrate-console tasks create --source SRC --name web01 --region ap-guangzhou --target-type instance \\
+        --target-instance ins-abc --target-ssh root@203.0.113.7:22 --target-host-key "ssh-ed25519 AAAA..."
+    migrate-console tasks list | show ID | start ID | pause ID | retry ID | delete ID
+    migrate-console tasks set-bandwidth ID KBPS | events ID
+
+Every admin subcommand is a client of the same signed API the agents use. Credentials
+(never on the command line): ``--credentials FILE`` (YAML ``endpoint``/``secret_id``/
+``secret_key``, mode 0600), else ``MIGRATE_CONSOLE_SECRET_ID`` + ``MIGRATE_CONSOLE_SECRET_KEY``,
+else ``~/.config/migrate-console/credentials.yaml``, else a prompt on the terminal. The
+endpoint: ``--endpoint``, else ``MIGRATE_CONSOLE_ENDPOINT``, else the credentials file,
+else ``http://127.0.0.1:8930``. ``keys create --local`` writes to the database named in
+``--config`` directly: that is how the first admin key is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import signal
+import ssl
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from migrated.errors import ConfigError, ConsoleError, MigratedError, StateError, UsageError
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
+DEFAULT_CREDENTIALS = Path("~/.config/migrate-console/credentials.yaml")
+ENV_ID, ENV_KEY = "MIGRATE_CONSOLE_SECRET_ID", "MIGRATE_CONSOLE_SECRET_KEY"
+ENV_ENDPOINT, ENV_CREDS = "MIGRATE_CONSOLE_ENDPOINT", "MIGRATE_CONSOLE_CREDENTIALS"
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def _read_credentials_file(path: Path) -> dict[str, str]:
+    from migrated.store import read_private_file
+
+    raw = read_private_file(path)
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with secret_id and secret_key")
+    unknown = set(data) - {"endpoint", "secret_id", "secret_key"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]} (endpoint, secret_id, secret_key)")
+    for k in ("secret_id", "secret_key"):
+        if not isinstance(data.get(k), str) or not data[k]:
+            raise ConfigError(f"{path}: {k} is missing")
+    return {k: str(v) for k, v in data.items()}
+
+
+def resolve_credentials(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(endpoint, secret_id, secret_key) from --credentials, env, the default file, or a prompt."""
+    creds: dict[str, str] = {}
+    explicit = args.credentials or os.environ.get(ENV_CREDS)
+    if explicit:
+        creds = _read_credentials_file(Path(explicit).expanduser())
+    elif os.environ.get(ENV_ID) or os.environ.get(ENV_KEY):
+        if not (os.environ.get(ENV_ID) and os.environ.get(ENV_KEY)):
+            raise UsageError(f"set both {ENV_ID} and {ENV_KEY}")
+        creds = {"secret_id": os.environ[ENV_ID], "secret_key": os.environ[ENV_KEY]}
+    elif DEFAULT_CREDENTIALS.expanduser().exists():
+        creds = _read_credentials_file(DEFAULT_CREDENTIALS.expanduser())
+    elif sys.stdin.isatty():
+        creds = {"secret_id": input("SecretId: ").strip(), "secret_key": getpass.getpass("SecretKey: ").strip()}
+    else:
+        raise UsageError(
+            f"no console credentials: use --credentials FILE (mode 0600), or set {ENV_ID} and {ENV_KEY}")
+    endpoint = args.endpoint or os.environ.get(ENV_ENDPOINT) or creds.get("endpoint") or DEFAULT_ENDPOINT
+    return endpoint, creds["secret_id"], creds["secret_key"]
+
+
+async def _call(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    from migrated.console.client import ConsoleClient
+
+    endpoint, sid, skey = resolve_credentials(args)
+    async with ConsoleClient(endpoint, sid, skey, timeout=args.timeout) as c:
+        try:
+            return await c.call(action, params)
+        except ConsoleError as exc:
+            if exc.code == "FailedOperation.ActionDenied":
+                raise StateError(exc.message) from None
+            raise
+
+
+def call(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_call(args, action, params))
+
+
+# ---------------------------------------------------------------- output
+
+
+def emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(human)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*[str(x) for x in r]).rstrip() for r in [header, *rows])
+
+
+def _fmt_bytes(n: float) -> str:
+    from migrated.model.status import format_bytes
+
+    return format_bytes(n)
+
+
+def task_lines(t: dict[str, Any]) -> str:
+    from migrated.model.status import format_duration
+
+    p = t["Progress"]
+    lines = [
+        f"Task          {t['TaskId']}  ({t['TaskName']})",
+        f"Source        {t['SourceId']}",
+        f"State         {t['State']}" + (f"  stage {t['Stage']}" if t["Stage"] else ""),
+        f"Target        {t['TargetType']} "
+        + (t["ImageName"] if t["TargetType"] == "image" else t["TargetInstanceId"]) + f" in {t['Region']}",
+        f"Target SSH    {t['TargetSsh']}",
+        f"Bandwidth     {str(t['BandwidthLimitKBps']) + ' KB/s' if t['BandwidthLimitKBps'] else 'unlimited'}",
+        f"Checksum      {'yes' if t['Checksum'] else 'no'}",
+        "Disks         " + ", ".join(f"{m['Source']} -> {m['Target']}" for m in t["DiskMapping"]),
+    ]
+    if t["ScheduledStartTime"]:
+        lines.append(f"Scheduled     {t['ScheduledStartTime']}")
+    if p["BytesTotal"]:
+        lines.append(f"Progress      {p['Percent']:.1f}%  {_fmt_bytes(p['BytesDone'])} / {_fmt_bytes(p['BytesTotal'])}"
+                     f"  {_fmt_bytes(p['RateBps'])}/s  ETA {format_duration(p['EtaSeconds'])}")
+    if t["Message"]:
+        lines.append(f"Message       {t['Message']}")
+    lines.append(f"Actions       {', '.join(t['AllowedActions']) or '(none)'}")
+    if t["Description"]:
+        lines.append(f"Description   {t['Description']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from migrated.console.config import load_config
+    from migrated.logs import configure
+
+    cfg = load_config(args.config)
+    configure(level=args.log_level or cfg.log.level, fmt=cfg.log.format)
+    return asyncio.run(_serve(cfg))
+
+
+async def _serve(cfg: Any) -> int:
+    import structlog
+    from aiohttp import web
+
+    from migrated.console.app import create_app
+
+    log = structlog.get_logger("migrated.console")
+    ssl_ctx = None
+    if cfg.listen.tls is not None:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ssl_ctx.load_cert_chain(cfg.listen.tls.cert_file, cfg.listen.tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"listen.tls: cannot load {cfg.listen.tls.cert_file}: {exc}") from None
+    app = create_app(cfg)
+    runner = web.AppRunner(app, shutdown_timeout=2, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, ssl_context=ssl_ctx)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"listen: cannot listen on {cfg.listen.host}:{cfg.listen.port}: {exc.strerror}") from None
+        host, port = runner.addresses[0][:2]
+        scheme = "https" if ssl_ctx else "http"
+        print(f"migrate-console listening on {scheme}://{host}:{port}", flush=True)
+        log.info("console listening", url=f"{scheme}://{host}:{port}", db=cfg.storage.path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("console stopping")
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------- keys
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    if args.local:
+        if not args.config:
+            raise UsageError("keys create --local needs --config (the console's config file)")
+        res = asyncio.run(_local_create_key(args))
+    else:
+        res = call(args, "CreateKey", {"Role": args.role, "Name": args.name})
+    if args.save:
+        from migrated.store import atomic_write
+
+        endpoint = args.endpoint or os.environ.get(ENV_ENDPOINT) or DEFAULT_ENDPOINT
+        doc = {"endpoint": endpoint, "secret_id": res["SecretId"], "secret_key": res["SecretKey"]}
+        atomic_write(Path(args.save).expanduser(), yaml.safe_dump(doc).encode(), mode=0o600)
+    human = (f"SecretId:  {res['SecretId']}\nSecretKey: {res['SecretKey']}\nRole:      {res['Role']}\n"
+             "The SecretKey is shown only now; keep it safe."
+             + (f"\nSaved to {args.save} (mode 0600)." if args.save else ""))
+    emit(args, {k: res[k] for k in ("SecretId", "SecretKey", "Role", "Name")}, human)
+    return 0
+
+
+async def _local_create_key(args: argparse.Namespace) -> dict[str, Any]:
+    from migrated.console.app import make_storage
+    from migrated.console.config import load_config
+    from migrated.console.params import CreateKey
+    from migrated.console.service import ConsoleService
+
+    cfg = load_config(args.config)
+    store = make_storage(cfg)
+    await store.open()
+    try:
+        return await ConsoleService(store, cfg).create_key(None, CreateKey(Role=args.role, Name=args.name))
+    finally:
+        await store.close()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    res = call(args, "DescribeKeys", {})
+    rows = [[k["SecretId"], k["Role"], k["Name"], k["Status"], k["CreatedTime"]] for k in res["KeySet"]]
+    emit(args, res, table(rows, ["SECRET ID", "ROLE", "NAME", "STATUS", "CREATED"]))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    res = call(args, "RevokeKey", {"SecretId": args.secret_id})
+    emit(args, res, f"{res['SecretId']} revoked")
+    return 0
+
+
+# ---------------------------------------------------------------- sources
+
+
+def cmd_sources_list(args: argparse.Namespace) -> int:
+    res = call(args, "DescribeSources", {})
+    rows = [[s["SourceId"], s["Hostname"], s["Status"], s["LastHeartbeatTime"] or "-", s["OsName"],
+             s["AgentVersion"], s["CurrentTaskId"] or "-"] for s in res["SourceSet"]]
+    emit(args, res, table(rows, ["SOURCE", "HOSTNAME", "STATUS", "LAST HEARTBEAT", "OS", "AGENT", "TASK"]))
+    return 0
+
+
+def cmd_sources_remove(args: argparse.Namespace) -> int:
+    res = call(args, "RemoveSource", {"SourceId": args.source_id})
+    emit(args, res, f"source {res['SourceId']} removed")
+    return 0
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _schedule(value: str) -> str:
+    """--schedule: ISO 8601; without an offset it is the operator's local time."""
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--schedule {value!r}: use YYYY-MM-DDTHH:MM (local time) or add an offset") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # local time
+    return dt.isoformat()
+
+
+def cmd_tasks_create(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {
+        "SourceId": args.source, "TaskName": args.name, "Description": args.description, "Region": args.region,
+        "TargetType": args.target_type, "TargetSsh": args.target_ssh, "TargetHostKey": args.target_host_key,
+        "BandwidthLimitKBps": args.bandwidth_limit, "Checksum": args.checksum,
+    }
+    if args.image_name:
+        params["ImageName"] = args.image_name
+    if args.target_instance:
+        params["TargetInstanceId"] = args.target_instance
+    if args.schedule:
+        params["ScheduledStartTime"] = _schedule(args.schedule)
+    if args.disk:
+        mapping = []
+        for d in args.disk:
+            src, sep, tgt = d.partition("=")
+            if not sep or not src or not tgt:
+                raise UsageError(f"--disk {d!r}: use SOURCE=TARGET, e.g. /dev/vdb=/dev/vdb")
+            mapping.append({"Source": src, "Target": tgt})
+        params["DiskMapping"] = mapping
+    res = call(args, "CreateTask", params)
+    emit(args, res, f"task {res['TaskId']} created ({res['State']})"
+         + (f", image name {res['ImageName']}" if res.get("ImageName") else ""))
+    return 0
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"Limit": args.limit}
+    if args.source:
+        params["SourceId"] = args.source
+    if args.state:
+        params["States"] = args.state
+    res = call(args, "DescribeTasks", params)
+    rows = []
+    for t in res["TaskSet"]:
+        p = t["Progress"]
+        rows.append([t["TaskId"], t["TaskName"], t["SourceId"], t["State"], t["Stage"] or "-",
+                     f"{p['Percent']:.1f}%" if p["BytesTotal"] else "-", t["UpdatedTime"]])
+    emit(args, res, table(rows, ["TASK", "NAME", "SOURCE", "STATE", "STAGE", "DONE", "UPDATED"])
+         + (f"\n({len(rows)} of {res['TotalCount']})" if res["TotalCount"] > len(rows) else ""))
+    return 0
+
+
+def cmd_tasks_show(args: argparse.Namespace) -> int:
+    res = call(args, "DescribeTasks", {"TaskIds": [args.task_id]})
+    if not res["TaskSet"]:
+        raise ConsoleError("ResourceNotFound.Task", f"task {args.task_id} does not exist")
+    t = res["TaskSet"][0]
+    emit(args, t, task_lines(t))
+    return 0
+
+
+def _task_action(action: str, verb: str):
+    def run(args: argparse.Namespace) -> int:
+        res = call(args, action, {"TaskId": args.task_id})
+        note = f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""
+        emit(args, res, f"task {res['TaskId']} {verb}: now {res['State']}{note}")
+        return 0
+
+    return run
+
+
+def cmd_tasks_set_bandwidth(args: argparse.Namespace) -> int:
+    res = call(args, "ModifyTaskBandwidth", {"TaskId": args.task_id, "BandwidthLimitKBps": args.kbps})
+    limit = f"{res['BandwidthLimitKBps']} KB/s" if res["BandwidthLimitKBps"] else "unlimited"
+    emit(args, res, f"task {res['TaskId']} bandwidth limit: {limit}"
+         + (f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""))
+    return 0
+
+
+def cmd_tasks_events(args: argparse.Namespace) -> int:
+    res = call(args, "DescribeTaskEvents", {"TaskId": args.task_id, "AfterEventId": args.after, "Limit": args.limit})
+    rows = [[str(e["EventId"]), e["Time"], e["Level"], e["Stage"] or "-", e["Message"]] for e in res["EventSet"]]
+    emit(args, res, table(rows, ["ID", "TIME", "LEVEL", "STAGE", "MESSAGE"]))
+    return 0
+
+
+# ---------------------------------------------------------------- argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="migrate-console", description="The migrated console: control plane and admin.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--endpoint", help=f"console URL (env {ENV_ENDPOINT}; default {DEFAULT_ENDPOINT})")
+    api.add_argument("--credentials", help=f"YAML file with secret_id/secret_key, mode 0600 (env {ENV_CREDS})")
+    api.add_argument("--timeout", type=float, default=40.0, help="seconds per API call (default 40)")
+    api.add_argument("--json", action="store_true", help="print the API's JSON reply")
+
+    s = sub.add_parser("serve", help="run the console")
+    s.add_argument("--config", required=True, help="console.yaml")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    k = keys.add_parser("create", parents=[api], help="create a key; prints the SecretKey once")
+    k.add_argument("--role", required=True, choices=["admin", "agent"])
+    k.add_argument("--name", required=True)
+    k.add_argument("--local", action="store_true", help="write to the database of --config directly (first key)")
+    k.add_argument("--config", help="console.yaml (with --local)")
+    k.add_argument("--save", help="also write a 0600 credentials file usable with --credentials")
+    k.set_defaults(func=cmd_keys_create)
+    k = keys.add_parser("list", parents=[api], help="list keys (never their secrets)")
+    k.set_defaults(func=cmd_keys_list)
+    k = keys.add_parser("revoke", parents=[api], help="revoke a key; it stops working at once")
+    k.add_argument("secret_id")
+    k.set_defaults(func=cmd_keys_revoke)
+
+    src = sub.add_parser("sources", parents=[api], help="source servers (default: list)")
+    src.set_defaults(func=cmd_sources_list)
+    ssub = src.add_subparsers(dest="sources_cmd", required=False, metavar="ACTION")
+    x = ssub.add_parser("list", parents=[api], help="list sources: online/offline, last heartbeat")
+    x.set_defaults(func=cmd_sources_list)
+    x = ssub.add_parser("remove", parents=[api], help="forget a source (no unfinished task)")
+    x.add_argument("source_id")
+    x.set_defaults(func=cmd_sources_remove)
+
+    tasks = sub.add_parser("tasks", help="migration tasks").add_subparsers(dest="tasks_cmd", required=True,
+                                                                           metavar="ACTION")
+    t = tasks.add_parser("create", parents=[api], help="create a task")
+    t.add_argument("--source", required=True, help="source ID")
+    t.add_argument("--name", required=True)
+    t.add_argument("--description", default="")
+    t.add_argument("--region", required=True, help="destination region, e.g. ap-guangzhou")
+    t.add_argument("--target-type", required=True, choices=["image", "instance"])
+    t.add_argument("--image-name", help="required for --target-type image")
+    t.add_argument("--target-instance", help="instance ID, required for --target-type instance")
+    t.add_argument("--target-ssh", required=True, help="user@host:port of the target")
+    t.add_argument("--target-host-key", required=True, help="the target's SSH host key line ('ssh-ed25519 AAAA...')")
+    t.add_argument("--bandwidth-limit", type=int, default=0, metavar="KBPS", help="KB/s, 0 = none")
+    t.add_argument("--checksum", action="store_true", help="verify every block after the transfer")
+    t.add_argument("--schedule", help="start time, ISO 8601 (local time unless an offset is given), >= 10 min ahead")
+    t.add_argument("--disk", action="append", metavar="SRC=TGT",
+                   help="disk mapping, repeatable (default: system disk and every mounted disk)")
+    t.set_defaults(func=cmd_tasks_create)
+    t = tasks.add_parser("list", parents=[api], help="list tasks")
+    t.add_argument("--source")
+    t.add_argument("--state", action="append", help="filter by state (repeatable)")
+    t.add_argument("--limit", type=int, default=100)
+    t.set_defaults(func=cmd_tasks_list)
+    t = tasks.add_parser("show", parents=[api], help="one task with its progress")
+    t.add_argument("task_id")
+    t.set_defaults(func=cmd_tasks_show)
+    for name, action, verb in [("start", "StartTask", "started"), ("pause", "PauseTask", "pause requested"),
+                               ("retry", "RetryTask", "retried"), ("delete", "DeleteTask", "deleted")]:
+        t = tasks.add_parser(name, parents=[api], help=f"{name} a task")
+        t.add_argument("task_id")
+        t.set_defaults(func=_task_action(action, verb))
+    t = tasks.add_parser("set-bandwidth", parents=[api], help="change the bandwidth limit, also while running")
+    t.add_argument("task_id")
+    t.add_argument("kbps", type=int, help="KB/s, 0 = none")
+    t.set_defaults(func=cmd_tasks_set_bandwidth)
+    t = tasks.add_parser("events", parents=[api], help="a task's events (errors, warnings, stage changes)")
+    t.add_argument("task_id")
+    t.add_argument("--after", type=int, default=0, help="only events after this ID")
+    t.add_argument("--limit", type=int, default=100)
+    t.set_defaults(func=cmd_tasks_events)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MigratedError as exc:
+        print(f"migrate-console: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,241 @@
+"""Request parameters of every console API action, as strict pydantic models.
+
+Strict: a string is not a number, a number is not a bool; unknown parameters are
+refused (``UnknownParameter``) like Tencent Cloud does. :func:`validation_error`
+turns pydantic's errors into the Tencent-style code and a message that names the
+parameter path (``Disks.0.SizeBytes``). The web UI builds the same models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from migrated.model.states import TaskState
+
+ID = Annotated[str, Field(min_length=1, max_length=64)]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+Text = Annotated[str, Field(max_length=4096)]
+
+_SSH_RE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")
+_HOSTKEY_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-[A-Za-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}( \S.*)?$")
+
+
+class _P(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---------------------------------------------------------------- agent actions
+
+
+class DiskParam(_P):
+    Name: Name
+    SizeBytes: int = Field(ge=0)
+    MountPoints: list[Annotated[str, Field(max_length=4096)]] = []
+    IsSystem: bool = False
+
+
+class RegisterSource(_P):
+    MachineId: Annotated[str, Field(min_length=1, max_length=128)]
+    Hostname: Name
+    OsName: Annotated[str, Field(max_length=255)] = ""
+    AgentVersion: Annotated[str, Field(max_length=64)] = ""
+    Disks: list[DiskParam] = Field(default=[], max_length=64)
+
+
+class Heartbeat(_P):
+    SourceId: ID
+    AgentVersion: Annotated[str, Field(max_length=64)] = ""
+
+
+class PollCommands(_P):
+    SourceId: ID
+    WaitSeconds: float = Field(0.0, ge=0, le=30)
+
+
+class AckCommand(_P):
+    SourceId: ID
+    CommandId: ID
+    Result: Literal["ok", "error"]
+    Message: Text = ""
+
+
+class DiskProgressParam(_P):
+    Name: Name
+    Target: Annotated[str, Field(max_length=255)] = ""
+    BytesTotal: int = Field(ge=0)
+    BytesDone: int = Field(ge=0)
+    BytesSent: int = Field(0, ge=0)
+
+
+class ReportTaskProgress(_P):
+    SourceId: ID
+    TaskId: ID
+    State: TaskState
+    Stage: Annotated[str, Field(max_length=32)] = ""
+    Disks: list[DiskProgressParam] = Field(default=[], max_length=64)
+    RateBps: float = Field(0.0, ge=0)
+    EtaSeconds: float | None = Field(None, ge=0)
+    LagSeconds: float | None = Field(None, ge=0)  # incremental rounds: how far the target trails the source
+    Message: Text = ""
+
+    @field_validator("State", mode="before")
+    @classmethod
+    def _state(cls, v: object) -> object:
+        # strict mode refuses a plain string for an Enum; accept the value spelling
+        if isinstance(v, str):
+            try:
+                return TaskState(v)
+            except ValueError:
+                raise ValueError(f"must be one of {', '.join(s.value for s in TaskState)}") from None
+        return v
+
+
+class ReportTaskEvent(_P):
+    SourceId: ID
+    TaskId: ID
+    Level: Literal["info", "warning", "error"]
+    Stage: Annotated[str, Field(max_length=32)] = ""
+    Message: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+# ---------------------------------------------------------------- admin actions
+
+
+class CreateKey(_P):
+    Role: Literal["admin", "agent"]
+    Name: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class DescribeKeys(_P):
+    pass
+
+
+class RevokeKey(_P):
+    SecretId: ID
+
+
+class DescribeSources(_P):
+    SourceIds: list[ID] | None = Field(None, max_length=100)
+
+
+class RemoveSource(_P):
+    SourceId: ID
+
+
+class DiskMappingParam(_P):
+    Source: Name
+    Target: Name
+
+
+class CreateTask(_P):
+    SourceId: ID
+    TaskName: Annotated[str, Field(min_length=1, max_length=128)]
+    Description: Annotated[str, Field(max_length=1024)] = ""
+    Region: Annotated[str, Field(pattern=r"^[a-z]+(-[a-z]+)+(-\d+)?$", max_length=64)]
+    TargetType: Literal["image", "instance"]
+    ImageName: Annotated[str, Field(max_length=60, pattern=r"^[\w.\-\u4e00-\u9fff]*$")] = ""
+    TargetInstanceId: Annotated[str, Field(max_length=64, pattern=r"^(ins-[a-z0-9]{6,32})?$")] = ""
+    ScheduledStartTime: Annotated[str, Field(max_length=64)] = ""  # ISO 8601; no offset means UTC
+    BandwidthLimitKBps: int = Field(0, ge=0, le=100 * 1024 * 1024)
+    Checksum: bool = False
+    TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
+    TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
+    DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
+
+    @field_validator("TargetSsh")
+    @classmethod
+    def _ssh(cls, v: str) -> str:
+        m = _SSH_RE.match(v)
+        if not m:
+            raise ValueError("must be user@host:port (port optional, default 22)")
+        if m.group("port") is not None and not 0 < int(m.group("port")) < 65536:
+            raise ValueError("port must be 1-65535")
+        return v
+
+    @field_validator("TargetHostKey")
+    @classmethod
+    def _hostkey(cls, v: str) -> str:
+        if not _HOSTKEY_RE.match(v.strip()):
+            raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA...'")
+        return v.strip()
+
+
+class DescribeTasks(_P):
+    TaskIds: list[ID] | None = Field(None, max_length=100)
+    SourceId: ID | None = None
+    States: list[TaskState] | None = None
+    Limit: int = Field(20, ge=1, le=1000)
+    Offset: int = Field(0, ge=0)
+
+    @field_validator("States", mode="before")
+    @classmethod
+    def _states(cls, v: object) -> object:
+        if isinstance(v, list):
+            out = []
+            for x in v:
+                if isinstance(x, str):
+                    try:
+                        out.append(TaskState(x))
+                        continue
+                    except ValueError:
+                        raise ValueError(
+                            f"unknown state {x!r}; states are {', '.join(s.value for s in TaskState)}"
+                        ) from None
+                out.append(x)
+            return out
+        return v
+
+
+class TaskIdParam(_P):
+    TaskId: ID
+
+
+class StartTask(TaskIdParam):
+    pass
+
+
+class PauseTask(TaskIdParam):
+    pass
+
+
+class RetryTask(TaskIdParam):
+    pass
+
+
+class DeleteTask(TaskIdParam):
+    pass
+
+
+class ModifyTaskBandwidth(_P):
+    TaskId: ID
+    BandwidthLimitKBps: int = Field(ge=0, le=100 * 1024 * 1024)
+
+
+class DescribeTaskEvents(_P):
+    TaskId: ID
+    AfterEventId: int = Field(0, ge=0)
+    Limit: int = Field(100, ge=1, le=1000)
+
+
+_TYPE_ERRORS = {
+    "string_type", "int_type", "bool_type", "float_type", "list_type", "dict_type", "model_type",
+    "model_attributes_type", "int_from_float", "enum", "none_required", "is_instance_of",
+}
+
+
+def validation_error(exc: ValidationError) -> tuple[str, str]:
+    """(Tencent code, message naming the parameter) for the first problem in ``exc``."""
+    e = exc.errors()[0]
+    path = ".".join(str(x) for x in e["loc"]) or "(body)"
+    kind = e["type"]
+    if kind == "missing":
+        return "MissingParameter", f"missing parameter {path}"
+    if kind == "extra_forbidden":
+        return "UnknownParameter", f"unknown parameter {path}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if kind in _TYPE_ERRORS:
+        return "InvalidParameter", f"parameter {path}: {msg}"
+    return "InvalidParameterValue", f"parameter {path}: {msg}"

@@ -1,0 +1,536 @@
+"""The console's rules, apart from HTTP: what each API action does.
+
+:class:`ConsoleService` is called by the signed API (``app.py``), by the
+scheduler, and by the web UI; all of them get the same refusals with the same
+words. It holds no state of its own beyond the long-polls it is serving: every
+fact lives in :class:`~migrated.console.storage.Storage`.
+
+Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
+
+==========================================  ==============================================
+``AuthFailure.UnauthorizedOperation``       the key's role, or the source is not the key's
+``ResourceNotFound.Source`` / ``.Task`` /   no such source, task, command, key
+``.Command`` / ``.Key``
+``ResourceInUse.Source``                    the source has an unfinished task
+``FailedOperation.ActionDenied``            the task's state does not allow the action
+                                            (message says which states allow it)
+``FailedOperation.IllegalStateTransition``  a progress report moves the task along an edge
+                                            that does not exist
+``FailedOperation.SourceOffline``           start/retry while the source is offline
+``FailedOperation.LastAdminKey``            revoking the last active admin key
+``FailedOperation.MachineOwnedByOtherKey``  RegisterSource of a machine another live key owns
+``InvalidParameterValue``                   a value that parses but is not acceptable
+==========================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from migrated.console import params as P
+from migrated.console.config import ConsoleConfig
+from migrated.console.storage import (
+    CommandRecord,
+    DiskInfo,
+    EventRecord,
+    KeyRecord,
+    NewCommand,
+    SourceRecord,
+    Storage,
+    StorageConflict,
+    TaskRecord,
+    new_id,
+)
+from migrated.model.states import (
+    Action,
+    ActionDenied,
+    IllegalTransition,
+    TaskState,
+    allowed_actions,
+    check_action,
+    denied_actions,
+    transition,
+)
+
+log = structlog.get_logger(__name__)
+
+UNFINISHED_STATES = tuple(s.value for s in TaskState if not s.finished)
+
+# command actions the agent understands (Action values plus set-bandwidth)
+CMD_START, CMD_PAUSE, CMD_RETRY, CMD_DELETE, CMD_SET_BANDWIDTH = "start", "pause", "retry", "delete", "set-bandwidth"
+
+
+class ApiError(Exception):
+    """An error the API answers with ``{"Error": {"Code", "Message"}}``. Messages hold no secrets."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str, name: str) -> float:
+    """ISO 8601 (``2026-12-01T02:00``, ``...Z``, ``...+08:00``); no offset means UTC."""
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError("InvalidParameterValue", f"parameter {name}: not an ISO 8601 time: {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+@dataclass
+class Caller:
+    """Who signed the request."""
+
+    key: KeyRecord
+
+    @property
+    def secret_id(self) -> str:
+        return self.key.secret_id
+
+
+class ConsoleService:
+    def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.storage = storage
+        self.config = config
+        self.clock = clock
+        self.polls_held = 0  # long-polls waiting right now (for /metrics)
+        self._closing = asyncio.Event()
+
+    def shutdown(self) -> None:
+        """End every held long-poll now (with no commands); used on server shutdown."""
+        self._closing.set()
+
+    # ------------------------------------------------------------ views
+
+    def is_online(self, s: SourceRecord, now: float | None = None) -> bool:
+        now = self.clock() if now is None else now
+        a = self.config.agents
+        limit = a.heartbeat_interval_seconds * a.offline_after_missed
+        return s.last_heartbeat is not None and now - s.last_heartbeat <= limit
+
+    def source_view(self, s: SourceRecord, now: float | None = None) -> dict[str, Any]:
+        return {
+            "SourceId": s.source_id,
+            "MachineId": s.machine_id,
+            "Hostname": s.hostname,
+            "OsName": s.os_name,
+            "AgentVersion": s.agent_version,
+            "Disks": [{"Name": d.name, "SizeBytes": d.size_bytes, "MountPoints": list(d.mount_points),
+                       "IsSystem": d.is_system} for d in s.disks],
+            "Status": "online" if self.is_online(s, now) else "offline",
+            "LastHeartbeatTime": iso(s.last_heartbeat),
+            "RegisteredTime": iso(s.registered_at),
+            "RegisteredBy": s.registered_by,
+        }
+
+    @staticmethod
+    def agent_task_view(t: TaskRecord) -> dict[str, Any]:
+        """The task as the agent receives it with a command."""
+        return {
+            "TaskId": t.task_id,
+            "TaskName": t.name,
+            "Description": t.description,
+            "Region": t.region,
+            "TargetType": t.target_type,
+            "ImageName": t.image_name,
+            "TargetInstanceId": t.target_instance_id,
+            "TargetSsh": t.target_ssh,
+            "TargetHostKey": t.target_host_key,
+            "BandwidthLimitKBps": t.bandwidth_limit_kbps,
+            "Checksum": t.checksum,
+            "DiskMapping": [{"Source": a, "Target": b} for a, b in t.disk_mapping],
+            "State": t.state,
+        }
+
+    @classmethod
+    def task_view(cls, t: TaskRecord) -> dict[str, Any]:
+        """The task as an operator sees it (DescribeTasks, the web UI)."""
+        state = TaskState(t.state)
+        p = t.progress or {}
+        disks = p.get("Disks", [])
+        total = sum(d.get("BytesTotal", 0) for d in disks)
+        done = sum(d.get("BytesDone", 0) for d in disks)
+        v = cls.agent_task_view(t)
+        v.update({
+            "SourceId": t.source_id,
+            "ScheduledStartTime": iso(t.scheduled_at),
+            "Stage": t.stage,
+            "Message": t.message,
+            "Progress": {
+                "Disks": disks,
+                "BytesTotal": total,
+                "BytesDone": done,
+                "Percent": round(100.0 * done / total, 2) if total else 0.0,
+                "RateBps": p.get("RateBps", 0.0),
+                "EtaSeconds": p.get("EtaSeconds"),
+                "LagSeconds": p.get("LagSeconds"),
+                "UpdatedTime": iso(p.get("UpdatedAt")),
+            },
+            "CreatedTime": iso(t.created_at),
+            "UpdatedTime": iso(t.updated_at),
+            "AllowedActions": [a.value for a in allowed_actions(state)],
+            "DeniedActions": [a.value for a in denied_actions(state)],
+        })
+        return v
+
+    @staticmethod
+    def command_view(c: CommandRecord) -> dict[str, Any]:
+        return {"CommandId": c.command_id, "TaskId": c.task_id, "Action": c.action, "Params": c.params}
+
+    @staticmethod
+    def event_view(e: EventRecord) -> dict[str, Any]:
+        return {"EventId": e.event_id, "Time": iso(e.time), "Level": e.level, "Stage": e.stage, "Message": e.message}
+
+    # ------------------------------------------------------------ helpers
+
+    async def _own_source(self, caller: Caller, source_id: str) -> SourceRecord:
+        s = await self.storage.get_source(source_id)
+        if s is None:
+            raise ApiError("ResourceNotFound.Source", f"source {source_id} does not exist; register again")
+        if s.registered_by != caller.secret_id:
+            raise ApiError("AuthFailure.UnauthorizedOperation",
+                           f"source {source_id} was registered with another key; this key cannot act on it")
+        return s
+
+    async def _task(self, task_id: str) -> TaskRecord:
+        t = await self.storage.get_task(task_id)
+        if t is None:
+            raise ApiError("ResourceNotFound.Task", f"task {task_id} does not exist")
+        return t
+
+    async def _own_task(self, caller: Caller, source_id: str, task_id: str) -> TaskRecord:
+        await self._own_source(caller, source_id)
+        t = await self.storage.get_task(task_id)
+        if t is None or t.source_id != source_id:
+            raise ApiError("ResourceNotFound.Task", f"task {task_id} does not exist on source {source_id}")
+        return t
+
+    # ------------------------------------------------------------ agent actions
+
+    async def register_source(self, caller: Caller, p: P.RegisterSource) -> dict[str, Any]:
+        disks = tuple(DiskInfo(d.Name, d.SizeBytes, tuple(d.MountPoints), d.IsSystem) for d in p.Disks)
+        names = [d.name for d in disks]
+        if len(set(names)) != len(names):
+            raise ApiError("InvalidParameterValue", "parameter Disks: disk names must be unique")
+        try:
+            s, created = await self.storage.register_source(
+                machine_id=p.MachineId, hostname=p.Hostname, os_name=p.OsName, agent_version=p.AgentVersion,
+                disks=disks, registered_by=caller.secret_id, now=self.clock(),
+            )
+        except StorageConflict as exc:
+            raise ApiError("FailedOperation.MachineOwnedByOtherKey", str(exc)) from None
+        log.info("source registered" if created else "source re-registered", source_id=s.source_id,
+                 hostname=s.hostname)
+        return {"SourceId": s.source_id, "HeartbeatIntervalSeconds": self.config.agents.heartbeat_interval_seconds}
+
+    async def heartbeat(self, caller: Caller, p: P.Heartbeat) -> dict[str, Any]:
+        s = await self._own_source(caller, p.SourceId)
+        now = self.clock()
+        await self.storage.record_heartbeat(s.source_id, p.AgentVersion or s.agent_version, now)
+        return {"HeartbeatIntervalSeconds": self.config.agents.heartbeat_interval_seconds, "ServerTime": now}
+
+    async def poll_commands(self, caller: Caller, p: P.PollCommands) -> dict[str, Any]:
+        s = await self._own_source(caller, p.SourceId)
+        a = self.config.agents
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(p.WaitSeconds, a.max_wait_seconds)
+        await self.storage.record_heartbeat(s.source_id, s.agent_version, self.clock())
+        self.polls_held += 1
+        try:
+            while True:
+                waiter = self.storage.command_waiter(s.source_id)  # before looking: no lost wake-up
+                cmds, next_due = await self.storage.take_commands(
+                    s.source_id, self.clock(), a.command_visibility_seconds)
+                if cmds:
+                    return {"Commands": [await self._command_for_agent(c) for c in cmds]}
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._closing.is_set():
+                    return {"Commands": []}
+                if next_due is not None:
+                    remaining = min(remaining, max(0.05, next_due - self.clock()))
+                woken = asyncio.ensure_future(waiter.wait(remaining))
+                closing = asyncio.ensure_future(self._closing.wait())
+                try:
+                    await asyncio.wait([woken, closing], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                    closing.cancel()
+        finally:
+            self.polls_held -= 1
+
+    async def _command_for_agent(self, c: CommandRecord) -> dict[str, Any]:
+        v = self.command_view(c)
+        t = await self.storage.get_task(c.task_id)
+        v["Task"] = self.agent_task_view(t) if t is not None else None
+        return v
+
+    async def ack_command(self, caller: Caller, p: P.AckCommand) -> dict[str, Any]:
+        await self._own_source(caller, p.SourceId)
+        rec, first = await self.storage.ack_command(p.SourceId, p.CommandId, p.Result, p.Message, self.clock())
+        if rec is None:
+            raise ApiError("ResourceNotFound.Command", f"command {p.CommandId} does not exist on source {p.SourceId}")
+        if first and p.Result == "error":
+            await self.storage.add_event(rec.task_id, rec.source_id, "error", "",
+                                         f"command {rec.action} failed on the agent: {p.Message}", self.clock())
+        return {"CommandId": rec.command_id, "Result": rec.result}
+
+    async def report_task_progress(self, caller: Caller, p: P.ReportTaskProgress) -> dict[str, Any]:
+        now = self.clock()
+        for _attempt in range(5):
+            t = await self._own_task(caller, p.SourceId, p.TaskId)
+            old, new = TaskState(t.state), p.State
+            event = None
+            if old != new:
+                try:
+                    why = transition(old, new)
+                except IllegalTransition as exc:
+                    raise ApiError("FailedOperation.IllegalStateTransition", f"task {t.task_id}: {exc}") from None
+                text = f"{old.value} -> {new.value}: {why}" + (f" ({p.Message})" if p.Message else "")
+                event = ("error" if new == TaskState.FAILED else "info", p.Stage, text)
+            progress = {
+                "Disks": [d.model_dump() for d in p.Disks],
+                "RateBps": p.RateBps, "EtaSeconds": p.EtaSeconds, "LagSeconds": p.LagSeconds, "UpdatedAt": now,
+            }
+            changes: dict[str, Any] = {"state": new.value, "stage": p.Stage, "progress": progress}
+            if p.Message or old != new:
+                changes["message"] = p.Message
+            try:
+                t, _ = await self.storage.update_task(t.task_id, expect_state=old.value, changes=changes,
+                                                      event=event, now=now)
+            except StorageConflict:
+                continue  # an operator changed the task meanwhile: check again against its new state
+            if event:
+                log.info("task state", task_id=t.task_id, old=old.value, new=new.value)
+            return {"TaskId": t.task_id, "State": t.state}
+        raise ApiError("InternalError.Busy", "the task keeps changing; report again")
+
+    async def report_task_event(self, caller: Caller, p: P.ReportTaskEvent) -> dict[str, Any]:
+        t = await self._own_task(caller, p.SourceId, p.TaskId)
+        e = await self.storage.add_event(t.task_id, t.source_id, p.Level, p.Stage, p.Message, self.clock())
+        return {"EventId": e.event_id}
+
+    # ------------------------------------------------------------ keys
+
+    async def create_key(self, caller: Caller | None, p: P.CreateKey) -> dict[str, Any]:
+        k = await self.storage.create_key(p.Role, p.Name, self.clock())
+        log.info("key created", secret_id=k.secret_id, role=k.role, name=k.name,
+                 by=caller.secret_id if caller else "local")
+        return {"SecretId": k.secret_id, "SecretKey": k.secret_key, "Role": k.role, "Name": k.name}
+
+    @staticmethod
+    def key_view(k: KeyRecord) -> dict[str, Any]:
+        return {"SecretId": k.secret_id, "Role": k.role, "Name": k.name, "CreatedTime": iso(k.created_at),
+                "RevokedTime": iso(k.revoked_at), "Status": "active" if k.active else "revoked"}
+
+    async def describe_keys(self, caller: Caller, p: P.DescribeKeys) -> dict[str, Any]:
+        keys = await self.storage.list_keys()
+        return {"KeySet": [self.key_view(k) for k in keys], "TotalCount": len(keys)}
+
+    async def revoke_key(self, caller: Caller, p: P.RevokeKey) -> dict[str, Any]:
+        k = await self.storage.get_key(p.SecretId)
+        if k is None:
+            raise ApiError("ResourceNotFound.Key", f"key {p.SecretId} does not exist")
+        if k.active and k.role == "admin":
+            admins = [x for x in await self.storage.list_keys() if x.active and x.role == "admin"]
+            if len(admins) <= 1:
+                raise ApiError("FailedOperation.LastAdminKey",
+                               "this is the last active admin key; create another admin key first")
+        k = await self.storage.revoke_key(p.SecretId, self.clock())
+        assert k is not None
+        log.info("key revoked", secret_id=k.secret_id, by=caller.secret_id)
+        return self.key_view(k)
+
+    # ------------------------------------------------------------ sources
+
+    async def describe_sources(self, caller: Caller, p: P.DescribeSources) -> dict[str, Any]:
+        srcs = await self.storage.list_sources()
+        if p.SourceIds is not None:
+            wanted = set(p.SourceIds)
+            srcs = [s for s in srcs if s.source_id in wanted]
+        now = self.clock()
+        out = []
+        for s in srcs:
+            v = self.source_view(s, now)
+            tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
+            v["CurrentTaskId"] = tasks[0].task_id if tasks else None
+            out.append(v)
+        return {"SourceSet": out, "TotalCount": len(out)}
+
+    async def remove_source(self, caller: Caller, p: P.RemoveSource) -> dict[str, Any]:
+        s = await self.storage.get_source(p.SourceId)
+        if s is None:
+            raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
+        tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
+        if tasks:
+            raise ApiError("ResourceInUse.Source",
+                           f"source {s.source_id} has unfinished task {tasks[0].task_id} ({tasks[0].state}); "
+                           "delete it first")
+        await self.storage.remove_source(s.source_id)
+        log.info("source removed", source_id=s.source_id, by=caller.secret_id)
+        return {"SourceId": s.source_id}
+
+    # ------------------------------------------------------------ tasks
+
+    async def create_task(self, caller: Caller, p: P.CreateTask) -> dict[str, Any]:
+        s = await self.storage.get_source(p.SourceId)
+        if s is None:
+            raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
+        if p.TargetType == "image" and not p.ImageName:
+            raise ApiError("MissingParameter", "missing parameter ImageName (required when TargetType is image)")
+        if p.TargetType == "instance" and not p.TargetInstanceId:
+            raise ApiError("MissingParameter",
+                           "missing parameter TargetInstanceId (required when TargetType is instance)")
+        now = self.clock()
+        scheduled_at = None
+        if p.ScheduledStartTime:
+            scheduled_at = parse_time(p.ScheduledStartTime, "ScheduledStartTime")
+            lead = self.config.scheduler.min_lead_seconds
+            if scheduled_at < now + lead:
+                raise ApiError("InvalidParameterValue",
+                               f"parameter ScheduledStartTime: must be at least {lead / 60:g} minutes from now "
+                               f"(server time {iso(now)})")
+        disk_names = {d.name for d in s.disks}
+        if p.DiskMapping is not None:
+            mapping = tuple((m.Source, m.Target) for m in p.DiskMapping)
+            for i, (src, _) in enumerate(mapping):
+                if src not in disk_names:
+                    raise ApiError("InvalidParameterValue",
+                                   f"parameter DiskMapping.{i}.Source: source {s.source_id} has no disk {src!r} "
+                                   f"(it has {', '.join(sorted(disk_names)) or 'none'})")
+            if len({a for a, _ in mapping}) != len(mapping) or len({b for _, b in mapping}) != len(mapping):
+                raise ApiError("InvalidParameterValue", "parameter DiskMapping: each disk may appear once per side")
+            if not mapping:
+                raise ApiError("InvalidParameterValue", "parameter DiskMapping: map at least one disk")
+        else:
+            chosen = [d for d in s.disks if d.is_system or d.mount_points] or list(s.disks)
+            mapping = tuple((d.name, d.name) for d in chosen)
+            if not mapping:
+                raise ApiError("InvalidParameterValue",
+                               f"parameter DiskMapping: source {s.source_id} reported no disks; give DiskMapping")
+        task_id = new_id("task-")
+        state = TaskState.SCHEDULED if scheduled_at is not None else TaskState.CREATED
+        rec = TaskRecord(
+            task_id=task_id, source_id=s.source_id, name=p.TaskName, description=p.Description, region=p.Region,
+            target_type=p.TargetType, image_name=p.ImageName if p.TargetType == "image" else "",
+            target_instance_id=p.TargetInstanceId if p.TargetType == "instance" else "",
+            target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
+            checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
+            created_at=now, updated_at=now,
+        )
+        try:
+            rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
+        except StorageConflict as exc:
+            raise ApiError("ResourceInUse.Source", str(exc)) from None
+        await self.storage.add_event(task_id, s.source_id, "info", "", f"task created ({state.value})", now)
+        log.info("task created", task_id=task_id, source_id=s.source_id, state=state.value)
+        return {"TaskId": rec.task_id, "ImageName": rec.image_name, "State": rec.state}
+
+    async def describe_tasks(self, caller: Caller, p: P.DescribeTasks) -> dict[str, Any]:
+        tasks, total = await self.storage.list_tasks(
+            source_id=p.SourceId, states=[s.value for s in p.States] if p.States is not None else None,
+            task_ids=p.TaskIds, limit=p.Limit, offset=p.Offset)
+        return {"TaskSet": [self.task_view(t) for t in tasks], "TotalCount": total}
+
+    async def _act(self, task_id: str, action: Action, *, by: str) -> dict[str, Any]:
+        """Apply a person's (or the scheduler's) action to a task: check, change state, queue the command."""
+        for _attempt in range(5):
+            t = await self._task(task_id)
+            state = TaskState(t.state)
+            try:
+                check_action(action, state)
+            except ActionDenied as exc:
+                raise ApiError("FailedOperation.ActionDenied", f"task {task_id}: {exc}") from None
+            changes: dict[str, Any] = {}
+            command: NewCommand | None = None
+            if action in (Action.START, Action.RETRY):
+                if by != "scheduler":
+                    s = await self.storage.get_source(t.source_id)
+                    if s is None or not self.is_online(s):
+                        raise ApiError("FailedOperation.SourceOffline",
+                                       f"source {t.source_id} is offline; start the agent on it and try again")
+                new = TaskState.STARTING
+                command = NewCommand(CMD_RETRY if action == Action.RETRY else CMD_START)
+            elif action == Action.PAUSE:
+                new = state  # the agent reports paused once it has flushed and checkpointed
+                command = NewCommand(CMD_PAUSE)
+            else:  # delete
+                new = TaskState.DELETED
+                if state not in (TaskState.CREATED, TaskState.SCHEDULED):
+                    command = NewCommand(CMD_DELETE)  # the agent holds a checkpoint / target to release
+            if new != state:
+                why = transition(state, new)
+                changes["state"] = new.value
+                event = ("info", "", f"{action.value} by {by}: {state.value} -> {new.value}: {why}")
+            else:
+                event = ("info", "", f"{action.value} requested by {by}")
+            try:
+                t, cmd = await self.storage.update_task(task_id, expect_state=state.value, changes=changes,
+                                                        command=command, event=event, now=self.clock())
+            except StorageConflict:
+                continue
+            log.info("task action", task_id=task_id, action=action.value, by=by, state=t.state)
+            return {"TaskId": t.task_id, "State": t.state, "CommandId": cmd.command_id if cmd else None}
+        raise ApiError("InternalError.Busy", f"task {task_id} keeps changing; try again")
+
+    async def start_task(self, caller: Caller, p: P.StartTask) -> dict[str, Any]:
+        return await self._act(p.TaskId, Action.START, by=caller.key.name or caller.secret_id)
+
+    async def pause_task(self, caller: Caller, p: P.PauseTask) -> dict[str, Any]:
+        return await self._act(p.TaskId, Action.PAUSE, by=caller.key.name or caller.secret_id)
+
+    async def retry_task(self, caller: Caller, p: P.RetryTask) -> dict[str, Any]:
+        return await self._act(p.TaskId, Action.RETRY, by=caller.key.name or caller.secret_id)
+
+    async def delete_task(self, caller: Caller, p: P.DeleteTask) -> dict[str, Any]:
+        return await self._act(p.TaskId, Action.DELETE, by=caller.key.name or caller.secret_id)
+
+    async def start_scheduled(self, task_id: str) -> dict[str, Any] | None:
+        """The scheduler's start: None when the task is no longer scheduled (started, deleted)."""
+        t = await self.storage.get_task(task_id)
+        if t is None or t.state != TaskState.SCHEDULED.value:
+            return None
+        try:
+            return await self._act(task_id, Action.START, by="scheduler")
+        except ApiError:
+            return None
+
+    async def modify_task_bandwidth(self, caller: Caller, p: P.ModifyTaskBandwidth) -> dict[str, Any]:
+        for _attempt in range(5):
+            t = await self._task(p.TaskId)
+            state = TaskState(t.state)
+            if state.finished:
+                raise ApiError("FailedOperation.ActionDenied",
+                               f"task {t.task_id}: cannot change the bandwidth of a task that is {state.value}; "
+                               "allowed while it is not success or deleted")
+            command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
+                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.VERIFYING,
+                                    TaskState.PAUSED) else None)
+            event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
+            try:
+                t, cmd = await self.storage.update_task(
+                    t.task_id, expect_state=state.value, changes={"bandwidth_limit_kbps": p.BandwidthLimitKBps},
+                    command=command, event=event, now=self.clock())
+            except StorageConflict:
+                continue
+            return {"TaskId": t.task_id, "BandwidthLimitKBps": t.bandwidth_limit_kbps,
+                    "CommandId": cmd.command_id if cmd else None}
+        raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
+
+    async def describe_task_events(self, caller: Caller, p: P.DescribeTaskEvents) -> dict[str, Any]:
+        await self._task(p.TaskId)
+        events = await self.storage.list_events(p.TaskId, after_id=p.AfterEventId, limit=p.Limit)
+        return {"EventSet": [self.event_view(e) for e in events]}

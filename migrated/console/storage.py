@@ -1,0 +1,859 @@
+"""Console storage: one small async interface, and its SQLite implementation.
+
+Everything the console keeps goes through :class:`Storage`: keys, sources,
+tasks, the command queue, task events, and the long-poll wake-up. The API, the
+scheduler and the web UI never touch SQL. Business rules (which state allows
+which action, one unfinished task per source) live in ``service.py``; storage
+offers the atomic primitives those rules need:
+
+* :meth:`Storage.update_task` is a compare-and-set on the task state that can
+  enqueue a command *in the same transaction*, so a state change and its
+  command are durable together or not at all (nothing lost, nothing run twice
+  across a crash or a second console process).
+* :meth:`Storage.command_waiter` returns a waiter *before* the caller looks for
+  commands; :meth:`Storage.update_task` wakes
+  every waiter of the source after commit. Taking the waiter first means a
+  command committed between "look" and "wait" is never missed.
+
+SQLite (the embedded default): WAL journal, ``synchronous=FULL`` (a commit is
+durable when it returns). Writes go through one connection in one dedicated
+thread, so the event loop never blocks on ``fsync``; reads use a second,
+read-only connection right on the event loop (a WAL reader never waits for the
+writer, and a read costs far less than a hop to another thread and back). Heartbeats are the exception to durable
+commits: they are held in memory and written in one transaction every few
+seconds (losing the last few seconds of "last seen" in a crash is harmless and
+saves an fsync per beat). A PostgreSQL backend adds a class with the same
+methods, using ``LISTEN/NOTIFY`` for :meth:`command_waiter` across processes.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import string
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_ALNUM = string.ascii_letters + string.digits
+_LOWER = string.ascii_lowercase + string.digits
+
+
+def new_id(prefix: str, n: int = 10) -> str:
+    return prefix + "".join(secrets.choice(_LOWER) for _ in range(n))
+
+
+def new_secret_id() -> str:
+    return "AKID" + "".join(secrets.choice(_ALNUM) for _ in range(32))
+
+
+def new_secret_key() -> str:
+    return "".join(secrets.choice(_ALNUM) for _ in range(40))
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    secret_id: str
+    secret_key: str
+    role: str  # admin | agent
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    name: str
+    size_bytes: int
+    mount_points: tuple[str, ...] = ()
+    is_system: bool = False
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    source_id: str
+    machine_id: str
+    hostname: str
+    os_name: str
+    agent_version: str
+    disks: tuple[DiskInfo, ...]
+    registered_by: str  # SecretId of the agent key that registered it
+    registered_at: float
+    last_heartbeat: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    source_id: str
+    name: str
+    description: str
+    region: str
+    target_type: str  # image | instance
+    image_name: str
+    target_instance_id: str
+    target_ssh: str
+    target_host_key: str
+    bandwidth_limit_kbps: int
+    checksum: bool
+    disk_mapping: tuple[tuple[str, str], ...]  # (source disk, target disk)
+    scheduled_at: float | None
+    state: str
+    stage: str = ""
+    message: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    command_id: str
+    source_id: str
+    task_id: str
+    action: str
+    params: dict[str, Any]
+    created_at: float
+    delivered_at: float | None = None
+    deliveries: int = 0
+    acked_at: float | None = None
+    result: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event_id: int
+    task_id: str
+    source_id: str
+    time: float
+    level: str
+    stage: str
+    message: str
+
+
+class StorageConflict(Exception):
+    """A compare-and-set lost: the row changed (or vanished) since the caller read it."""
+
+
+# ---------------------------------------------------------------- interface
+
+
+class CommandWaiter(abc.ABC):
+    @abc.abstractmethod
+    async def wait(self, timeout: float) -> bool:
+        """Wait until a command may be queued for the source, or ``timeout`` seconds. True if woken."""
+
+
+class Storage(abc.ABC):
+    """What the console keeps. Every method is safe to call concurrently from the event loop."""
+
+    # lifecycle
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # keys
+    @abc.abstractmethod
+    async def create_key(self, role: str, name: str, now: float) -> KeyRecord: ...
+
+    @abc.abstractmethod
+    async def get_key(self, secret_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, secret_id: str, now: float) -> KeyRecord | None:
+        """Revoke (idempotent); None when no such key."""
+
+    # sources
+    @abc.abstractmethod
+    async def register_source(
+        self, *, machine_id: str, hostname: str, os_name: str, agent_version: str,
+        disks: tuple[DiskInfo, ...], registered_by: str, now: float,
+    ) -> tuple[SourceRecord, bool]:
+        """Insert or update the source of ``machine_id``; returns (record, created).
+
+        An existing source registered by another key moves to ``registered_by`` only when
+        that other key is revoked or gone (key rotation); otherwise :class:`StorageConflict`.
+        """
+
+    @abc.abstractmethod
+    async def get_source(self, source_id: str) -> SourceRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_sources(self) -> list[SourceRecord]: ...
+
+    @abc.abstractmethod
+    async def remove_source(self, source_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def record_heartbeat(self, source_id: str, agent_version: str, now: float) -> bool:
+        """Note that the source is alive; False when the source does not exist."""
+
+    # tasks
+    @abc.abstractmethod
+    async def create_task(self, task: TaskRecord, *, unfinished_states: Iterable[str]) -> TaskRecord:
+        """Insert ``task``; refuses (StorageConflict, message names the task) when the source
+        already has a task in ``unfinished_states``. When an image name is taken by another
+        task, ``-<task id>`` is appended to it."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, *, source_id: str | None = None, states: Iterable[str] | None = None,
+        task_ids: Iterable[str] | None = None, limit: int = 100, offset: int = 0,
+    ) -> tuple[list[TaskRecord], int]:
+        """Newest first; returns (page, total matching)."""
+
+    @abc.abstractmethod
+    async def update_task(
+        self, task_id: str, *, expect_state: str, changes: dict[str, Any],
+        command: NewCommand | None = None, event: tuple[str, str, str] | None = None, now: float,
+    ) -> tuple[TaskRecord, CommandRecord | None]:
+        """Atomically: if the task is in ``expect_state``, apply ``changes`` (column names of
+        TaskRecord), enqueue ``command`` for the task's source and add ``event`` (level, stage,
+        message). StorageConflict when the state differs. Wakes the source's waiters."""
+
+    @abc.abstractmethod
+    async def due_scheduled_tasks(self, now: float) -> list[TaskRecord]: ...
+
+    @abc.abstractmethod
+    async def next_scheduled_time(self) -> float | None: ...
+
+    # commands
+    @abc.abstractmethod
+    def command_waiter(self, source_id: str) -> CommandWaiter: ...
+
+    @abc.abstractmethod
+    async def take_commands(
+        self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,
+    ) -> tuple[list[CommandRecord], float | None]:
+        """Unacked commands that were never delivered or whose delivery is older than the
+        visibility timeout, oldest first, marked delivered now. Also returns when the next
+        in-flight command becomes due again (None if none). Delivery marks need not be
+        durable: after a crash an unacked command may come again early, never not at all."""
+
+    @abc.abstractmethod
+    async def ack_command(
+        self, source_id: str, command_id: str, result: str, message: str, now: float,
+    ) -> tuple[CommandRecord | None, bool]:
+        """(record, first_ack). Idempotent: a second ack returns the first one's record."""
+
+    @abc.abstractmethod
+    async def list_commands(self, task_id: str) -> list[CommandRecord]: ...
+
+    @abc.abstractmethod
+    async def count_pending_commands(self) -> int: ...
+
+    # events
+    @abc.abstractmethod
+    async def add_event(self, task_id: str, source_id: str, level: str, stage: str, message: str,
+                        now: float) -> EventRecord: ...
+
+    @abc.abstractmethod
+    async def list_events(self, task_id: str, *, after_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
+
+    @abc.abstractmethod
+    async def task_state_counts(self) -> dict[str, int]: ...
+
+
+# ---------------------------------------------------------------- SQLite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    secret_id TEXT PRIMARY KEY, secret_key TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
+    created_at REAL NOT NULL, revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    source_id TEXT PRIMARY KEY, machine_id TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL,
+    os_name TEXT NOT NULL, agent_version TEXT NOT NULL, disks TEXT NOT NULL,
+    registered_by TEXT NOT NULL, registered_at REAL NOT NULL, last_heartbeat REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, source_id TEXT NOT NULL, name TEXT NOT NULL, description TEXT NOT NULL,
+    region TEXT NOT NULL, target_type TEXT NOT NULL, image_name TEXT NOT NULL,
+    target_instance_id TEXT NOT NULL, target_ssh TEXT NOT NULL, target_host_key TEXT NOT NULL,
+    bandwidth_limit_kbps INTEGER NOT NULL, checksum INTEGER NOT NULL, disk_mapping TEXT NOT NULL,
+    scheduled_at REAL, state TEXT NOT NULL, stage TEXT NOT NULL, message TEXT NOT NULL,
+    progress TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source_id, state);
+CREATE INDEX IF NOT EXISTS tasks_sched ON tasks(state, scheduled_at);
+CREATE TABLE IF NOT EXISTS commands (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL UNIQUE, source_id TEXT NOT NULL,
+    task_id TEXT NOT NULL, action TEXT NOT NULL, params TEXT NOT NULL, created_at REAL NOT NULL,
+    delivered_at REAL, deliveries INTEGER NOT NULL DEFAULT 0, acked_at REAL,
+    result TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands(source_id, acked_at, seq);
+CREATE TABLE IF NOT EXISTS events (
+    event_id INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, source_id TEXT NOT NULL,
+    time REAL NOT NULL, level TEXT NOT NULL, stage TEXT NOT NULL, message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task ON events(task_id, event_id);
+"""
+
+SCHEMA_VERSION = "1"
+
+_TASK_COLUMNS = (
+    "task_id", "source_id", "name", "description", "region", "target_type", "image_name",
+    "target_instance_id", "target_ssh", "target_host_key", "bandwidth_limit_kbps", "checksum",
+    "disk_mapping", "scheduled_at", "state", "stage", "message", "progress", "created_at", "updated_at",
+)
+
+
+def _task_from_row(row: sqlite3.Row) -> TaskRecord:
+    d = dict(row)
+    d["checksum"] = bool(d["checksum"])
+    d["disk_mapping"] = tuple((a, b) for a, b in json.loads(d["disk_mapping"]))
+    d["progress"] = json.loads(d["progress"])
+    return TaskRecord(**d)
+
+
+def _task_to_row(t: TaskRecord) -> dict[str, Any]:
+    return {
+        "task_id": t.task_id, "source_id": t.source_id, "name": t.name, "description": t.description,
+        "region": t.region, "target_type": t.target_type, "image_name": t.image_name,
+        "target_instance_id": t.target_instance_id, "target_ssh": t.target_ssh,
+        "target_host_key": t.target_host_key, "bandwidth_limit_kbps": t.bandwidth_limit_kbps,
+        "checksum": int(t.checksum), "disk_mapping": json.dumps([list(p) for p in t.disk_mapping]),
+        "scheduled_at": t.scheduled_at, "state": t.state, "stage": t.stage, "message": t.message,
+        "progress": json.dumps(t.progress), "created_at": t.created_at, "updated_at": t.updated_at,
+    }
+
+
+def _source_from_row(row: sqlite3.Row) -> SourceRecord:
+    d = dict(row)
+    d["disks"] = tuple(
+        DiskInfo(x["name"], x["size_bytes"], tuple(x.get("mount_points", ())), bool(x.get("is_system")))
+        for x in json.loads(d["disks"])
+    )
+    return SourceRecord(**d)
+
+
+def _disks_json(disks: tuple[DiskInfo, ...]) -> str:
+    return json.dumps([
+        {"name": d.name, "size_bytes": d.size_bytes, "mount_points": list(d.mount_points), "is_system": d.is_system}
+        for d in disks
+    ])
+
+
+def _command_from_row(row: sqlite3.Row) -> CommandRecord:
+    d = dict(row)
+    d.pop("seq")
+    d["params"] = json.loads(d["params"])
+    return CommandRecord(**d)
+
+
+class _EventWaiter(CommandWaiter):
+    def __init__(self, event: asyncio.Event) -> None:
+        self._event = event
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._event.wait()
+            return True
+        except TimeoutError:
+            return False
+
+
+class SQLiteStorage(Storage):
+    """SQLite file storage. ``heartbeat_flush_seconds``: how often buffered heartbeats are written."""
+
+    def __init__(self, path: str | os.PathLike[str], *, heartbeat_flush_seconds: float = 5.0) -> None:
+        self.path = Path(path)
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None  # the writer: used only in the storage thread
+        self._rdb: sqlite3.Connection | None = None  # the reader: used only on the event loop thread
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._delivered: dict[str, tuple[float, int]] = {}  # command id -> (last delivery, deliveries), unacked
+        self._beats: dict[str, tuple[float, str]] = {}  # source_id -> (time, agent version), not yet written
+        self._beats_lock = threading.Lock()
+        self._flush_every = heartbeat_flush_seconds
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- plumbing
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        new = not self.path.exists()
+        if new:
+            # the file holds secret keys: create it private
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.row_factory = sqlite3.Row
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"{self.path}: cannot use WAL journal (got {mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta(k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"{self.path}: schema version {row[0]}, this console knows {SCHEMA_VERSION}")
+        self._db = db
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._rdb is None:
+            raise RuntimeError("storage is not open")
+        return self._rdb
+
+    def _writer(self) -> sqlite3.Connection:
+        assert self._db is not None
+        return self._db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError("storage is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @contextlib.contextmanager
+    def _tx(self):  # runs in the storage thread
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _notify(self, source_id: str) -> None:
+        ev = self._waiters.pop(source_id, None)
+        if ev is not None:
+            ev.set()
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-db")
+        await self._run(self._connect)
+        # WAL readers never wait for the writer's fsync: reads run right on the event loop,
+        # which saves a thread hop (and a GIL hand-over) on every request
+        rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        rdb.row_factory = sqlite3.Row
+        rdb.execute("PRAGMA query_only=ON")
+        self._rdb = rdb
+        self._flusher = asyncio.create_task(self._flush_loop(), name="heartbeat-flush")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        if self._executor is not None:
+            await self._run(self._flush_beats)
+            await self._run(self._close_db)
+            if self._rdb is not None:
+                self._rdb.close()
+                self._rdb = None
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_every)
+            await self._run(self._flush_beats)
+
+    def _flush_beats(self) -> None:
+        with self._beats_lock:
+            beats, self._beats = self._beats, {}
+        if not beats or self._db is None:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE sources SET last_heartbeat=?, agent_version=? WHERE source_id=?",
+                [(t, v, sid) for sid, (t, v) in beats.items()],
+            )
+
+    def _with_beat(self, s: SourceRecord) -> SourceRecord:
+        with self._beats_lock:
+            b = self._beats.get(s.source_id)
+        if b is None:
+            return s
+        return replace(s, last_heartbeat=b[0], agent_version=b[1])
+
+    # -- keys
+
+    async def create_key(self, role: str, name: str, now: float) -> KeyRecord:
+        rec = KeyRecord(new_secret_id(), new_secret_key(), role, name, now)
+
+        def go() -> None:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO keys(secret_id, secret_key, role, name, created_at) VALUES (?,?,?,?,?)",
+                    (rec.secret_id, rec.secret_key, rec.role, rec.name, rec.created_at),
+                )
+
+        await self._run(go)
+        return rec
+
+    @staticmethod
+    def _get_key(db: sqlite3.Connection, secret_id: str) -> KeyRecord | None:
+        row = db.execute("SELECT * FROM keys WHERE secret_id=?", (secret_id,)).fetchone()
+        return KeyRecord(**dict(row)) if row else None
+
+    async def get_key(self, secret_id: str) -> KeyRecord | None:
+        return self._get_key(self._reader(), secret_id)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        def go() -> list[KeyRecord]:
+            db = self._reader()
+            return [KeyRecord(**dict(r)) for r in db.execute("SELECT * FROM keys ORDER BY created_at")]
+
+        return go()
+
+    async def revoke_key(self, secret_id: str, now: float) -> KeyRecord | None:
+        def go() -> KeyRecord | None:
+            with self._tx() as db:
+                db.execute("UPDATE keys SET revoked_at=? WHERE secret_id=? AND revoked_at IS NULL", (now, secret_id))
+            return self._get_key(self._writer(), secret_id)
+
+        return await self._run(go)
+
+    # -- sources
+
+    async def register_source(
+        self, *, machine_id: str, hostname: str, os_name: str, agent_version: str,
+        disks: tuple[DiskInfo, ...], registered_by: str, now: float,
+    ) -> tuple[SourceRecord, bool]:
+        def go() -> tuple[SourceRecord, bool]:
+            with self._tx() as db:
+                row = db.execute("SELECT * FROM sources WHERE machine_id=?", (machine_id,)).fetchone()
+                if row is not None:
+                    old = _source_from_row(row)
+                    old_key = self._get_key(db, old.registered_by)
+                    if old.registered_by != registered_by and old_key is not None and old_key.active:
+                        raise StorageConflict(
+                            f"machine {machine_id} is registered as {old.source_id} by another key that is "
+                            "still active; revoke that key first to move the source to this one"
+                        )
+                    db.execute(
+                        "UPDATE sources SET hostname=?, os_name=?, agent_version=?, disks=?, registered_by=?, "
+                        "last_heartbeat=? WHERE source_id=?",
+                        (hostname, os_name, agent_version, _disks_json(disks), registered_by, now, old.source_id),
+                    )
+                    created = False
+                    source_id = old.source_id
+                else:
+                    source_id = new_id("src-")
+                    db.execute(
+                        "INSERT INTO sources(source_id, machine_id, hostname, os_name, agent_version, disks, "
+                        "registered_by, registered_at, last_heartbeat) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (source_id, machine_id, hostname, os_name, agent_version, _disks_json(disks),
+                         registered_by, now, now),
+                    )
+                    created = True
+                row = db.execute("SELECT * FROM sources WHERE source_id=?", (source_id,)).fetchone()
+            with self._beats_lock:
+                self._beats.pop(source_id, None)
+            return _source_from_row(row), created
+
+        return await self._run(go)
+
+    async def get_source(self, source_id: str) -> SourceRecord | None:
+        def go() -> SourceRecord | None:
+            db = self._reader()
+            row = db.execute("SELECT * FROM sources WHERE source_id=?", (source_id,)).fetchone()
+            return self._with_beat(_source_from_row(row)) if row else None
+
+        return go()
+
+    async def list_sources(self) -> list[SourceRecord]:
+        def go() -> list[SourceRecord]:
+            db = self._reader()
+            rows = db.execute("SELECT * FROM sources ORDER BY registered_at").fetchall()
+            return [self._with_beat(_source_from_row(r)) for r in rows]
+
+        return go()
+
+    async def remove_source(self, source_id: str) -> bool:
+        def go() -> bool:
+            with self._tx() as db:
+                n = db.execute("DELETE FROM sources WHERE source_id=?", (source_id,)).rowcount
+                db.execute("UPDATE commands SET acked_at=?, result='error', message='source removed' "
+                           "WHERE source_id=? AND acked_at IS NULL", (time.time(), source_id))
+            with self._beats_lock:
+                self._beats.pop(source_id, None)
+            return n > 0
+
+        return await self._run(go)
+
+    async def record_heartbeat(self, source_id: str, agent_version: str, now: float) -> bool:
+        def go() -> bool:
+            db = self._reader()
+            row = db.execute("SELECT 1 FROM sources WHERE source_id=?", (source_id,)).fetchone()
+            if row is None:
+                return False
+            with self._beats_lock:
+                self._beats[source_id] = (now, agent_version)
+            return True
+
+        return go()
+
+    # -- tasks
+
+    async def create_task(self, task: TaskRecord, *, unfinished_states: Iterable[str]) -> TaskRecord:
+        states = list(unfinished_states)
+
+        def go() -> TaskRecord:
+            t = task
+            with self._tx() as db:
+                marks = ",".join("?" * len(states))
+                row = db.execute(
+                    f"SELECT task_id, state FROM tasks WHERE source_id=? AND state IN ({marks})",
+                    (t.source_id, *states),
+                ).fetchone()
+                if row is not None:
+                    raise StorageConflict(
+                        f"source {t.source_id} already has unfinished task {row['task_id']} ({row['state']}); "
+                        "finish or delete it first"
+                    )
+                if t.image_name:
+                    taken = db.execute("SELECT 1 FROM tasks WHERE image_name=? AND region=?",
+                                       (t.image_name, t.region)).fetchone()
+                    if taken:
+                        t = replace(t, image_name=f"{t.image_name}-{t.task_id}")
+                row_d = _task_to_row(t)
+                db.execute(
+                    f"INSERT INTO tasks({','.join(_TASK_COLUMNS)}) VALUES ({','.join('?' * len(_TASK_COLUMNS))})",
+                    [row_d[c] for c in _TASK_COLUMNS],
+                )
+            return t
+
+        return await self._run(go)
+
+    @staticmethod
+    def _get_task(db: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+        row = db.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        return _task_from_row(row) if row else None
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        return self._get_task(self._reader(), task_id)
+
+    async def list_tasks(
+        self, *, source_id: str | None = None, states: Iterable[str] | None = None,
+        task_ids: Iterable[str] | None = None, limit: int = 100, offset: int = 0,
+    ) -> tuple[list[TaskRecord], int]:
+        where: list[str] = []
+        args: list[Any] = []
+        if source_id is not None:
+            where.append("source_id=?")
+            args.append(source_id)
+        if states is not None:
+            st = list(states)
+            where.append(f"state IN ({','.join('?' * len(st))})")
+            args.extend(st)
+        if task_ids is not None:
+            ids = list(task_ids)
+            where.append(f"task_id IN ({','.join('?' * len(ids))})")
+            args.extend(ids)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+
+        def go() -> tuple[list[TaskRecord], int]:
+            db = self._reader()
+            total = db.execute(f"SELECT COUNT(*) FROM tasks {clause}", args).fetchone()[0]
+            rows = db.execute(
+                f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, task_id LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+            return [_task_from_row(r) for r in rows], total
+
+        return go()
+
+    async def update_task(
+        self, task_id: str, *, expect_state: str, changes: dict[str, Any],
+        command: NewCommand | None = None, event: tuple[str, str, str] | None = None, now: float,
+    ) -> tuple[TaskRecord, CommandRecord | None]:
+        bad = set(changes) - set(_TASK_COLUMNS) | ({"task_id", "source_id"} & set(changes))
+        if bad:
+            raise ValueError(f"cannot change task columns {sorted(bad)}")
+
+        def go() -> tuple[TaskRecord, CommandRecord | None]:
+            with self._tx() as db:
+                cur = self._get_task(db, task_id)
+                if cur is None:
+                    raise StorageConflict(f"task {task_id} does not exist")
+                if cur.state != expect_state:
+                    raise StorageConflict(f"task {task_id} is {cur.state}, not {expect_state}")
+                new = replace(cur, **changes, updated_at=now)
+                row_d = _task_to_row(new)
+                cols = [c for c in _TASK_COLUMNS if c != "task_id"]
+                db.execute(f"UPDATE tasks SET {','.join(c + '=?' for c in cols)} WHERE task_id=?",
+                           [row_d[c] for c in cols] + [task_id])
+                cmd = None
+                if command is not None:
+                    cmd = CommandRecord(new_id("cmd-", 12), cur.source_id, task_id, command.action,
+                                        dict(command.params), now)
+                    db.execute(
+                        "INSERT INTO commands(command_id, source_id, task_id, action, params, created_at) "
+                        "VALUES (?,?,?,?,?,?)",
+                        (cmd.command_id, cmd.source_id, cmd.task_id, cmd.action, json.dumps(cmd.params), now),
+                    )
+                if event is not None:
+                    db.execute("INSERT INTO events(task_id, source_id, time, level, stage, message) "
+                               "VALUES (?,?,?,?,?,?)", (task_id, cur.source_id, now, *event))
+            return new, cmd
+
+        new, cmd = await self._run(go)
+        if cmd is not None:
+            self._notify(new.source_id)
+        return new, cmd
+
+    async def due_scheduled_tasks(self, now: float) -> list[TaskRecord]:
+        def go() -> list[TaskRecord]:
+            db = self._reader()
+            rows = db.execute(
+                "SELECT * FROM tasks WHERE state='scheduled' AND scheduled_at<=? ORDER BY scheduled_at", (now,)
+            ).fetchall()
+            return [_task_from_row(r) for r in rows]
+
+        return go()
+
+    async def next_scheduled_time(self) -> float | None:
+        def go() -> float | None:
+            db = self._reader()
+            return db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state='scheduled'").fetchone()[0]
+
+        return go()
+
+    # -- commands
+
+    def command_waiter(self, source_id: str) -> CommandWaiter:
+        ev = self._waiters.get(source_id)
+        if ev is None:
+            ev = self._waiters[source_id] = asyncio.Event()
+        return _EventWaiter(ev)
+
+    async def take_commands(
+        self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,
+    ) -> tuple[list[CommandRecord], float | None]:
+        # Delivery marks live in memory, not in the file: marking costs no write (no fsync on the
+        # delivery path), and losing them in a crash only means that every unacked command is
+        # delivered again at once after the restart, which the agent handles (it ignores IDs it
+        # has applied). Acks, which must never be lost, are durable writes.
+        cutoff = now - visibility_seconds
+        rows = self._reader().execute(
+            "SELECT * FROM commands WHERE source_id=? AND acked_at IS NULL ORDER BY seq", (source_id,)
+        ).fetchall()
+        out: list[CommandRecord] = []
+        next_due: float | None = None
+        for r in rows:
+            cid = r["command_id"]
+            when, count = self._delivered.get(cid, (None, 0))
+            if when is not None and when > cutoff:
+                due = when + visibility_seconds
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            if len(out) >= limit:
+                continue
+            self._delivered[cid] = (now, count + 1)
+            out.append(replace(_command_from_row(r), delivered_at=now, deliveries=count + 1))
+        return out, next_due
+
+    async def ack_command(
+        self, source_id: str, command_id: str, result: str, message: str, now: float,
+    ) -> tuple[CommandRecord | None, bool]:
+        def go() -> tuple[CommandRecord | None, bool]:
+            with self._tx() as db:
+                row = db.execute("SELECT * FROM commands WHERE command_id=? AND source_id=?",
+                                 (command_id, source_id)).fetchone()
+                if row is None:
+                    return None, False
+                if row["acked_at"] is not None:
+                    return _command_from_row(row), False
+                db.execute("UPDATE commands SET acked_at=?, result=?, message=? WHERE command_id=?",
+                           (now, result, message, command_id))
+                row = db.execute("SELECT * FROM commands WHERE command_id=?", (command_id,)).fetchone()
+            return _command_from_row(row), True
+
+        rec, first = await self._run(go)
+        if rec is not None:
+            self._delivered.pop(command_id, None)
+        return rec, first
+
+    async def list_commands(self, task_id: str) -> list[CommandRecord]:
+        def go() -> list[CommandRecord]:
+            db = self._reader()
+            rows = db.execute("SELECT * FROM commands WHERE task_id=? ORDER BY seq", (task_id,)).fetchall()
+            return [_command_from_row(r) for r in rows]
+
+        return go()
+
+    async def count_pending_commands(self) -> int:
+        def go() -> int:
+            db = self._reader()
+            return db.execute("SELECT COUNT(*) FROM commands WHERE acked_at IS NULL").fetchone()[0]
+
+        return go()
+
+    # -- events
+
+    async def add_event(self, task_id: str, source_id: str, level: str, stage: str, message: str,
+                        now: float) -> EventRecord:
+        def go() -> EventRecord:
+            with self._tx() as db:
+                cur = db.execute("INSERT INTO events(task_id, source_id, time, level, stage, message) "
+                                 "VALUES (?,?,?,?,?,?)", (task_id, source_id, now, level, stage, message))
+                eid = cur.lastrowid
+            return EventRecord(int(eid or 0), task_id, source_id, now, level, stage, message)
+
+        return await self._run(go)
+
+    async def list_events(self, task_id: str, *, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        def go() -> list[EventRecord]:
+            db = self._reader()
+            rows = db.execute(
+                "SELECT * FROM events WHERE task_id=? AND event_id>? ORDER BY event_id LIMIT ?",
+                (task_id, after_id, limit),
+            ).fetchall()
+            return [EventRecord(**dict(r)) for r in rows]
+
+        return go()
+
+    async def task_state_counts(self) -> dict[str, int]:
+        def go() -> dict[str, int]:
+            db = self._reader()
+            return {r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+
+        return go()

@@ -1,0 +1,130 @@
+"""migrate-console as a user runs it: `serve` as a real process, the admin subcommands as
+real processes talking to it through the signed API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+
+from migrated.console.client import ConsoleClient
+from tests.conftest import repo_env
+from tests.console_proc import ConsoleProcess, run_cli, write_config
+from tests.console_support import HOST_KEY, register
+
+
+@pytest.fixture
+def served(tmp_path):
+    cfg = write_config(tmp_path, tmp_path / "db" / "console.db")
+    proc = ConsoleProcess(cfg, tmp_path / "console.log").start()
+    creds = tmp_path / "admin.yaml"
+    r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
+                "--save", str(creds), "--endpoint", proc.url)
+    assert r.returncode == 0, r.stderr
+    assert "SecretKey:" in r.stdout and oct(creds.stat().st_mode & 0o777) == "0o600"
+    try:
+        yield proc, creds, cfg
+    finally:
+        assert proc.stop() == 0
+
+
+def ok(*args: str, env=None) -> str:
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
+
+
+def test_admin_workflow(served, tmp_path):
+    proc, creds, _ = served
+    c = ["--credentials", str(creds)]
+    assert (tmp_path / "db" / "console.db").stat().st_mode & 0o077 == 0, "the database holds keys: private"
+    agent_key = json.loads(ok("keys", "create", "--role", "agent", "--name", "fleet", "--json", *c))
+    assert agent_key["Role"] == "agent"
+    listing = ok("keys", "list", *c)
+    assert "fleet" in listing and "ops" in listing and agent_key["SecretKey"] not in listing
+
+    async def agent_registers() -> str:
+        async with ConsoleClient(proc.url, agent_key["SecretId"], agent_key["SecretKey"]) as a:
+            src = await register(a, "web01")
+            await a.call("Heartbeat", {"SourceId": src})
+            return src
+
+    src = asyncio.run(agent_registers())
+    out = ok("sources", *c)
+    assert src in out and "online" in out and "web01.example" in out
+    (s,) = json.loads(ok("sources", "--json", *c))["SourceSet"]
+    assert s["SourceId"] == src and s["Status"] == "online"
+
+    created = json.loads(ok("tasks", "create", "--source", src, "--name", "web01", "--region", "ap-guangzhou",
+                            "--target-type", "instance", "--target-instance", "ins-abc12345",
+                            "--target-ssh", "root@203.0.113.7:22", "--target-host-key", HOST_KEY,
+                            "--bandwidth-limit", "20480", "--checksum", "--disk", "/dev/vda=/dev/vda",
+                            "--json", *c))
+    tid = created["TaskId"]
+    assert created["State"] == "created"
+    assert tid in ok("tasks", "list", *c)
+    (t,) = json.loads(ok("tasks", "list", "--state", "created", "--json", *c))["TaskSet"]
+    assert t["DiskMapping"] == [{"Source": "/dev/vda", "Target": "/dev/vda"}]
+    shown = ok("tasks", "show", tid, *c)
+    assert "20480 KB/s" in shown and "/dev/vda -> /dev/vda" in shown and "start, delete" in shown
+
+    r = run_cli("tasks", "pause", tid, *c)
+    assert r.returncode == 2 and "pause is allowed when transferring" in r.stderr
+    assert "queued" in ok("tasks", "start", tid, *c)
+    assert "1024 KB/s" in ok("tasks", "set-bandwidth", tid, "1024", *c)
+    events = ok("tasks", "events", tid, *c)
+    assert "start by ops" in events and "20480 -> 1024" in events
+
+    r = run_cli("tasks", "delete", tid, *c)
+    assert r.returncode == 2 and "delete is allowed when" in r.stderr
+    r = run_cli("sources", "remove", src, *c)
+    assert r.returncode == 3 and "unfinished task" in r.stderr
+    r = run_cli("keys", "revoke", agent_key["SecretId"], *c)
+    assert r.returncode == 0 and "revoked" in r.stdout
+
+    later = time.strftime("%Y-%m-%dT%H:%M", time.localtime(time.time() + 120))
+    r = run_cli("tasks", "create", "--source", src, "--name", "x", "--region", "ap-guangzhou", "--target-type",
+                "image", "--image-name", "img", "--target-ssh", "root@h", "--target-host-key", HOST_KEY,
+                "--schedule", later, *c)
+    assert r.returncode == 3 and "ScheduledStartTime" in r.stderr and "10 minutes" in r.stderr
+
+
+def test_credentials_from_env_and_refusals(served, tmp_path):
+    proc, creds, _ = served
+    import yaml
+
+    doc = yaml.safe_load(creds.read_text())
+    env = repo_env(MIGRATE_CONSOLE_SECRET_ID=doc["secret_id"], MIGRATE_CONSOLE_SECRET_KEY=doc["secret_key"],
+                   MIGRATE_CONSOLE_ENDPOINT=proc.url, HOME=str(tmp_path))
+    assert "ops" in ok("keys", "list", env=env)
+
+    env_none = repo_env(HOME=str(tmp_path), MIGRATE_CONSOLE_ENDPOINT=proc.url)
+    for k in ("MIGRATE_CONSOLE_SECRET_ID", "MIGRATE_CONSOLE_SECRET_KEY", "MIGRATE_CONSOLE_CREDENTIALS"):
+        env_none.pop(k, None)
+    r = run_cli("keys", "list", env=env_none)
+    assert r.returncode == 2 and "no console credentials" in r.stderr
+
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(creds.read_text())
+    os.chmod(loose, 0o644)
+    r = run_cli("keys", "list", "--credentials", str(loose), env=env_none)
+    assert r.returncode == 2 and "chmod 600" in r.stderr
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump({**doc, "secret_key": "nope"}))
+    os.chmod(wrong, 0o600)
+    r = run_cli("keys", "list", "--credentials", str(wrong), env=env_none)
+    assert r.returncode == 3 and "AuthFailure.SignatureFailure" in r.stderr and "nope" not in r.stderr
+
+    r = run_cli("keys", "list", "--credentials", str(creds), "--endpoint", "http://127.0.0.1:9", env=env_none)
+    assert r.returncode == 3 and "127.0.0.1:9" in r.stderr
+
+
+def test_serve_refuses_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen:\n  prot: 80\n")
+    r = run_cli("serve", "--config", str(bad))
+    assert r.returncode == 2 and "listen.prot: unknown key" in r.stderr
