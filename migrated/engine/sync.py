@@ -70,7 +70,7 @@ class SyncOptions:
     checksum: bool = False  # verify every target block after the transfer, re-send what differs
     state_dir: str | os.PathLike[str] | None = None  # checkpoints; default_state_dir() when None
     compress: str = "auto"  # auto (zstd when both ends have it, else none) | zstd | zlib | none
-    window_chunks: int = 8  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
+    window_chunks: int = 6  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
     checkpoint_bytes: int = 64 * 1024 * 1024  # flush + checkpoint after this many bytes on the wire
     checkpoint_seconds: float = 5.0  # ... or after this long
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
@@ -277,7 +277,8 @@ class DiskSync:
         self.size = source.size
         self.stats = _Stats()
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
-        self.control._listeners.append(lambda r: self.bucket.set_rate(r, time.monotonic()))
+        self._listener = lambda r: self.bucket.set_rate(r, time.monotonic())
+        self.control._listeners.append(self._listener)
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
         self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
         self.flush_seq = 0
@@ -759,6 +760,8 @@ class DiskSync:
             result.throughput_bps = round(covered / result.seconds if result.seconds else 0.0, 1)
             self._emit_progress(force=True)
             self.last_result = result
+            with contextlib.suppress(ValueError):
+                self.control._listeners.remove(self._listener)
         return result
 
     async def verify(self, cp: Checkpoint) -> bool:
