@@ -211,3 +211,50 @@ async def test_small_scattered_writes_cost_about_their_size(sshd, tmp_path):
         assert_same(src, dst)
         assert s["blocks_sent"] >= 30
         assert s["bytes_sent"] <= 40 * (4096 + 512) + 64 * 1024, s  # whole blocks would be ~2.5 MiB
+
+
+def run_in_pty(argv: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``argv`` with a terminal as stdin/stdout/stderr (so the progress display is on)."""
+    import os
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                            env=repo_env(TERM="xterm", COLUMNS="160"), close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(timeout), out.decode("utf-8", "replace")
+
+
+async def test_progress_on_a_terminal_starts_at_the_checkpoint_after_resume(sshd, tmp_path):
+    import re
+
+    src = make_image(tmp_path / "src.img", 32 * MiB, seed=13, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    state = tmp_path / "state"
+    proc = await start_sync(sshd, src, dst, *SLOW, state=state)
+    await wait_cursor(state, 16 * MiB, proc)
+    proc.kill()
+    await proc.wait()
+    await receivers_gone(sshd)
+    at = checkpoint_cursor(state) / MiB
+    argv = [*cli("migrated"), "sync", str(src), sshd.target(dst), *sshd.ssh_args(), "--state-dir", str(state),
+            "--recv-command", "upload", "--bwlimit", "8MiB", "--chunk-size", "1MiB"]
+    rc, screen = await asyncio.to_thread(run_in_pty, argv)
+    assert rc == 0, screen
+    assert_same(src, dst)
+    shown = [float(a) for a, _ in re.findall(r"(\d+\.\d)/(\d+\.\d) MiB", screen)]
+    assert shown, screen
+    assert shown[0] >= at - 0.1, (shown[:5], at)  # never restarts from zero
+    assert shown[-1] == 32.0
+    assert "32.0 MiB" in screen and "sent" in screen  # the closing summary line
