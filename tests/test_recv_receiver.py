@@ -161,3 +161,26 @@ def test_bad_open_refused(tmp_path, req, words):
     peer.send(wire.pack_json(wire.T_OPEN, req))
     assert words in error_of(peer)["message"]
     peer.close()
+
+
+def test_target_locked_by_another_receiver(tmp_path):
+    import fcntl
+
+    target = tmp_path / "t.img"
+    target.write_bytes(bytes(65536))
+    with open(target, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        os.environ["MIGRATED_RECV_LOCK_WAIT"] = "0.5"
+        try:
+            peer = Peer(tmp_path)
+        finally:
+            del os.environ["MIGRATED_RECV_LOCK_WAIT"]
+        peer.hello()
+        peer.send(wire.pack_json(wire.T_OPEN, {"path": str(target), "size": 65536, "block_size": 65536,
+                                               "hash": "blake2b-128", "codec": "none"}))
+        assert "in use by another migrated-recv" in error_of(peer)["message"]
+        peer.close()
+    peer = Peer(tmp_path)  # released: a new receiver gets it
+    peer.hello()
+    assert peer.open(target, 65536)["size"] == 65536
+    peer.close()

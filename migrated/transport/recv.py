@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import sys
+import time
 import zlib
 
 try:  # optional fast paths, used when present on both ends
@@ -355,12 +356,9 @@ class Receiver:
                 flags = os.O_RDWR | os.O_CLOEXEC
             else:
                 raise Fail("target", f"{path} is neither a block device nor a regular file")
-            try:
-                self.fd = os.open(path, flags)
-            except OSError as e:
-                if e.errno == errno.EBUSY:
-                    raise Fail("target", f"refusing to write {path}: device is busy (mounted or in use)") from None
-                raise Fail("target", f"cannot open {path}: {e.strerror}") from None
+            self.fd = self._open_exclusive(path, flags, stat.S_ISBLK(st.st_mode))
+        else:
+            self._lock_or_wait(path)
         self.is_device = stat.S_ISBLK(st.st_mode)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         # The generation marker: which checkpoint lineage last wrote this target (see SETGEN).
@@ -379,6 +377,44 @@ class Receiver:
         self.send(pack_json(T_OPENED, dict(
             ident, size=self.size, created=created, device=self.is_device, previous_generation=previous,
         )))
+
+    def _open_exclusive(self, path: str, flags: int, is_blk: bool) -> int:
+        """Open the target for us alone. A receiver of a killed agent may still be draining its
+        input for a moment: wait for it (``MIGRATED_RECV_LOCK_WAIT`` seconds, default 30)."""
+        deadline = time.monotonic() + float(os.environ.get("MIGRATED_RECV_LOCK_WAIT", "30"))
+        while True:
+            try:
+                fd = os.open(path, flags)
+            except OSError as e:
+                if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                if e.errno == errno.EBUSY:
+                    raise Fail("target", f"refusing to write {path}: device is busy (mounted or in use)") from None
+                raise Fail("target", f"cannot open {path}: {e.strerror}") from None
+            if is_blk:
+                return fd
+            self.fd = fd
+            self._lock_or_wait(path, deadline)
+            return fd
+
+    def _lock_or_wait(self, path: str, deadline: float | None = None) -> None:
+        """flock the open target file exclusively (another migrated-recv holds it: wait, then fail)."""
+        import fcntl
+
+        if deadline is None:
+            deadline = time.monotonic() + float(os.environ.get("MIGRATED_RECV_LOCK_WAIT", "30"))
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise Fail("target", f"{path} is in use by another migrated-recv (another sync to the "
+                                         "same target is running)") from None
+                time.sleep(0.2)
 
     def on_setgen(self, payload: bytes) -> None:
         """Durably record which checkpoint lineage writes this target from now on."""
