@@ -184,3 +184,28 @@ def test_target_locked_by_another_receiver(tmp_path):
     peer.hello()
     assert peer.open(target, 65536)["size"] == 65536
     peer.close()
+
+
+def test_hashes_of_a_sparse_target_match_its_bytes_after_writes(tmp_path):
+    target = tmp_path / "t.img"
+    size = 24 << 20
+    with open(target, "wb") as f:
+        f.truncate(size)
+        f.seek(5 << 20)
+        f.write(os.urandom(70000))
+    h = lambda b: hashlib.blake2b(b, digest_size=16).digest()  # noqa: E731
+
+    def expected() -> bytes:
+        data = target.read_bytes()
+        return b"".join(h(data[i:i + 65536]) for i in range(0, size, 65536))
+
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.open(target, size, codec="none")
+    _t, body = peer.ask(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, size)))
+    assert body[16:] == expected()
+    data = os.urandom(4096)  # fill a hole, then ask again: no stale view of the holes
+    peer.send(wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(20 << 20, len(data), 0) + data))
+    _t, body = peer.ask(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, size)))
+    peer.close()
+    assert body[16:] == expected()

@@ -501,6 +501,19 @@ class Receiver:
         out = [payload] + [self.hash(mv[i:i + sub]) for i in range(0, length, sub)]
         self.send(pack_frame(T_SUBHASHES, b"".join(out)))
 
+    def _zero_hash(self, length: int) -> bytes:
+        cache = self.__dict__.setdefault("_zh", {})
+        if length not in cache:
+            cache[length] = self.hash(bytes(length))
+        return cache[length]
+
+    def _hole_until(self, pos: int) -> int:
+        """End of the hole starting at ``pos`` (``pos`` itself when data is there or unknown)."""
+        try:
+            return os.lseek(self.fd, pos, os.SEEK_DATA)  # no cache: every WRITE may fill a hole
+        except OSError as e:
+            return self.size if e.errno == errno.ENXIO else pos
+
     def on_hash(self, payload: bytes) -> None:
         if len(payload) != RANGE.size:
             raise Fail("protocol", "bad HASH length")
@@ -515,6 +528,12 @@ class Receiver:
         step = max(bs, (1 << 22) // bs * bs)
         while pos < end:
             n = min(step, end - pos)
+            if not self.is_device and self._hole_until(pos) >= pos + n:
+                # Holes of a sparse target read as zeros: hash them without reading.
+                for i in range(0, n, bs):
+                    out.append(self._zero_hash(min(bs, n - i)))
+                pos += n
+                continue
             buf = os.pread(self.fd, n, pos)
             if len(buf) != n:
                 raise Fail("target", f"short read at {pos}")
