@@ -417,7 +417,8 @@ class DiskSync:
         zeros: list[bool] = []
         for i in range(0, length, bs):
             blk = mv[i:i + bs]
-            if blk == zero_block[:len(blk)]:
+            # bytes == bytes is a memcmp; memoryview == bytes compares item by item (40x slower).
+            if data[i:i + bs] == (zero_block if len(blk) == bs else bytes(len(blk))):
                 hashes.append(self.zero_hash(len(blk)))
                 zeros.append(True)
             else:
