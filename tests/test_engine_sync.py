@@ -85,7 +85,9 @@ async def wait_cursor(state: Path, at_least: int, proc, timeout: float = 60) -> 
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while checkpoint_cursor(state) < at_least:
-        assert proc.returncode is None, "sync finished before the kill point"
+        if proc.returncode is not None:
+            err = (await proc.stderr.read()).decode()
+            raise AssertionError(f"sync finished before the kill point (exit {proc.returncode}): {err}")
         assert loop.time() < end, "no progress"
         await asyncio.sleep(0.05)
 

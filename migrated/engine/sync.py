@@ -315,14 +315,31 @@ class DiskSync:
             self._last_progress = now
             self.on_progress(self.progress)
 
-    async def _send(self, frame: bytes) -> None:
-        delay = self.bucket.reserve(len(frame), time.monotonic())
-        if delay > 0:
-            await self.chan.drain()
-            await asyncio.sleep(delay)
-        self.chan.send(frame)
-        self.stats.bytes_sent += len(frame)
+    async def _send_frames(self, frames: list[bytes]) -> int:
+        """Send a chunk's frames, paced by the token bucket in groups of about 256 KiB.
+
+        A frame is written whole and a group without any await in between: other tasks send
+        requests (HASH, FLUSH) on the same channel, and they must never land inside a frame.
+        """
+        total = 0
+        group: list[bytes] = []
+        size = 0
+        for frame in [*frames, None]:
+            if group and (frame is None or size + len(frame) > 256 * 1024):
+                delay = self.bucket.reserve(size, time.monotonic())
+                if delay > 0:
+                    await self.chan.drain()
+                    await asyncio.sleep(delay)
+                for g in group:
+                    self.chan.send(g)
+                total += size
+                group, size = [], 0
+            if frame is not None:
+                group.append(frame)
+                size += len(frame)
+        self.stats.bytes_sent += total
         self.progress.bytes_sent = self.stats.bytes_sent
+        return total
 
     # -- handshake ------------------------------------------------------------------------
     async def handshake(self) -> dict:
@@ -645,10 +662,8 @@ class DiskSync:
                     flight = None
                     sent_since, last_ck = 0, time.monotonic()
                 if send:
-                    for frame in ch.frames:
-                        await self._send(frame)
-                        sent_since += len(frame)
                     if ch.frames:
+                        sent_since += await self._send_frames(ch.frames)
                         await self.chan.drain()
                     committed_entries.append((off // bs, ch.entries))
                 differing += ch.zero + ch.data
