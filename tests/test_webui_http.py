@@ -181,3 +181,20 @@ def test_no_external_assets_and_package_data_is_declared() -> None:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["migrated"]
     assert "console/web/static/*" in data and "console/web/templates/*" in data
     assert (WEB / "static" / "app.js").exists() and (WEB / "templates" / "base.html").exists()
+
+
+async def test_delete_page_of_a_running_task_offers_nothing(console: Console) -> None:
+    agent_id, agent_key = await console.new_key("agent", "a")
+    async with console.client(agent_id, agent_key) as agent:
+        src = await register(agent)
+        t = await console.admin_call("CreateTask", {
+            "SourceId": src, "TaskName": "t1", "Region": "ap-guangzhou", "TargetType": "image", "ImageName": "i1",
+            "TargetSsh": "root@203.0.113.7", "TargetHostKey": HOST_KEY})
+        await console.admin_call("StartTask", {"TaskId": t["TaskId"]})
+        await agent.call("ReportTaskProgress", {"SourceId": src, "TaskId": t["TaskId"], "State": "transferring"})
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        async with s.get(f"{console.url}/ui/tasks/{t['TaskId']}/delete") as r:
+            body = await r.text()
+        assert "cannot delete a task that is transferring; delete is allowed when" in body
+        assert 'action="/ui/tasks/' not in body.split("<main", 1)[1]  # no delete form on the page

@@ -101,7 +101,8 @@ class ServiceBackend:
         return TaskView(
             id=t.task_id, name=t.name, source_id=t.source_id, state=TaskState(t.state), description=t.description,
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
-            image_id=str(p.get("ImageId", "")), target_instance=t.target_instance_id, start_at=t.scheduled_at,
+            image_id=str(getattr(t, "image_id", "") or p.get("ImageId", "")),  # once the console records one
+            target_instance=t.target_instance_id, start_at=t.scheduled_at,
             bandwidth_limit_mbps=kbps_to_mbps(t.bandwidth_limit_kbps) if t.bandwidth_limit_kbps else None,
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,

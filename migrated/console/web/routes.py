@@ -436,8 +436,9 @@ async def delete_confirm(request: web.Request, session: Session) -> web.StreamRe
     task = await _task_or_404(request, session)
     if isinstance(task, web.Response):
         return task
-    return render(request, "confirm_delete.html", session=session, nav="tasks", task=task,
-                  allowed=Action.DELETE in allowed_actions(task.state))
+    allowed = Action.DELETE in allowed_actions(task.state)
+    return render(request, "confirm_delete.html", session=session, nav="tasks", task=task, allowed=allowed,
+                  denied="" if allowed else str(ActionDenied(Action.DELETE, task.state)))
 
 
 @page
