@@ -4,6 +4,7 @@ SQLite): cookie flags, login CSRF, throttling, revoked keys, headers, same rules
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import tomllib
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from tests.console_proc import ConsoleProcess, run_cli, write_config
 from tests.console_support import HOST_KEY, Console, register, running_console
 
 REPO = Path(__file__).resolve().parent.parent
@@ -198,3 +200,29 @@ async def test_delete_page_of_a_running_task_offers_nothing(console: Console) ->
             body = await r.text()
         assert "cannot delete a task that is transferring; delete is allowed when" in body
         assert 'action="/ui/tasks/' not in body.split("<main", 1)[1]  # no delete form on the page
+
+
+async def test_the_served_program_has_the_ui_and_a_restart_logs_out(tmp_path: Path) -> None:
+    """``migrate-console serve`` (a real subprocess) serves the UI; sessions do not outlive the process."""
+    cfg = write_config(tmp_path, tmp_path / "console.db")
+    r = await asyncio.to_thread(run_cli, "keys", "create", "--local", "--config", str(cfg), "--role", "admin",
+                                "--name", "ops", "--json")
+    assert r.returncode == 0, r.stderr
+    key = json.loads(r.stdout[r.stdout.index("{"):])
+    proc = await asyncio.to_thread(ConsoleProcess(cfg, tmp_path / "console.log").start)
+    try:
+        async with http() as s:
+            async with s.get(proc.url + "/", allow_redirects=False) as resp:
+                assert resp.status == 303 and resp.headers["Location"] == "/ui/tasks"
+            assert (await login(s, proc.url, key["SecretId"], key["SecretKey"])).status == 303
+            async with s.get(proc.url + "/ui/sources") as resp:
+                assert resp.status == 200 and "Source servers" in await resp.text()
+                css = re.search(r'href="(/ui/static/app\.css[^"]*)"', await resp.text()).group(1)
+            async with s.get(proc.url + css) as resp:
+                assert resp.status == 200 and resp.content_type == "text/css"
+            assert await asyncio.to_thread(proc.stop) == 0
+            proc = await asyncio.to_thread(ConsoleProcess(cfg, tmp_path / "console.log").start)
+            async with s.get(proc.url + "/ui/tasks", allow_redirects=False) as resp:
+                assert resp.status == 303 and resp.headers["Location"].startswith("/ui/login")
+    finally:
+        await asyncio.to_thread(proc.stop)
