@@ -363,4 +363,8 @@ async def test_failure_reason_retry_and_a_source_going_offline(tmp_path: Path) -
             await expect(row.locator('[data-f="status"]')).to_have_text("Online")
             await expect(row.locator('[data-f="status"]')).to_have_text("Offline", timeout=30_000)
             await expect(row).to_have_class("offline")
+            # the task it was running says why nothing moves
+            await page.goto(f"/ui/tasks/{task_id}")
+            await expect(page.locator('#task > p[data-f="message"]')).to_contain_text("source server is offline")
+            await expect(page.locator('#task [data-f="rate"]')).to_have_text("—")
             await browser.close()
