@@ -215,7 +215,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(trow.locator('[data-f="state_label"]')).to_have_text("Paused")
     await expect(trow.locator('[data-f="rate"]')).to_have_text("—")
     await expect(trow.get_by_role("button", name="Pause task web01-move")).to_be_hidden()
-    await expect(trow.get_by_role("button", name="Start task web01-move")).to_be_visible()
+    await expect(trow.get_by_role("button", name="Resume task web01-move")).to_be_visible()
     await expect(trow.get_by_role("link", name="Delete task web01-move")).to_be_visible()
 
     # task detail: settings, per-disk progress, event log

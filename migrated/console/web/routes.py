@@ -136,6 +136,7 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
         "message": ("The source server is offline: no progress until its agent is back."
                     if stalled else t.message or (p.message if p else "")),
         "allowed": allowed,
+        "start_label": "Resume" if t.state == TaskState.PAUSED else "Start",
     }
 
 
