@@ -226,3 +226,45 @@ async def test_the_served_program_has_the_ui_and_a_restart_logs_out(tmp_path: Pa
                 assert resp.status == 303 and resp.headers["Location"].startswith("/ui/login")
     finally:
         await asyncio.to_thread(proc.stop)
+
+
+async def test_create_form_shows_the_consoles_refusals_beside_fields(console: Console) -> None:
+    agent_id, agent_key = await console.new_key("agent", "a")
+    async with console.client(agent_id, agent_key) as agent:
+        src = await register(agent)
+    url = f"{console.url}/ui/sources/{src}/new-task"
+    base = {"region": "ap-guangzhou", "name": "n1", "target_type": "instance", "ssh_endpoint": "root@203.0.113.7",
+            "host_key": HOST_KEY, "disk-0-migrate": "on", "disk-0-target": "/dev/vda"}
+
+    def error_beside(body: str, field: str) -> str:
+        m = re.search(rf'<p class="field-error" id="err-{re.escape(field)}" role="alert">([^<]*)</p>', body)
+        return m.group(1) if m else ""
+
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        csrf = await page_csrf(s, url)
+        # pydantic rules of CreateTask: several at once, each beside its field
+        bad = {**base, "csrf": csrf, "region": "Guangzhou", "name": "", "ssh_endpoint": "nohost",
+               "bandwidth_mbps": "fast"}
+        async with s.post(url, data=bad) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert error_beside(body, "region") == "must be a region such as ap-guangzhou"
+        assert error_beside(body, "name") == "required"
+        assert error_beside(body, "ssh_endpoint").startswith("must be user@host:port")
+        assert error_beside(body, "bandwidth_mbps").startswith("must be a number of Mbit/s")
+        assert 'value="Guangzhou"' in body and 'value="nohost"' in body  # kept as typed
+        # the service's own rule: an instance target needs its ID
+        async with s.post(url, data={**base, "csrf": csrf}) as r:
+            body = await r.text()
+        assert "required when TargetType is instance" in error_beside(body, "target_instance")
+        # created; a second task for the same source is refused above the form (no single field)
+        async with s.post(url, data={**base, "csrf": csrf, "target_instance": "ins-abc12345"}) as r:
+            assert r.status == 200 and "Task n1 created" in await r.text()
+        async with s.post(url, data={**base, "csrf": csrf, "target_instance": "ins-abc12345"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        m = re.search(r'<p class="flash flash-error" role="alert" id="form-error">([^<]*)</p>', body)
+        assert m and "unfinished" in m.group(1), body[:3000]
+    _, total = await console.service.storage.list_tasks()
+    assert total == 1
