@@ -195,7 +195,9 @@ async def _serve(cfg: Any) -> int:
     # Every held long-poll keeps its request objects for up to 30 s, so they reach the oldest
     # generation and a full collection (which walks every live object) came every few seconds.
     # Fewer, later collections: cycles are still collected, memory grows a little.
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(700, 10, 1000)
+    # the storage thread gives up the GIL at every SQLite call; let it have it back quickly
+    sys.setswitchinterval(0.001)
     try:
         site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, ssl_context=ssl_ctx)
         try:

@@ -511,10 +511,15 @@ class SQLiteStorage(Storage):
             beats, self._beats = self._beats, {}
         if not beats or self._db is None:
             return
+        # one statement, not executemany: every sqlite3 step releases and re-takes the GIL, and with a
+        # busy event loop each re-take can wait a whole switch interval (thousands of rows: seconds)
+        batch = json.dumps([[sid, t, v] for sid, (t, v) in beats.items()])
         with self._tx() as db:
-            db.executemany(
-                "UPDATE sources SET last_heartbeat=?, agent_version=? WHERE source_id=?",
-                [(t, v, sid) for sid, (t, v) in beats.items()],
+            db.execute(
+                "UPDATE sources SET last_heartbeat=json_extract(j.value, '$[1]'), "
+                "agent_version=json_extract(j.value, '$[2]') "
+                "FROM json_each(?) AS j WHERE sources.source_id=json_extract(j.value, '$[0]')",
+                (batch,),
             )
 
     def _with_beat(self, s: SourceRecord) -> SourceRecord:
