@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,16 @@ async def test_progress_on_a_terminal_starts_at_the_checkpoint_after_resume(sshd
     assert shown[0] >= at - 0.1, (shown[:5], at)  # never restarts from zero
     assert shown[-1] == 32.0
     assert "32.0 MiB" in screen and "sent" in screen  # the closing summary line
+
+
+async def test_paced_delta_onto_unknown_target_keeps_frames_whole(sshd, tmp_path):
+    """HASH/SUBHASH/FLUSH requests from other tasks interleave with paced data only between frames."""
+    src = make_image(tmp_path / "src.img", 24 * MiB, seed=14, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    shutil.copyfile(src, dst)
+    mutate(src, regions=40, max_len=300 * 1024)
+    rc, s, err = await run_sync(sshd, src, dst, "--bwlimit", "12MiB", "--chunk-size", "1MiB",
+                                "--checkpoint-interval", "0.2", state=tmp_path / "state")
+    assert rc == 0, err
+    assert_same(src, dst)
+    assert s["blocks_sent"] > 40
