@@ -90,6 +90,25 @@ async def test_target_too_small_nothing_written(sshd, images):
     assert sha256(dst) == before
 
 
+async def test_bad_options_are_usage_errors(sshd, images, tmp_path):
+    src, dst, state = images
+    for extra, words in ((["--block-size", "1000"], "--block-size"), (["--bwlimit", "fast"], "--bwlimit")):
+        rc, _, err = await run_sync(sshd, src, dst, *extra, state=state, json_out=False)
+        assert rc == 2 and words in err, err
+    rc, _, err = await run_sync(sshd, src, dst, state=state, json_out=False,
+                                ssh_args=["-i", str(tmp_path / "no-such-key"), "--known-hosts",
+                                          str(sshd.keys.known_hosts)])
+    assert rc == 2 and "identity file" in err and "does not exist" in err, err
+    assert not dst.exists()
+
+
+async def test_json_reports_the_error(sshd, images):
+    src, dst, state = images
+    dst.write_bytes(b"x" * 1000)
+    rc, s, _ = await run_sync(sshd, src, dst, state=state)
+    assert rc == 4 and s["error_type"] == "TargetError" and s["exit_code"] == 4 and "smaller" in s["error"]
+
+
 async def test_missing_source(sshd, tmp_path):
     rc, _, err = await run_sync(sshd, tmp_path / "nope.img", tmp_path / "dst.img", state=tmp_path / "s",
                                 json_out=False)
