@@ -274,3 +274,25 @@ async def test_paced_delta_onto_unknown_target_keeps_frames_whole(sshd, tmp_path
     assert rc == 0, err
     assert_same(src, dst)
     assert s["blocks_sent"] > 40
+
+
+@pytest.mark.parametrize("block_size", ["4KiB", "64KiB", "4MiB"])
+async def test_odd_sized_source_any_block_size_onto_bigger_target(sshd, tmp_path, block_size):
+    """A source that is not a multiple of the block size (nor of 4 KiB), onto a larger existing target."""
+    src = tmp_path / "src.img"
+    make_image(src, 6 * MiB, seed=15, sparse_zero=False)
+    with open(src, "ab") as f:
+        f.write(b"tail!" * 155)  # 775 bytes
+    dst = tmp_path / "dst.img"
+    make_image(dst, 8 * MiB, seed=16)  # bigger, other content: asked for hashes
+    tail_before = dst.read_bytes()[src.stat().st_size:]
+    state = tmp_path / "state"
+    for _ in range(2):
+        rc, s, err = await run_sync(sshd, src, dst, "--block-size", block_size, "--checksum", state=state)
+        assert rc == 0, err
+        assert s["verified"] is True
+        assert dst.read_bytes()[:src.stat().st_size] == src.read_bytes()
+        assert dst.read_bytes()[src.stat().st_size:] == tail_before  # beyond the source: untouched
+        with open(src, "r+b") as f:  # change the very last bytes for the next round
+            f.seek(-3, 2)
+            f.write(b"END")

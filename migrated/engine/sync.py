@@ -355,7 +355,7 @@ class DiskSync:
         if self.hash_name is None:
             raise ProtocolError(f"no common hash with the receiver on {self.target_label} ({theirs_h})")
         self.hash = wire.hasher(self.hash_name)
-        self.subhash = self.opt.subblocks and "subhash" in (reply.get("features") or []) and self.bs >= SUB_BLOCK
+        self.subhash = self.opt.subblocks and "subhash" in (reply.get("features") or []) and self.bs > SUB_BLOCK
         want = self.opt.compress
         if want == "auto":
             self.codec = "zstd" if "zstd" in theirs_c and "zstd" in wire.available_codecs() else "none"
