@@ -296,3 +296,19 @@ async def test_odd_sized_source_any_block_size_onto_bigger_target(sshd, tmp_path
         with open(src, "r+b") as f:  # change the very last bytes for the next round
             f.seek(-3, 2)
             f.write(b"END")
+
+
+async def test_zero_regions_travel_as_markers_and_become_holes(sshd, tmp_path):
+    import os
+
+    src = tmp_path / "src.img"
+    dst = tmp_path / "dst.img"
+    data = os.urandom(8 * MiB)
+    dst.write_bytes(data)  # the target holds data everywhere
+    src.write_bytes(data[:2 * MiB] + bytes(4 * MiB) + data[6 * MiB:])  # the source zeroed 4 MiB of it
+    allocated = os.stat(dst).st_blocks
+    rc, s, err = await run_sync(sshd, src, dst, state=tmp_path / "state")
+    assert rc == 0, err
+    assert_same(src, dst)
+    assert s["blocks_zero"] == 64 and s["blocks_sent"] == 0 and s["bytes_sent"] < 64 * 1024
+    assert os.stat(dst).st_blocks <= allocated - (4 * MiB // 512) * 9 // 10  # punched, not written
