@@ -280,7 +280,8 @@ class DiskSync:
         self._listener = lambda r: self.bucket.set_rate(r, time.monotonic())
         self.control._listeners.append(self._listener)
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
-        self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
+        self._read_listener = lambda r: self.read_bucket.set_rate(r, time.monotonic())
+        self.control._read_listeners.append(self._read_listener)
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
@@ -778,6 +779,8 @@ class DiskSync:
             self.last_result = result
             with contextlib.suppress(ValueError):
                 self.control._listeners.remove(self._listener)
+            with contextlib.suppress(ValueError):
+                self.control._read_listeners.remove(self._read_listener)
         return result
 
     async def verify(self, cp: Checkpoint) -> bool:
