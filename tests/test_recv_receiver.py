@@ -209,3 +209,12 @@ def test_hashes_of_a_sparse_target_match_its_bytes_after_writes(tmp_path):
     _t, body = peer.ask(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, size)))
     peer.close()
     assert body[16:] == expected()
+
+
+def test_device_in_use_sees_the_mounted_root_filesystem(tmp_path):
+    from migrated.source.mounts import device_in_use, in_use_reason
+
+    root_dev = os.stat("/").st_dev  # the device "/" is mounted from, as mountinfo lists it
+    assert device_in_use(root_dev) == "it is mounted"
+    assert in_use_reason(str(tmp_path)) is None  # not a block device
+    assert in_use_reason(str(tmp_path / "missing")) is None
