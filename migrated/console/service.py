@@ -322,7 +322,7 @@ class ConsoleService:
 
     async def create_key(self, caller: Caller | None, p: P.CreateKey) -> dict[str, Any]:
         k = await self.storage.create_key(p.Role, p.Name, self.clock())
-        log.info("key created", secret_id=k.secret_id, role=k.role, name=k.name,
+        log.info("key created", key_id=k.secret_id, role=k.role, name=k.name,
                  by=caller.secret_id if caller else "local")
         return {"SecretId": k.secret_id, "SecretKey": k.secret_key, "Role": k.role, "Name": k.name}
 
@@ -346,7 +346,7 @@ class ConsoleService:
                                "this is the last active admin key; create another admin key first")
         k = await self.storage.revoke_key(p.SecretId, self.clock())
         assert k is not None
-        log.info("key revoked", secret_id=k.secret_id, by=caller.secret_id)
+        log.info("key revoked", key_id=k.secret_id, by=caller.secret_id)
         return self.key_view(k)
 
     # ------------------------------------------------------------ sources
@@ -357,11 +357,12 @@ class ConsoleService:
             wanted = set(p.SourceIds)
             srcs = [s for s in srcs if s.source_id in wanted]
         now = self.clock()
+        unfinished, _ = await self.storage.list_tasks(states=UNFINISHED_STATES, limit=1_000_000)
+        current = {t.source_id: t.task_id for t in unfinished}
         out = []
         for s in srcs:
             v = self.source_view(s, now)
-            tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
-            v["CurrentTaskId"] = tasks[0].task_id if tasks else None
+            v["CurrentTaskId"] = current.get(s.source_id)
             out.append(v)
         return {"SourceSet": out, "TotalCount": len(out)}
 
