@@ -26,6 +26,7 @@ Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,10 +104,12 @@ class Caller:
 
 
 class ConsoleService:
-    def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
         self.storage = storage
         self.config = config
         self.clock = clock
+        self.rng = rng or random.Random()
         self.polls_held = 0  # long-polls waiting right now (for /metrics)
         self._closing = asyncio.Event()
 
@@ -248,7 +251,12 @@ class ConsoleService:
         s = await self._own_source(caller, p.SourceId)
         a = self.config.agents
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(p.WaitSeconds, a.max_wait_seconds)
+        wait = min(p.WaitSeconds, a.max_wait_seconds)
+        if wait >= 5:
+            # answer an idle poll a little early, at random, so that a fleet whose polls happen to
+            # line up (all agents restarted together, a console restart) spreads out again
+            wait *= self.rng.uniform(0.75, 1.0)
+        deadline = loop.time() + wait
         await self.storage.record_heartbeat(s.source_id, s.agent_version, self.clock())
         self.polls_held += 1
         try:
