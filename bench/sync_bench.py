@@ -467,7 +467,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
     return {
         "size": args.size, "modify": args.modify, "repeat": args.repeat, "cipher": CIPHER,
         "netns": os.environ.get(NETNS_ENV) == "1", "machine": machine,
-        "rows": [asdict(r) for r in ordered], "targets": check_targets(ordered),
+        "rows": [asdict(r) for r in ordered],
+        "targets": check_targets(ordered, size=args.size, sparse=args.sparse_size),
     }  # fmt: skip
 
 
@@ -478,16 +479,21 @@ TARGETS = [
     ("delta", "migrated sync (unknown tgt)", "time_vs_ref", 1.0, "delta onto unknown target <= 1.0x rsync --inplace"),
     ("delta", "migrated sync (own target)", "wire_vs_ref", 1.5, "delta wire bytes (own) <= 1.5x rsync"),
     ("delta", "migrated sync (unknown tgt)", "wire_vs_ref", 1.5, "delta wire bytes (unknown) <= 1.5x rsync"),
-    ("full", "migrated sync", "sender_rss", 150e6, "peak RSS <= 150 MB (full copy)"),
-    ("sparse", "migrated sync", "sender_rss", 150e6, "peak RSS <= 150 MB (200 GiB sparse)"),
+    ("full", "migrated sync", "sender_rss", 150e6, "peak RSS <= 150 MB (full copy, {size})"),
+    ("sparse", "migrated sync", "sender_rss", 150e6, "peak RSS <= 150 MB (sparse {sparse})"),
 ]
 
 
-def check_targets(rows: list[Row]) -> list[dict[str, object]]:
+def _gib(n: int) -> str:
+    return f"{n / GiB:g} GiB" if n >= GiB else f"{n / MiB:g} MiB"
+
+
+def check_targets(rows: list[Row], *, size: int, sparse: int) -> list[dict[str, object]]:
     out = []
     for phase, tool, metric, limit, text in TARGETS:
         r = next((x for x in rows if x.phase == phase and x.tool == tool), None)
         value = getattr(r, metric) if r and r.status == "ok" else None
+        text = text.format(size=_gib(size), sparse=_gib(sparse))
         out.append({"target": text, "value": value, "limit": limit,
                     "met": None if value is None else value <= limit})  # fmt: skip
     return out

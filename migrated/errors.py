@@ -15,6 +15,7 @@ to fix (the config key, the host, the disk), never a stack, and never a secret.
     ├── UsageError                     exit 2   bad CLI arguments
     ├── ConfigError                    exit 2   bad config file (names the key path)
     ├── SourceError                    exit 6   the source disk cannot be read
+    │   └── QuiesceError               exit 6   freeze / hook / snapshot for the cutover failed
     ├── ConnectionFailed               exit 3   network / SSH transport (retryable)
     │   └── AuthError                  exit 3   host key or credentials (permanent)
     ├── ProtocolError                  exit 4   the receiver answered nonsense (permanent)
@@ -173,3 +174,8 @@ class ChecksFailed(MigratedError):
     """A pre-migration check failed; the message names each failed check and what to do."""
 
     exit_code = ExitCode.CHECKS_FAILED
+
+
+class QuiesceError(SourceError):
+    """The source could not be made quiet for the cutover: a filesystem freeze, a pre/post
+    hook command or an LVM snapshot failed. The source is left running (thawed)."""

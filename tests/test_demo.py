@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,8 +12,6 @@ import pytest
 from tests.conftest import REPO
 
 
-# TODO(bench): drop this skip once the engine branch (migrated sync) is merged into main.
-@pytest.mark.skipif(importlib.util.find_spec("migrated.cli.main") is None, reason="migrated sync not merged yet")
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="scripts/demo starts its own sshd, which needs root")
 def test_demo_migrates_and_the_image_matches(tmp_path: Path) -> None:

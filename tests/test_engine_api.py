@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from asshd import AsyncSSHD, make_keys
-from diskimg import MiB, assert_same, make_image, mutate
 
 from migrated.engine import SshEndpoint, SyncControl, SyncOptions, open_session
 from migrated.errors import AuthError, Interrupted
+from tests.asshd import AsyncSSHD, make_keys
+from tests.diskimg import MiB, assert_same, make_image, mutate
 
 
 @pytest.fixture

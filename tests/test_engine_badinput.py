@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from asshd import AsyncSSHD, make_keys
-from diskimg import MiB, assert_same, make_image, mutate, sha256
-from test_engine_sync import run_sync
+
+from tests.asshd import AsyncSSHD, make_keys
+from tests.diskimg import MiB, assert_same, make_image, mutate, sha256
+from tests.test_engine_sync import run_sync
 
 HERE = Path(__file__).resolve().parent
 
@@ -97,7 +98,7 @@ async def test_missing_source(sshd, tmp_path):
 
 async def test_bad_target_syntax(sshd, images):
     src, _, _state = images
-    from conftest import cli, repo_env
+    from tests.conftest import cli, repo_env
 
     p = subprocess.run([*cli("migrated"), "sync", str(src), "no-colon-here"], capture_output=True, text=True,
                        env=repo_env())
@@ -198,10 +199,17 @@ async def test_block_device_target_and_mounted_device_refused(sshd, images, tmp_
         subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True, capture_output=True)
         subprocess.run(["mount", dev, str(mnt)], check=True, capture_output=True)
         mounted = True
-        before = subprocess.run(["sha256sum", dev], capture_output=True, text=True).stdout
+        (mnt / "keep.txt").write_text("precious\n" * 1000)
+        os.sync()
         rc, _, err = await run_sync(sshd, src, Path(dev), state=state, json_out=False)
         assert rc == 4 and "refusing to write" in err and "mounted" in err, err
-        assert subprocess.run(["sha256sum", dev], capture_output=True, text=True).stdout == before
+        subprocess.run(["umount", str(mnt)], check=True)
+        mounted = False
+        fsck = subprocess.run(["e2fsck", "-fn", dev], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # the filesystem was not touched
+        subprocess.run(["mount", "-o", "ro", dev, str(mnt)], check=True)
+        mounted = True
+        assert (mnt / "keep.txt").read_text() == "precious\n" * 1000
     finally:
         if mounted:
             subprocess.run(["umount", str(mnt)], check=False)

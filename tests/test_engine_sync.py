@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from asshd import AsyncSSHD, make_keys
-from conftest import cli, repo_env
-from diskimg import MiB, assert_same, differing_bytes, make_image, mutate, sha256
+
+from tests.asshd import AsyncSSHD, make_keys
+from tests.conftest import cli, repo_env
+from tests.diskimg import MiB, assert_same, differing_bytes, make_image, mutate, sha256
 
 
 @pytest.fixture

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="how to start the receiver on the target: auto (default), upload, or a command line")
     p.add_argument("--checkpoint-interval", type=float, default=5.0, metavar="SECONDS", help=argparse.SUPPRESS)
     p.add_argument("--chunk-size", default="4MiB", help=argparse.SUPPRESS)
+    from migrated.cli import continuous_cmd  # --continuous and the cutover options (docs/consistency.md)
+
+    continuous_cmd.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -66,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
                            known_hosts=args.known_hosts, host_keys=tuple(args.host_key),
                            recv_command=args.recv_command)
     control = SyncControl(bw)
+    from migrated.cli import continuous_cmd
+
+    continuous_cmd.check_arguments(args)
+    if args.continuous:
+        return continuous_cmd.run(args, endpoint, path, options, control)
     return asyncio.run(_run(args, endpoint, path, options, control))
 
 

@@ -74,6 +74,10 @@ class SyncOptions:
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
     workers: int = 2
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
+    # Byte ranges [start, end) that may have changed since the checkpoint's last round; blocks outside
+    # them are taken as unchanged from the hash file without reading the source. Only for a caller that
+    # traced every write to the source (the cutover's final pass, migrated.source.tracker); None = read all.
+    only_ranges: list[tuple[int, int]] | None = None
 
     def validate(self) -> None:
         from migrated.errors import UsageError
@@ -98,6 +102,7 @@ class SyncControl:
         self._bwlimit = bwlimit
         self._stop = False
         self._listeners: list[Callable[[int | None], None]] = []
+        self._read_listeners: list[Callable[[int | None], None]] = []
         self.stop_reason = "stop requested"
 
     @property
@@ -108,6 +113,15 @@ class SyncControl:
         self._bwlimit = bytes_per_s if bytes_per_s else None
         for cb in list(self._listeners):
             cb(self._bwlimit)
+
+    # Source read-rate limit (bytes/s; None = unlimited), changeable while running: protects the
+    # production server's I/O during continuous rounds (migrated.engine.continuous).
+    read_limit: int | None = None
+
+    def set_read_limit(self, bytes_per_s: int | None) -> None:
+        self.read_limit = bytes_per_s if bytes_per_s else None
+        for cb in list(self._read_listeners):
+            cb(self.read_limit)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self._stop = True
@@ -261,6 +275,8 @@ class DiskSync:
         self.stats = _Stats()
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
         self.control._listeners.append(lambda r: self.bucket.set_rate(r, time.monotonic()))
+        self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
+        self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
@@ -275,6 +291,12 @@ class DiskSync:
         self._zero_hash: dict[int, bytes] = {}
 
     # -- small helpers ---------------------------------------------------------------------
+    def zero_entries(self, off: int, length: int) -> bytes:
+        """Hash-file entries of an all-zero range (the last block of the disk may be short)."""
+        n = wire.block_count(length, self.bs)
+        tail = length - (n - 1) * self.bs
+        return self.zero_hash(self.bs) * (n - 1) + self.zero_hash(tail)
+
     def zero_hash(self, length: int) -> bytes:
         h = self._zero_hash.get(length)
         if h is None:
@@ -424,11 +446,25 @@ class DiskSync:
         loop = asyncio.get_running_loop()
         bs = self.bs
         n = wire.block_count(length, bs)
+        hole = self._is_hole(offset, length)
+        if hole and known is not None:
+            zeros = self.zero_entries(offset, length)
+            if known == zeros:  # a hole onto zeros: nothing to read, send or ask
+                return _Chunk(offset, length, entries=zeros, same=n), []
+        if known is not None and self.opt.only_ranges is not None and not any(
+                s < offset + length and offset < e for s, e in self.opt.only_ranges):
+            entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
+            if UNKNOWN not in entries:  # untraced and known: unchanged since the last round read it
+                ch = _Chunk(offset, length, same=n, entries=known)
+                return ch, entries
         hash_fut = None
         if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
             self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
-        hole = self._is_hole(offset, length)
+        if not hole:
+            read_delay = self.read_bucket.reserve(length, time.monotonic())
+            if read_delay > 0:
+                await asyncio.sleep(read_delay)
         data, src_hashes, src_zero = await loop.run_in_executor(self.pool, self._read_and_hash, offset, length, hole)
         tgt = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)] if known is not None else [UNKNOWN] * n
         if hash_fut is not None:
@@ -480,8 +516,15 @@ class DiskSync:
             if ask_all:
                 return None
             first, n = off // bs, wire.block_count(length, bs)
-            entries = bytearray(self.hf.read(first, n))  # type: ignore[union-attr]
+            raw = self.hf.read(first, n)  # type: ignore[union-attr]
             lo, hi = untrusted
+            overlaps = lo < off + length and off < hi
+            if not overlaps:
+                if cp.zero_from is None or off + length <= cp.zero_from or UNKNOWN not in raw:
+                    return raw  # fast path: the hash file says it all
+                if off >= cp.zero_from and raw == UNKNOWN * n:
+                    return self.zero_entries(off, length)  # never written since created sparse
+            entries = bytearray(raw)
             for i in range(n):
                 boff = off + i * bs
                 e = entries[i * HASH_LEN:(i + 1) * HASH_LEN]
@@ -497,6 +540,10 @@ class DiskSync:
             while next_off < size and len(pending) < self.opt.window_chunks:
                 length = min(csize, size - next_off)
                 off = next_off
+                if self._is_hole(off, length):  # take the whole hole (up to a HASH span) in one chunk
+                    data_at = self.src.next_data(off)
+                    hole_end = min(size, off + wire.MAX_HASH_SPAN, max(off + length, data_at // bs * bs))
+                    length = hole_end - off
                 task = asyncio.create_task(self.prepare(off, length, known_for(off, length), send))
                 pending.append((off, task))
                 next_off += length
@@ -528,7 +575,7 @@ class DiskSync:
                 if send and self.control.stop_requested:
                     break
                 end = off + ch.length
-                if send and end > cp.dirty_end:
+                if send and ch.frames and end > cp.dirty_end:
                     # Frames past the durable dirty_end are not allowed: make a checkpoint first.
                     if flight is None:
                         seq = self.flush_seq + 1
