@@ -89,6 +89,18 @@ class RateMeter:
         self.samples.clear()
 
 
+def _disk_size(path: str) -> int:
+    """Size of a block device or image file (0 if it cannot be opened; the engine will say why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 def _parse_ssh(spec: str) -> tuple[str | None, str, int]:
     """``user@host[:port]`` -> (user, host, port)."""
     user, _, rest = spec.rpartition("@")
@@ -733,7 +745,7 @@ class Agent:
             if d:
                 out.append(DiskProgress(**{k: v for k, v in d.items() if k in DiskProgress.__dataclass_fields__}))
             else:
-                out.append(DiskProgress(name=src, target=dst, bytes_total=0))
+                out.append(DiskProgress(name=src, target=dst, bytes_total=_disk_size(src)))
         return out
 
     def _on_progress(self, t: TaskRecord, disks: list[DiskProgress], i: int, dp: DiskProgress) -> None:
