@@ -8,9 +8,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from migrated.agent.daemon import Agent, _parse_ssh
 from migrated.agent.state import AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
+from migrated.errors import ConfigError
 from migrated.model.status import TaskProgress
 
 
@@ -109,3 +112,12 @@ def test_parse_ssh() -> None:
     assert _parse_ssh("root@10.0.0.5:2222") == ("root", "10.0.0.5", 2222)
     assert _parse_ssh("admin@host") == ("admin", "host", 22)
     assert _parse_ssh("u@[::1]:22") == ("u", "::1", 22)
+
+
+def test_a_damaged_task_file_is_named(tmp_path: Path) -> None:
+    store = AgentStore(tmp_path / "state")
+    store.save_source(SourceRecord("src-1", "http://console"))
+    (tmp_path / "state" / "task.json").write_text("{not json")
+    agent = Agent(Config(state_dir=str(tmp_path / "state")), None, store)
+    with pytest.raises(ConfigError, match=r"task\.json is damaged"):
+        agent.load()
