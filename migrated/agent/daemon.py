@@ -158,6 +158,7 @@ class Agent:
         self._interrupt = asyncio.Event()  # pause/delete/stop: end a retry wait early
         self._rate = RateMeter()
         self._last_reported: dict[str, Any] | None = None
+        self._last_refusal = ""
 
     # ------------------------------------------------------------------ state
 
@@ -558,7 +559,9 @@ class Agent:
                 backoff.reset()
             except ConsoleError as e:
                 if e.code.startswith(("FailedOperation.IllegalStateTransition", "ResourceNotFound")):
-                    log.warning("the console refused a task report; dropping it", reason=str(e))
+                    if str(e) != self._last_refusal:  # once per distinct refusal, not every cycle
+                        log.warning("the console refused a task report; dropping it", reason=str(e))
+                    self._last_refusal = str(e)
                     if t.unreported:
                         t.unreported.pop(0)
                         self._save_task()
