@@ -5,6 +5,8 @@ recorder (tests/ only); the real console is exercised in test_agent_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,15 @@ def test_a_damaged_task_file_is_named(tmp_path: Path) -> None:
     agent = Agent(Config(state_dir=str(tmp_path / "state")), None, store)
     with pytest.raises(ConfigError, match=r"task\.json is damaged"):
         agent.load()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_register_hands_its_files_to_the_daemon_user(tmp_path: Path) -> None:
+    from migrated.cli.agent_cmds import _give_to_state_dir_owner
+
+    state = tmp_path / "state"
+    AgentStore(state).save_source(SourceRecord("src-1", "http://console"))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    _give_to_state_dir_owner(str(state))
+    assert (state / "source.json").stat().st_uid == nobody.pw_uid
