@@ -81,6 +81,7 @@ def test_register_run_pause_resume_kill9_success(world: World) -> None:
         assert local["task"]["task_id"] == task_id and local["source_id"] == source_id
         events = w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]
         assert any("restarted" in e["Message"] for e in events), events
+        assert any(e["Message"].startswith(f"disk {w.source} -> {w.target} done") for e in events), events
         assert daemon.stop() == 0
     finally:
         daemon.stop()

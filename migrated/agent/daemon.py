@@ -200,6 +200,15 @@ class Agent:
         self._wake_reporter.set()
         self._notify_status()
 
+    def event(self, level: str, message: str) -> None:
+        """Queue a task event for the console, in order with the state changes (durable with the task)."""
+        t = self.task
+        if t is None:
+            return
+        t.unreported.append({"kind": "event", "level": level, "stage": t.stage, "message": message[:4000]})
+        self._save_task()
+        self._wake_reporter.set()
+
     def progress(self) -> TaskProgress | None:
         if self.task is None:
             return None
@@ -546,10 +555,14 @@ class Agent:
             try:
                 while t.unreported:
                     entry = t.unreported[0]
-                    p = self.progress()
-                    assert p is not None
-                    p.state, p.stage, p.message = entry["state"], entry["stage"], entry["message"]
-                    await self._report(p)
+                    if entry.get("kind") == "event":
+                        await self.console.report_event(self.source.source_id, t.task_id, entry["level"],
+                                                        entry["stage"], entry["message"])
+                    else:
+                        p = self.progress()
+                        assert p is not None
+                        p.state, p.stage, p.message = entry["state"], entry["stage"], entry["message"]
+                        await self._report(p)
                     t.unreported.pop(0)
                     self._save_task()
                 p = self.progress()
@@ -564,7 +577,7 @@ class Agent:
                     self._last_refusal = str(e)
                     if t.unreported:
                         t.unreported.pop(0)
-                        self._save_task()
+                    self._save_task()
                     continue
                 delay = backoff.next_delay()
                 self._console_failed("progress report", e, delay)
@@ -652,7 +665,7 @@ class Agent:
                     log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
                                 reason=str(e), retry_in=round(delay, 1))
                     t.message = f"retrying: {e}"
-                    self._save_task()
+                    self.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
                     await self._sleep(delay, self._interrupt)
                     continue
                 state = S(t.state)
@@ -709,6 +722,9 @@ class Agent:
                 self._store_progress(t, disks, done)
                 log.info("disk done", task_id=t.task_id, source=src, target=dst,
                          sent=format_bytes(result.bytes_sent), verified=result.verified)
+                self.event("info", f"disk {src} -> {dst} done: {format_bytes(result.bytes_total)}, "
+                           f"sent {format_bytes(result.bytes_sent)} this run"
+                           + (", every block verified" if result.verified else ""))
         if t.spec.get("Checksum") and S(t.state) is S.TRANSFERRING:
             self.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
         self.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
@@ -738,6 +754,8 @@ class Agent:
         for r in results:
             if r.result.value in ("warn", "fail"):
                 log.warning("pre-migration check", check=r.name, result=r.result.value, detail=r.message)
+                self.event("warning" if r.result.value == "warn" else "error",
+                           f"check {r.name}: {r.result.value}: {r.message}")
         return results
 
     def _initial_disks(self, t: TaskRecord, mapping: list[tuple[str, str]]) -> list[DiskProgress]:
