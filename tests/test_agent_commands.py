@@ -135,3 +135,19 @@ def test_register_hands_its_files_to_the_daemon_user(tmp_path: Path) -> None:
     os.chown(state, nobody.pw_uid, nobody.pw_gid)
     _give_to_state_dir_owner(str(state))
     assert (state / "source.json").stat().st_uid == nobody.pw_uid
+
+
+def test_rate_and_eta_come_from_recent_progress(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, RecordingConsole())
+    p = TaskProgress(task_id="task-1", state="transferring", disks=[])
+    d = p.to_dict()
+    d["disks"] = [{"name": "/dev/vdb", "target": "/dev/vdb", "bytes_total": 1000 << 20, "bytes_done": 400 << 20}]
+    agent.task = TaskRecord(task_id="task-1", spec=SPEC, state="transferring", progress=d)
+    for t, done in ((100.0, 200 << 20), (102.0, 300 << 20), (104.0, 400 << 20)):
+        agent._rate.add(t, done)
+    now = agent.progress()
+    assert now is not None
+    assert now.rate_bps == 50 << 20 and now.eta_seconds == 12.0  # 600 MiB left at 50 MiB/s
+    assert "task-1 transferring 40.0% 50.0 MiB/s ETA 00:12" in agent.status_line()
+    agent.task.state = "paused"
+    assert agent.progress().eta_seconds is None  # type: ignore[union-attr]
