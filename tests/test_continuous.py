@@ -93,6 +93,22 @@ class FrozenRecorder(threading.Thread):
 
 
 @pytest.fixture
+def tracefs_cleanup():
+    """An agent killed with -9 leaves its tracefs instance (the next agent removes it): remove it here,
+    and unmount tracefs if this test mounted it."""
+    def mounted() -> bool:
+        return " tracefs " in Path("/proc/mounts").read_text()
+
+    was = mounted()
+    yield
+    from migrated.source.tracker import TRACEFS, _remove_stale_instances
+
+    _remove_stale_instances(Path(TRACEFS))
+    if not was and mounted():
+        run("umount", TRACEFS, check=False)
+
+
+@pytest.fixture
 async def sshd(tmp_path):
     keys, host_key = make_keys(tmp_path / "keys")
     home = tmp_path / "home"
@@ -277,7 +293,7 @@ def test_hooks_quiesce_needs_a_hook(tmp_path):
 @pytest.mark.root
 @pytest.mark.slow
 @root_only
-async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(sshd, tmp_path):
+async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(sshd, tmp_path, tracefs_cleanup):
     with loop_ext4(tmp_path, size_mb=64) as fs, writer_process(fs.mountpoint) as writer:
         args = [*cli("migrated"), "sync", fs.loopdev, sshd.target(tmp_path / "t.img"), *sshd.ssh_args(),
                 "--state-dir", str(tmp_path / "state"), "--recv-command", "upload", "--continuous",
