@@ -102,7 +102,6 @@ class SyncControl:
         self._bwlimit = bwlimit
         self._stop = False
         self._listeners: list[Callable[[int | None], None]] = []
-        self._read_listeners: list[Callable[[int | None], None]] = []
         self.stop_reason = "stop requested"
 
     @property
@@ -119,9 +118,8 @@ class SyncControl:
     read_limit: int | None = None
 
     def set_read_limit(self, bytes_per_s: int | None) -> None:
+        """Takes effect at the next chunk read (the engine compares before each read)."""
         self.read_limit = bytes_per_s if bytes_per_s else None
-        for cb in list(self._read_listeners):
-            cb(self.read_limit)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self._stop = True
@@ -276,7 +274,6 @@ class DiskSync:
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
         self.control._listeners.append(lambda r: self.bucket.set_rate(r, time.monotonic()))
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
-        self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
@@ -452,6 +449,8 @@ class DiskSync:
             self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
         hole = self._is_hole(offset, length)
         if not hole:
+            if self.read_bucket.rate != self.control.read_limit:
+                self.read_bucket.set_rate(self.control.read_limit, time.monotonic())
             read_delay = self.read_bucket.reserve(length, time.monotonic())
             if read_delay > 0:
                 await asyncio.sleep(read_delay)
