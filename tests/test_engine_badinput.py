@@ -199,10 +199,17 @@ async def test_block_device_target_and_mounted_device_refused(sshd, images, tmp_
         subprocess.run(["mkfs.ext4", "-q", "-F", dev], check=True, capture_output=True)
         subprocess.run(["mount", dev, str(mnt)], check=True, capture_output=True)
         mounted = True
-        before = subprocess.run(["sha256sum", dev], capture_output=True, text=True).stdout
+        (mnt / "keep.txt").write_text("precious\n" * 1000)
+        os.sync()
         rc, _, err = await run_sync(sshd, src, Path(dev), state=state, json_out=False)
         assert rc == 4 and "refusing to write" in err and "mounted" in err, err
-        assert subprocess.run(["sha256sum", dev], capture_output=True, text=True).stdout == before
+        subprocess.run(["umount", str(mnt)], check=True)
+        mounted = False
+        fsck = subprocess.run(["e2fsck", "-fn", dev], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr  # the filesystem was not touched
+        subprocess.run(["mount", "-o", "ro", dev, str(mnt)], check=True)
+        mounted = True
+        assert (mnt / "keep.txt").read_text() == "precious\n" * 1000
     finally:
         if mounted:
             subprocess.run(["umount", str(mnt)], check=False)

@@ -16,6 +16,7 @@ from migrated.errors import MigratedError
 SUBCOMMANDS: list[str] = [
     "migrated.cli.sync_cmd",
     "migrated.cli.version_cmd",
+    "migrated.cli.agent_cmds",
 ]
 
 

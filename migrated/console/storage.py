@@ -16,8 +16,10 @@ offers the atomic primitives those rules need:
   command committed between "look" and "wait" is never missed.
 
 SQLite (the embedded default): WAL journal, ``synchronous=FULL`` (a commit is
-durable when it returns), one connection used from one dedicated thread, so the
-event loop never blocks on ``fsync``. Heartbeats are the exception to durable
+durable when it returns). Writes go through one connection in one dedicated
+thread, so the event loop never blocks on ``fsync``; reads use a second,
+read-only connection right on the event loop (a WAL reader never waits for the
+writer, and a read costs far less than a hop to another thread and back). Heartbeats are the exception to durable
 commits: they are held in memory and written in one transaction every few
 seconds (losing the last few seconds of "last seen" in a crash is harmless and
 saves an fsync per beat). A PostgreSQL backend adds a class with the same
@@ -258,7 +260,8 @@ class Storage(abc.ABC):
     ) -> tuple[list[CommandRecord], float | None]:
         """Unacked commands that were never delivered or whose delivery is older than the
         visibility timeout, oldest first, marked delivered now. Also returns when the next
-        in-flight command becomes due again (None if none)."""
+        in-flight command becomes due again (None if none). Delivery marks need not be
+        durable: after a crash an unacked command may come again early, never not at all."""
 
     @abc.abstractmethod
     async def ack_command(
@@ -392,8 +395,10 @@ class SQLiteStorage(Storage):
     def __init__(self, path: str | os.PathLike[str], *, heartbeat_flush_seconds: float = 5.0) -> None:
         self.path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the writer: used only in the storage thread
+        self._rdb: sqlite3.Connection | None = None  # the reader: used only on the event loop thread
         self._waiters: dict[str, asyncio.Event] = {}
+        self._delivered: dict[str, tuple[float, int]] = {}  # command id -> (last delivery, deliveries), unacked
         self._beats: dict[str, tuple[float, str]] = {}  # source_id -> (time, agent version), not yet written
         self._beats_lock = threading.Lock()
         self._flush_every = heartbeat_flush_seconds
@@ -423,6 +428,15 @@ class SQLiteStorage(Storage):
             raise sqlite3.DatabaseError(f"{self.path}: schema version {row[0]}, this console knows {SCHEMA_VERSION}")
         self._db = db
 
+    def _reader(self) -> sqlite3.Connection:
+        if self._rdb is None:
+            raise RuntimeError("storage is not open")
+        return self._rdb
+
+    def _writer(self) -> sqlite3.Connection:
+        assert self._db is not None
+        return self._db
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise RuntimeError("storage is not open")
@@ -448,6 +462,12 @@ class SQLiteStorage(Storage):
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-db")
         await self._run(self._connect)
+        # WAL readers never wait for the writer's fsync: reads run right on the event loop,
+        # which saves a thread hop (and a GIL hand-over) on every request
+        rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        rdb.row_factory = sqlite3.Row
+        rdb.execute("PRAGMA query_only=ON")
+        self._rdb = rdb
         self._flusher = asyncio.create_task(self._flush_loop(), name="heartbeat-flush")
 
     async def close(self) -> None:
@@ -459,6 +479,9 @@ class SQLiteStorage(Storage):
         if self._executor is not None:
             await self._run(self._flush_beats)
             await self._run(self._close_db)
+            if self._rdb is not None:
+                self._rdb.close()
+                self._rdb = None
             self._executor.shutdown(wait=True)
             self._executor = None
 
@@ -505,26 +528,26 @@ class SQLiteStorage(Storage):
         await self._run(go)
         return rec
 
-    def _get_key(self, secret_id: str) -> KeyRecord | None:
-        assert self._db is not None
-        row = self._db.execute("SELECT * FROM keys WHERE secret_id=?", (secret_id,)).fetchone()
+    @staticmethod
+    def _get_key(db: sqlite3.Connection, secret_id: str) -> KeyRecord | None:
+        row = db.execute("SELECT * FROM keys WHERE secret_id=?", (secret_id,)).fetchone()
         return KeyRecord(**dict(row)) if row else None
 
     async def get_key(self, secret_id: str) -> KeyRecord | None:
-        return await self._run(self._get_key, secret_id)
+        return self._get_key(self._reader(), secret_id)
 
     async def list_keys(self) -> list[KeyRecord]:
         def go() -> list[KeyRecord]:
-            assert self._db is not None
-            return [KeyRecord(**dict(r)) for r in self._db.execute("SELECT * FROM keys ORDER BY created_at")]
+            db = self._reader()
+            return [KeyRecord(**dict(r)) for r in db.execute("SELECT * FROM keys ORDER BY created_at")]
 
-        return await self._run(go)
+        return go()
 
     async def revoke_key(self, secret_id: str, now: float) -> KeyRecord | None:
         def go() -> KeyRecord | None:
             with self._tx() as db:
                 db.execute("UPDATE keys SET revoked_at=? WHERE secret_id=? AND revoked_at IS NULL", (now, secret_id))
-            return self._get_key(secret_id)
+            return self._get_key(self._writer(), secret_id)
 
         return await self._run(go)
 
@@ -539,7 +562,7 @@ class SQLiteStorage(Storage):
                 row = db.execute("SELECT * FROM sources WHERE machine_id=?", (machine_id,)).fetchone()
                 if row is not None:
                     old = _source_from_row(row)
-                    old_key = self._get_key(old.registered_by)
+                    old_key = self._get_key(db, old.registered_by)
                     if old.registered_by != registered_by and old_key is not None and old_key.active:
                         raise StorageConflict(
                             f"machine {machine_id} is registered as {old.source_id} by another key that is "
@@ -570,19 +593,19 @@ class SQLiteStorage(Storage):
 
     async def get_source(self, source_id: str) -> SourceRecord | None:
         def go() -> SourceRecord | None:
-            assert self._db is not None
-            row = self._db.execute("SELECT * FROM sources WHERE source_id=?", (source_id,)).fetchone()
+            db = self._reader()
+            row = db.execute("SELECT * FROM sources WHERE source_id=?", (source_id,)).fetchone()
             return self._with_beat(_source_from_row(row)) if row else None
 
-        return await self._run(go)
+        return go()
 
     async def list_sources(self) -> list[SourceRecord]:
         def go() -> list[SourceRecord]:
-            assert self._db is not None
-            rows = self._db.execute("SELECT * FROM sources ORDER BY registered_at").fetchall()
+            db = self._reader()
+            rows = db.execute("SELECT * FROM sources ORDER BY registered_at").fetchall()
             return [self._with_beat(_source_from_row(r)) for r in rows]
 
-        return await self._run(go)
+        return go()
 
     async def remove_source(self, source_id: str) -> bool:
         def go() -> bool:
@@ -598,15 +621,15 @@ class SQLiteStorage(Storage):
 
     async def record_heartbeat(self, source_id: str, agent_version: str, now: float) -> bool:
         def go() -> bool:
-            assert self._db is not None
-            row = self._db.execute("SELECT 1 FROM sources WHERE source_id=?", (source_id,)).fetchone()
+            db = self._reader()
+            row = db.execute("SELECT 1 FROM sources WHERE source_id=?", (source_id,)).fetchone()
             if row is None:
                 return False
             with self._beats_lock:
                 self._beats[source_id] = (now, agent_version)
             return True
 
-        return await self._run(go)
+        return go()
 
     # -- tasks
 
@@ -640,13 +663,13 @@ class SQLiteStorage(Storage):
 
         return await self._run(go)
 
-    def _get_task(self, task_id: str) -> TaskRecord | None:
-        assert self._db is not None
-        row = self._db.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    @staticmethod
+    def _get_task(db: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+        row = db.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
         return _task_from_row(row) if row else None
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        return await self._run(self._get_task, task_id)
+        return self._get_task(self._reader(), task_id)
 
     async def list_tasks(
         self, *, source_id: str | None = None, states: Iterable[str] | None = None,
@@ -668,15 +691,15 @@ class SQLiteStorage(Storage):
         clause = ("WHERE " + " AND ".join(where)) if where else ""
 
         def go() -> tuple[list[TaskRecord], int]:
-            assert self._db is not None
-            total = self._db.execute(f"SELECT COUNT(*) FROM tasks {clause}", args).fetchone()[0]
-            rows = self._db.execute(
+            db = self._reader()
+            total = db.execute(f"SELECT COUNT(*) FROM tasks {clause}", args).fetchone()[0]
+            rows = db.execute(
                 f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, task_id LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ).fetchall()
             return [_task_from_row(r) for r in rows], total
 
-        return await self._run(go)
+        return go()
 
     async def update_task(
         self, task_id: str, *, expect_state: str, changes: dict[str, Any],
@@ -688,7 +711,7 @@ class SQLiteStorage(Storage):
 
         def go() -> tuple[TaskRecord, CommandRecord | None]:
             with self._tx() as db:
-                cur = self._get_task(task_id)
+                cur = self._get_task(db, task_id)
                 if cur is None:
                     raise StorageConflict(f"task {task_id} does not exist")
                 if cur.state != expect_state:
@@ -719,20 +742,20 @@ class SQLiteStorage(Storage):
 
     async def due_scheduled_tasks(self, now: float) -> list[TaskRecord]:
         def go() -> list[TaskRecord]:
-            assert self._db is not None
-            rows = self._db.execute(
+            db = self._reader()
+            rows = db.execute(
                 "SELECT * FROM tasks WHERE state='scheduled' AND scheduled_at<=? ORDER BY scheduled_at", (now,)
             ).fetchall()
             return [_task_from_row(r) for r in rows]
 
-        return await self._run(go)
+        return go()
 
     async def next_scheduled_time(self) -> float | None:
         def go() -> float | None:
-            assert self._db is not None
-            return self._db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state='scheduled'").fetchone()[0]
+            db = self._reader()
+            return db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state='scheduled'").fetchone()[0]
 
-        return await self._run(go)
+        return go()
 
     # -- commands
 
@@ -745,36 +768,28 @@ class SQLiteStorage(Storage):
     async def take_commands(
         self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,
     ) -> tuple[list[CommandRecord], float | None]:
-        def go() -> tuple[list[CommandRecord], float | None]:
-            assert self._db is not None
-            db = self._db
-            cutoff = now - visibility_seconds
-            # cheap read first: most polls find nothing and need no write transaction
-            rows = db.execute(
-                "SELECT * FROM commands WHERE source_id=? AND acked_at IS NULL "
-                "AND (delivered_at IS NULL OR delivered_at<=?) ORDER BY seq LIMIT ?",
-                (source_id, cutoff, limit),
-            ).fetchall()
-            out: list[CommandRecord] = []
-            if rows:
-                with self._tx() as wdb:
-                    for r in rows:
-                        n = wdb.execute(
-                            "UPDATE commands SET delivered_at=?, deliveries=deliveries+1 WHERE command_id=? "
-                            "AND acked_at IS NULL AND (delivered_at IS NULL OR delivered_at<=?)",
-                            (now, r["command_id"], cutoff),
-                        ).rowcount
-                        if n:
-                            out.append(replace(_command_from_row(r), delivered_at=now,
-                                               deliveries=r["deliveries"] + 1))
-            nxt = db.execute(
-                "SELECT MIN(delivered_at) FROM commands WHERE source_id=? AND acked_at IS NULL "
-                "AND delivered_at IS NOT NULL",
-                (source_id,),
-            ).fetchone()[0]
-            return out, (nxt + visibility_seconds if nxt is not None else None)
-
-        return await self._run(go)
+        # Delivery marks live in memory, not in the file: marking costs no write (no fsync on the
+        # delivery path), and losing them in a crash only means that every unacked command is
+        # delivered again at once after the restart, which the agent handles (it ignores IDs it
+        # has applied). Acks, which must never be lost, are durable writes.
+        cutoff = now - visibility_seconds
+        rows = self._reader().execute(
+            "SELECT * FROM commands WHERE source_id=? AND acked_at IS NULL ORDER BY seq", (source_id,)
+        ).fetchall()
+        out: list[CommandRecord] = []
+        next_due: float | None = None
+        for r in rows:
+            cid = r["command_id"]
+            when, count = self._delivered.get(cid, (None, 0))
+            if when is not None and when > cutoff:
+                due = when + visibility_seconds
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            if len(out) >= limit:
+                continue
+            self._delivered[cid] = (now, count + 1)
+            out.append(replace(_command_from_row(r), delivered_at=now, deliveries=count + 1))
+        return out, next_due
 
     async def ack_command(
         self, source_id: str, command_id: str, result: str, message: str, now: float,
@@ -792,22 +807,25 @@ class SQLiteStorage(Storage):
                 row = db.execute("SELECT * FROM commands WHERE command_id=?", (command_id,)).fetchone()
             return _command_from_row(row), True
 
-        return await self._run(go)
+        rec, first = await self._run(go)
+        if rec is not None:
+            self._delivered.pop(command_id, None)
+        return rec, first
 
     async def list_commands(self, task_id: str) -> list[CommandRecord]:
         def go() -> list[CommandRecord]:
-            assert self._db is not None
-            rows = self._db.execute("SELECT * FROM commands WHERE task_id=? ORDER BY seq", (task_id,)).fetchall()
+            db = self._reader()
+            rows = db.execute("SELECT * FROM commands WHERE task_id=? ORDER BY seq", (task_id,)).fetchall()
             return [_command_from_row(r) for r in rows]
 
-        return await self._run(go)
+        return go()
 
     async def count_pending_commands(self) -> int:
         def go() -> int:
-            assert self._db is not None
-            return self._db.execute("SELECT COUNT(*) FROM commands WHERE acked_at IS NULL").fetchone()[0]
+            db = self._reader()
+            return db.execute("SELECT COUNT(*) FROM commands WHERE acked_at IS NULL").fetchone()[0]
 
-        return await self._run(go)
+        return go()
 
     # -- events
 
@@ -824,18 +842,18 @@ class SQLiteStorage(Storage):
 
     async def list_events(self, task_id: str, *, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
         def go() -> list[EventRecord]:
-            assert self._db is not None
-            rows = self._db.execute(
+            db = self._reader()
+            rows = db.execute(
                 "SELECT * FROM events WHERE task_id=? AND event_id>? ORDER BY event_id LIMIT ?",
                 (task_id, after_id, limit),
             ).fetchall()
             return [EventRecord(**dict(r)) for r in rows]
 
-        return await self._run(go)
+        return go()
 
     async def task_state_counts(self) -> dict[str, int]:
         def go() -> dict[str, int]:
-            assert self._db is not None
-            return {r[0]: r[1] for r in self._db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+            db = self._reader()
+            return {r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
 
-        return await self._run(go)
+        return go()

@@ -288,6 +288,12 @@ class DiskSync:
         self._zero_hash: dict[int, bytes] = {}
 
     # -- small helpers ---------------------------------------------------------------------
+    def zero_entries(self, off: int, length: int) -> bytes:
+        """Hash-file entries of an all-zero range (the last block of the disk may be short)."""
+        n = wire.block_count(length, self.bs)
+        tail = length - (n - 1) * self.bs
+        return self.zero_hash(self.bs) * (n - 1) + self.zero_hash(tail)
+
     def zero_hash(self, length: int) -> bytes:
         h = self._zero_hash.get(length)
         if h is None:
@@ -437,6 +443,11 @@ class DiskSync:
         loop = asyncio.get_running_loop()
         bs = self.bs
         n = wire.block_count(length, bs)
+        hole = self._is_hole(offset, length)
+        if hole and known is not None:
+            zeros = self.zero_entries(offset, length)
+            if known == zeros:  # a hole onto zeros: nothing to read, send or ask
+                return _Chunk(offset, length, entries=zeros, same=n), []
         if known is not None and self.opt.only_ranges is not None and not any(
                 s < offset + length and offset < e for s, e in self.opt.only_ranges):
             entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
@@ -447,7 +458,6 @@ class DiskSync:
         if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
             self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
-        hole = self._is_hole(offset, length)
         if not hole:
             if self.read_bucket.rate != self.control.read_limit:
                 self.read_bucket.set_rate(self.control.read_limit, time.monotonic())
@@ -505,8 +515,15 @@ class DiskSync:
             if ask_all:
                 return None
             first, n = off // bs, wire.block_count(length, bs)
-            entries = bytearray(self.hf.read(first, n))  # type: ignore[union-attr]
+            raw = self.hf.read(first, n)  # type: ignore[union-attr]
             lo, hi = untrusted
+            overlaps = lo < off + length and off < hi
+            if not overlaps:
+                if cp.zero_from is None or off + length <= cp.zero_from or UNKNOWN not in raw:
+                    return raw  # fast path: the hash file says it all
+                if off >= cp.zero_from and raw == UNKNOWN * n:
+                    return self.zero_entries(off, length)  # never written since created sparse
+            entries = bytearray(raw)
             for i in range(n):
                 boff = off + i * bs
                 e = entries[i * HASH_LEN:(i + 1) * HASH_LEN]
@@ -522,6 +539,10 @@ class DiskSync:
             while next_off < size and len(pending) < self.opt.window_chunks:
                 length = min(csize, size - next_off)
                 off = next_off
+                if self._is_hole(off, length):  # take the whole hole (up to a HASH span) in one chunk
+                    data_at = self.src.next_data(off)
+                    hole_end = min(size, off + wire.MAX_HASH_SPAN, max(off + length, data_at // bs * bs))
+                    length = hole_end - off
                 task = asyncio.create_task(self.prepare(off, length, known_for(off, length), send))
                 pending.append((off, task))
                 next_off += length
@@ -553,7 +574,7 @@ class DiskSync:
                 if send and self.control.stop_requested:
                     break
                 end = off + ch.length
-                if send and end > cp.dirty_end:
+                if send and ch.frames and end > cp.dirty_end:
                     # Frames past the durable dirty_end are not allowed: make a checkpoint first.
                     if flight is None:
                         seq = self.flush_seq + 1

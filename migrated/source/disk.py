@@ -66,6 +66,15 @@ class SourceDisk:
             return [(offset, end)]
         return out
 
+    def next_data(self, offset: int) -> int:
+        """The first offset >= ``offset`` that may hold data (``size`` if only a hole follows)."""
+        if self.is_device:
+            return offset
+        try:
+            return min(self.size, os.lseek(self.fd, offset, os.SEEK_DATA))
+        except OSError:
+            return self.size
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -191,6 +191,8 @@ class RecvChannel:
             proc = await conn.create_process(command, encoding=None, window=WINDOW, max_pktsize=MAX_PKTSIZE)
         except (asyncssh.Error, OSError) as e:
             raise ConnectionFailed(f"cannot start the receiver on {label}: {e}") from None
+        # Keep a few MiB queued so the SSH window never runs dry between our drains.
+        proc.stdin.channel.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
         return cls(proc, label)
 
     async def _read_stderr(self) -> None:
