@@ -106,6 +106,9 @@ class ContinuousOptions:
     def validate(self) -> None:
         if self.quiesce not in QUIESCE_METHODS:
             raise UsageError(f"--quiesce {self.quiesce!r}: choose one of {', '.join(QUIESCE_METHODS)}")
+        if self.quiesce == "lvm":
+            raise UsageError("--quiesce lvm is not available yet (the engine cannot read the final pass from a "
+                             "snapshot device with the origin's checkpoint); use --quiesce freeze")
         if self.interval < 0:
             raise UsageError("--interval must be zero or more seconds")
         if self.freeze_budget <= 0 or self.downtime_target <= 0:
