@@ -129,3 +129,30 @@ def test_bad_continuous_options_name_the_flag():
         ContinuousOptions(freeze_budget=0).validate()
     with pytest.raises(UsageError, match="interval"):
         ContinuousControl().set_interval(-1)
+
+
+async def test_two_disks_are_rounded_and_cut_over_together(sshd, tmp_path):
+    from migrated.engine.continuous import run_continuous_disks
+
+    a = make_image(tmp_path / "a.img", 4 * MiB, seed=11)
+    b = make_image(tmp_path / "b.img", 6 * MiB, seed=12)
+    disks = [(str(a), str(tmp_path / "ta.img")), (str(b), str(tmp_path / "tb.img"))]
+    events: list[dict] = []
+
+    def on_event(ev: dict) -> None:
+        events.append(ev)
+        if ev["event"] == "round" and ev["round"] == 0:
+            mutate(b, regions=2, seed=13, max_len=65536)
+
+    control = ContinuousControl(SyncControl())
+    async with open_session(endpoint(sshd)) as s:
+        result = await run_continuous_disks(s, disks, SyncOptions(state_dir=tmp_path / "state"),
+                                            ContinuousOptions(interval=0, quiesce="none", cutover_after=1),
+                                            control, on_event)
+    rounds = [e for e in events if e["event"] == "round"]
+    assert [[d["source"] for d in r["disks"]] for r in rounds] == [[str(a), str(b)]] * 2
+    assert rounds[1]["disks"][0]["bytes_changed"] == 0 and rounds[1]["disks"][1]["bytes_changed"] > 0
+    assert result.bytes_total == 10 * MiB and result.cutover is not None and result.cutover.verified
+    assert result.cutover.blocks_verified == 160  # 64 KiB blocks of both disks
+    assert_same(a, tmp_path / "ta.img")
+    assert_same(b, tmp_path / "tb.img")
