@@ -20,9 +20,13 @@ same checkpoint (the engine re-reads the source and sends what changed). The pie
 * **Cutover** (:func:`cutover`): pre hook -> quiesce -> final pass -> make durable ->
   un-quiesce -> post hook -> verify every target block against the hashes the final pass
   recorded (the source has moved on after the thaw, so it cannot be re-read for that).
-  Quiesce methods: ``freeze`` (FIFREEZE of every mounted filesystem of the disk, through
-  the guardian process, within ``freeze_budget``), ``lvm`` (final pass reads an LVM
-  snapshot), ``hooks`` (only the pre/post commands), ``none`` (crash-consistent only).
+  Quiesce methods: ``freeze`` (FIFREEZE of every mounted filesystem of the disks, through
+  the guardian process, within ``freeze_budget``; the final pass reads only the writes
+  traced since the last round, ``migrated.source.tracker``), ``hooks`` (only the pre/post
+  commands), ``none`` (crash-consistent only); ``lvm`` is refused until the engine can
+  read a snapshot with the origin's checkpoint (``migrated.source.snapshot`` is ready).
+* **Several disks** (:func:`run_continuous_disks`): a round syncs each once; the cutover
+  freezes the filesystems of all of them at once, so the target is consistent across them.
 * **Nothing is written to a frozen filesystem** by this process during the freeze: the
   engine's state dir is staged in tmpfs (``StagedDir``) and written back after the
   thaw; log events are held in memory and printed after the thaw; no bytecode is
