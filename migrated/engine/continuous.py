@@ -401,6 +401,11 @@ async def _run_rounds_and_cutover(session: Any, disks: list[Disk], options: Sync
                 t.reset()  # the final pass re-reads what is written from now on
         started = time.monotonic()
         results = [await session.sync_disk(src, dst, options, control.sync, on_progress) for src, dst in disks]
+        for (src, _), r in zip(disks, results, strict=True):
+            t = trackers.get(src)
+            if t is not None and r.resumed:
+                # blocks before the resume point were read before the reset: their later writes are unknown
+                t.invalidate("the last round resumed from a checkpoint and did not read the whole disk")
         bytes_total = sum(r.bytes_total for r in results)
         stats = RoundStats(index=len(rounds), started_at=started, duration=time.monotonic() - started,
                            bytes_scanned=sum(r.bytes_read for r in results),
