@@ -314,3 +314,30 @@ async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(ss
         # long before the 600 s budget: the guardian saw the agent die and thawed
         assert can_write(fs.mountpoint, timeout=30)
         assert writer.poll() is None
+
+
+async def test_hooks_as_the_quiesce_method_stop_and_restart_the_writer(sshd, tmp_path):
+    """--quiesce hooks: the pre hook stops the 'service' (SIGSTOP) and the post hook starts it again;
+    the target equals the source as it was while the service was stopped."""
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    churn = ("import os, random, sys, time\n"
+             "rng = random.Random(5); fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+             "while True:\n"
+             "    os.pwrite(fd, rng.randbytes(4096), rng.randrange(2048) * 4096)\n"
+             "    time.sleep(0.005)\n")
+    p = subprocess.Popen([sys.executable, "-c", churn, str(src)])
+    frozen_sum = tmp_path / "frozen.sha256"
+    try:
+        rc, s, err = await run_cli(
+            sshd, str(src), tmp_path / "dst.img", "--interval", "0", "--cutover-after", "1", "--quiesce", "hooks",
+            "--pre-hook", f"kill -STOP {p.pid} && sleep 0.2 && sha256sum {src} | cut -d' ' -f1 > {frozen_sum}",
+            "--post-hook", f"kill -CONT {p.pid}", state=tmp_path / "state")
+        assert rc == 0, err
+        assert p.poll() is None and Path(f"/proc/{p.pid}/stat").read_text().split(")")[1].split()[0] != "T"
+    finally:
+        p.kill()
+        p.wait()
+    assert s is not None and s["verified"] and [h["name"] for h in s["cutover"]["hooks"]] == ["pre", "post"]
+    assert hashlib.sha256((tmp_path / "dst.img").read_bytes()).hexdigest() == frozen_sum.read_text().strip()
