@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -52,6 +53,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
 
 
+def cpu_pressure() -> float | None:
+    """The machine's CPU pressure (PSI 'some' avg10, %): how often something waited for a CPU."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(line.split("avg10=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def proc_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -64,6 +74,22 @@ def pct(xs: list[float], p: float) -> float:
         return float("nan")
     s = sorted(xs)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def _hist(text: str, name: str, le: float) -> tuple[int, int]:
+    total = re.search(rf"^{name}_count (\S+)$", text, re.M)
+    under = re.search(rf'^{name}_bucket{{le="{le}"}} (\S+)$', text, re.M)
+    if not total or not under:
+        return 0, 0
+    n = int(float(total.group(1)))
+    return n - int(float(under.group(1))), n
+
+
+def hist_over(before: str, after: str, name: str, le: float) -> str:
+    """'k of n': observations of a Prometheus histogram above the bucket ``le`` between two scrapes."""
+    k0, n0 = _hist(before, name, le)
+    k1, n1 = _hist(after, name, le)
+    return f"{k1 - k0} of {n1 - n0}"
 
 
 class Console:
@@ -177,7 +203,10 @@ async def run_one(n: int, commands: int, rate: float, heartbeat: float, settle: 
                 loops += [asyncio.create_task(a.beat_loop()) for a in agents]
                 await asyncio.sleep(settle)  # every agent holds a poll; heartbeats are spread out
 
+                async with session.get(console.url + "/metrics") as resp:
+                    before = await resp.text()
                 cpu0, wall0 = proc_cpu_seconds(console.proc.pid), time.monotonic()
+                psi0 = cpu_pressure()
                 self_cpu0 = time.process_time()
                 sent: dict[str, float] = {}
                 start_errors = 0
@@ -202,12 +231,24 @@ async def run_one(n: int, commands: int, rate: float, heartbeat: float, settle: 
                 while time.monotonic() < deadline and not all(tid in a.received for tid, a in task_of.items()):
                     await asyncio.sleep(0.1)
                 cpu1, wall1 = proc_cpu_seconds(console.proc.pid), time.monotonic()
+                psi1 = cpu_pressure()
+                load1 = os.getloadavg()[0]
                 self_cpu1 = time.process_time()
                 lat = [(a.received[tid] - sent[tid]) * 1000 for tid, a in task_of.items() if tid in a.received]
-                polls_held = 0
                 async with session.get(console.url + "/metrics") as resp:
-                    m = re.search(r"^migrate_console_longpolls_held (\S+)$", await resp.text(), re.M)
-                    polls_held = int(float(m.group(1))) if m else -1
+                    text = await resp.text()
+                m = re.search(r"^migrate_console_longpolls_held (\S+)$", text, re.M)
+                polls_held = int(float(m.group(1))) if m else -1
+                lag_over_100ms = hist_over(before, text, "migrate_console_loop_lag_seconds", 0.1)
+                writes_over_100ms = hist_over(before, text, "migrate_console_storage_write_seconds", 0.1)
+                gcs = []
+                for gen in ("0", "1", "2"):
+                    tot = re.search(rf'^migrate_console_gc_pause_seconds_sum{{generation="{gen}"}} (\S+)$', text, re.M)
+                    cnt = re.search(rf'^migrate_console_gc_pause_seconds_count{{generation="{gen}"}} (\S+)$', text,
+                                    re.M)
+                    if tot and cnt:
+                        gcs.append(f"gen{gen} {int(float(cnt.group(1)))}x {float(tot.group(1)):.2f}s")
+                gc_full = ", ".join(gcs) or "?"
                 for t in loops:
                     t.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)
@@ -225,8 +266,13 @@ async def run_one(n: int, commands: int, rate: float, heartbeat: float, settle: 
                     "console_rss_mib": round(proc_rss_mib(console.proc.pid), 1),
                     "bench_cpu_pct": round(100 * (self_cpu1 - self_cpu0) / (wall1 - wall0), 1),
                     "polls_held": polls_held,
+                    "loop_lag_over_100ms": lag_over_100ms,
+                    "storage_writes_over_100ms": writes_over_100ms,
+                    "gc_pauses": gc_full,
                     "agent_errors": sum(a.errors for a in agents) + start_errors,
                     "window_seconds": round(wall1 - wall0, 1),
+                    "machine_cpu_pressure_pct": [psi0, psi1],
+                    "machine_load1": round(load1, 1),
                 }
         finally:
             console.stop()
@@ -243,6 +289,10 @@ def main() -> int:
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # the simulated agents share one process: keep its own GC pauses out of the measurement
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(700, 10, 1000)
     results = []
     for n in args.agents:
         r = asyncio.run(run_one(n, args.commands, args.rate, args.heartbeat, args.settle))
@@ -252,7 +302,11 @@ def main() -> int:
                   f"p99 {r['p99_ms']} ms  max {r['max_ms']} ms  (StartTask call p50 {r['start_call_p50_ms']} "
                   f"p99 {r['start_call_p99_ms']} ms)  console CPU {r['console_cpu_pct']}% of a core  "
                   f"RSS {r['console_rss_mib']} MiB  bench CPU {r['bench_cpu_pct']}%  held {r['polls_held']}  "
-                  f"errors {r['agent_errors']}  (register {r['register_seconds']} s)", flush=True)
+                  f"loop lag >100ms {r['loop_lag_over_100ms']}  writes >100ms {r['storage_writes_over_100ms']}  "
+                  f"GC {r['gc_pauses']}  "
+                  f"errors {r['agent_errors']}  (register {r['register_seconds']} s)  "
+                  f"machine: load {r['machine_load1']}, "
+                  f"CPU pressure {r['machine_cpu_pressure_pct']}%", flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

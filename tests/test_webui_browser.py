@@ -215,7 +215,7 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(trow.locator('[data-f="state_label"]')).to_have_text("Paused")
     await expect(trow.locator('[data-f="rate"]')).to_have_text("—")
     await expect(trow.get_by_role("button", name="Pause task web01-move")).to_be_hidden()
-    await expect(trow.get_by_role("button", name="Start task web01-move")).to_be_visible()
+    await expect(trow.get_by_role("button", name="Resume task web01-move")).to_be_visible()
     await expect(trow.get_by_role("link", name="Delete task web01-move")).to_be_visible()
 
     # task detail: settings, per-disk progress, event log
@@ -363,4 +363,8 @@ async def test_failure_reason_retry_and_a_source_going_offline(tmp_path: Path) -
             await expect(row.locator('[data-f="status"]')).to_have_text("Online")
             await expect(row.locator('[data-f="status"]')).to_have_text("Offline", timeout=30_000)
             await expect(row).to_have_class("offline")
+            # the task it was running says why nothing moves
+            await page.goto(f"/ui/tasks/{task_id}")
+            await expect(page.locator('#task > p[data-f="message"]')).to_contain_text("source server is offline")
+            await expect(page.locator('#task [data-f="rate"]')).to_have_text("—")
             await browser.close()

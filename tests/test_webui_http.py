@@ -4,6 +4,7 @@ SQLite): cookie flags, login CSRF, throttling, revoked keys, headers, same rules
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import tomllib
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from tests.console_proc import ConsoleProcess, run_cli, write_config
 from tests.console_support import HOST_KEY, Console, register, running_console
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,3 +183,88 @@ def test_no_external_assets_and_package_data_is_declared() -> None:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["migrated"]
     assert "console/web/static/*" in data and "console/web/templates/*" in data
     assert (WEB / "static" / "app.js").exists() and (WEB / "templates" / "base.html").exists()
+
+
+async def test_delete_page_of_a_running_task_offers_nothing(console: Console) -> None:
+    agent_id, agent_key = await console.new_key("agent", "a")
+    async with console.client(agent_id, agent_key) as agent:
+        src = await register(agent)
+        t = await console.admin_call("CreateTask", {
+            "SourceId": src, "TaskName": "t1", "Region": "ap-guangzhou", "TargetType": "image", "ImageName": "i1",
+            "TargetSsh": "root@203.0.113.7", "TargetHostKey": HOST_KEY})
+        await console.admin_call("StartTask", {"TaskId": t["TaskId"]})
+        await agent.call("ReportTaskProgress", {"SourceId": src, "TaskId": t["TaskId"], "State": "transferring"})
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        async with s.get(f"{console.url}/ui/tasks/{t['TaskId']}/delete") as r:
+            body = await r.text()
+        assert "cannot delete a task that is transferring; delete is allowed when" in body
+        assert 'action="/ui/tasks/' not in body.split("<main", 1)[1]  # no delete form on the page
+
+
+async def test_the_served_program_has_the_ui_and_a_restart_logs_out(tmp_path: Path) -> None:
+    """``migrate-console serve`` (a real subprocess) serves the UI; sessions do not outlive the process."""
+    cfg = write_config(tmp_path, tmp_path / "console.db")
+    r = await asyncio.to_thread(run_cli, "keys", "create", "--local", "--config", str(cfg), "--role", "admin",
+                                "--name", "ops", "--json")
+    assert r.returncode == 0, r.stderr
+    key = json.loads(r.stdout[r.stdout.index("{"):])
+    proc = await asyncio.to_thread(ConsoleProcess(cfg, tmp_path / "console.log").start)
+    try:
+        async with http() as s:
+            async with s.get(proc.url + "/", allow_redirects=False) as resp:
+                assert resp.status == 303 and resp.headers["Location"] == "/ui/tasks"
+            assert (await login(s, proc.url, key["SecretId"], key["SecretKey"])).status == 303
+            async with s.get(proc.url + "/ui/sources") as resp:
+                assert resp.status == 200 and "Source servers" in await resp.text()
+                css = re.search(r'href="(/ui/static/app\.css[^"]*)"', await resp.text()).group(1)
+            async with s.get(proc.url + css) as resp:
+                assert resp.status == 200 and resp.content_type == "text/css"
+            assert await asyncio.to_thread(proc.stop) == 0
+            proc = await asyncio.to_thread(ConsoleProcess(cfg, tmp_path / "console.log").start)
+            async with s.get(proc.url + "/ui/tasks", allow_redirects=False) as resp:
+                assert resp.status == 303 and resp.headers["Location"].startswith("/ui/login")
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
+async def test_create_form_shows_the_consoles_refusals_beside_fields(console: Console) -> None:
+    agent_id, agent_key = await console.new_key("agent", "a")
+    async with console.client(agent_id, agent_key) as agent:
+        src = await register(agent)
+    url = f"{console.url}/ui/sources/{src}/new-task"
+    base = {"region": "ap-guangzhou", "name": "n1", "target_type": "instance", "ssh_endpoint": "root@203.0.113.7",
+            "host_key": HOST_KEY, "disk-0-migrate": "on", "disk-0-target": "/dev/vda"}
+
+    def error_beside(body: str, field: str) -> str:
+        m = re.search(rf'<p class="field-error" id="err-{re.escape(field)}" role="alert">([^<]*)</p>', body)
+        return m.group(1) if m else ""
+
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        csrf = await page_csrf(s, url)
+        # pydantic rules of CreateTask: several at once, each beside its field
+        bad = {**base, "csrf": csrf, "region": "Guangzhou", "name": "", "ssh_endpoint": "nohost",
+               "bandwidth_mbps": "fast"}
+        async with s.post(url, data=bad) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert error_beside(body, "region") == "must be a region such as ap-guangzhou"
+        assert error_beside(body, "name") == "required"
+        assert error_beside(body, "ssh_endpoint").startswith("must be user@host:port")
+        assert error_beside(body, "bandwidth_mbps").startswith("must be a number of Mbit/s")
+        assert 'value="Guangzhou"' in body and 'value="nohost"' in body  # kept as typed
+        # the service's own rule: an instance target needs its ID
+        async with s.post(url, data={**base, "csrf": csrf}) as r:
+            body = await r.text()
+        assert "required when TargetType is instance" in error_beside(body, "target_instance")
+        # created; a second task for the same source is refused above the form (no single field)
+        async with s.post(url, data={**base, "csrf": csrf, "target_instance": "ins-abc12345"}) as r:
+            assert r.status == 200 and "Task n1 created" in await r.text()
+        async with s.post(url, data={**base, "csrf": csrf, "target_instance": "ins-abc12345"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        m = re.search(r'<p class="flash flash-error" role="alert" id="form-error">([^<]*)</p>', body)
+        assert m and "unfinished" in m.group(1), body[:3000]
+    _, total = await console.service.storage.list_tasks()
+    assert total == 1

@@ -11,6 +11,8 @@ produce a 500: anything unexpected is logged and answered ``InternalError``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -98,6 +100,44 @@ class Metrics:
         self.tasks = Gauge("migrate_console_tasks", "Tasks by state", ["state"], registry=r)
         self.polls = Gauge("migrate_console_longpolls_held", "PollCommands requests waiting now", registry=r)
         self.pending = Gauge("migrate_console_commands_pending", "Commands not yet acked", registry=r)
+        self.writes = Histogram("migrate_console_storage_write_seconds",
+                                "Storage writes (durable commits), queueing included", registry=r,
+                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.loop_lag = Histogram("migrate_console_loop_lag_seconds",
+                                  "How late a 0.25 s timer fires on the event loop (blocking shows here)",
+                                  registry=r, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+    def watch_gc(self) -> None:
+        """Record every garbage-collector pause (a full collection stops the event loop)."""
+        import gc
+
+        started: list[float] = [0.0]
+        self.gc_pause = Histogram("migrate_console_gc_pause_seconds", "Garbage-collector pauses by generation",
+                                  ["generation"], registry=self.registry,
+                                  buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+
+        def cb(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_pause.labels(str(info.get("generation", "?"))).observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(cb)
+        self._gc_cb = cb
+
+    def unwatch_gc(self) -> None:
+        import gc
+
+        cb = getattr(self, "_gc_cb", None)
+        if cb in gc.callbacks:
+            gc.callbacks.remove(cb)
+
+    async def watch_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.25)
+            self.loop_lag.observe(max(0.0, loop.time() - t - 0.25))
 
     async def render(self, svc: ConsoleService) -> bytes:
         from migrated.model.states import TaskState
@@ -237,12 +277,21 @@ def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Cal
     app = build_app(service)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        metrics: Metrics = app[METRICS]  # type: ignore[assignment]
+        if isinstance(store, SQLiteStorage):
+            store.observe_write = metrics.writes.observe
         await store.open()
         sched = Scheduler(service, tick_seconds=cfg.scheduler.tick_seconds)
         sched.start()
+        lag = asyncio.create_task(metrics.watch_loop_lag())
+        metrics.watch_gc()
         try:
             yield
         finally:
+            metrics.unwatch_gc()
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             await sched.stop()
             await store.close()
 

@@ -29,7 +29,7 @@ process and in memory: after a console restart a request captured in the last
 
 from __future__ import annotations
 
-import collections
+import heapq
 from collections.abc import Awaitable, Callable, Mapping
 
 from migrated.console.service import ApiError
@@ -38,28 +38,25 @@ from migrated.model import tc3
 
 
 class ReplayCache:
-    """Signatures seen, each kept until its timestamp leaves the window."""
+    """Signatures seen, each kept until its timestamp leaves the window. O(log n) per request."""
 
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
-        self._order: collections.deque[tuple[float, str]] = collections.deque()
+        self._expiry: list[tuple[float, str]] = []  # heap
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def check_and_add(self, signature: str, expires: float, now: float) -> bool:
         """True if new (and now remembered); False if seen before."""
-        while self._order and self._order[0][0] < now:
-            exp, sig = self._order.popleft()
+        while self._expiry and self._expiry[0][0] < now:
+            exp, sig = heapq.heappop(self._expiry)
             if self._seen.get(sig) == exp:
                 del self._seen[sig]
         if signature in self._seen:
             return False
         self._seen[signature] = expires
-        self._order.append((expires, signature))
-        if len(self._order) > 1 and self._order[-2][0] > expires:
-            # keep the deque ordered by expiry (timestamps arrive nearly, not exactly, in order)
-            self._order = collections.deque(sorted(self._order))
+        heapq.heappush(self._expiry, (expires, signature))
         return True
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import json
 import os
@@ -187,6 +188,16 @@ async def _serve(cfg: Any) -> int:
     app = create_app(cfg)
     runner = web.AppRunner(app, shutdown_timeout=2, handler_cancellation=True, access_log=None)
     await runner.setup()
+    # everything loaded so far lives as long as the process: keep it out of full collections,
+    # which otherwise walk it all and stall every held long-poll (measured: hundreds of ms)
+    gc.collect()
+    gc.freeze()
+    # Every held long-poll keeps its request objects for up to 30 s, so they reach the oldest
+    # generation and a full collection (which walks every live object) came every few seconds.
+    # Fewer, later collections: cycles are still collected, memory grows a little.
+    gc.set_threshold(700, 10, 1000)
+    # the storage thread gives up the GIL at every SQLite call; let it have it back quickly
+    sys.setswitchinterval(0.001)
     try:
         site = web.TCPSite(runner, cfg.listen.host, cfg.listen.port, ssl_context=ssl_ctx)
         try:

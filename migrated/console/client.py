@@ -14,9 +14,10 @@ for a replay.
 
 Errors: the console's error answer raises :class:`migrated.errors.ConsoleError`
 (``.code`` is the Tencent-style code; ``.retryable`` is true for ``InternalError*``,
-``RequestLimitExceeded*``, ``ServiceUnavailable*`` and ``AuthFailure.SignatureExpire``
-is not); a network failure, a timeout or a reply that is not the console's JSON raises
-:class:`migrated.errors.ConnectionFailed` (retryable).
+``RequestLimitExceeded*``, ``ServiceUnavailable*`` and ``ResourceUnavailable*``); a
+network failure, a timeout or a reply that is not the console's JSON raises
+:class:`migrated.errors.ConnectionFailed` (retryable). For HTTPS with a private CA,
+pass a ``session`` whose connector carries the SSL context.
 """
 
 from __future__ import annotations

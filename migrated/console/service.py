@@ -113,6 +113,7 @@ class ConsoleService:
     def shutdown(self) -> None:
         """End every held long-poll now (with no commands); used on server shutdown."""
         self._closing.set()
+        self.storage.wake_all()
 
     # ------------------------------------------------------------ views
 
@@ -262,13 +263,7 @@ class ConsoleService:
                     return {"Commands": []}
                 if next_due is not None:
                     remaining = min(remaining, max(0.05, next_due - self.clock()))
-                woken = asyncio.ensure_future(waiter.wait(remaining))
-                closing = asyncio.ensure_future(self._closing.wait())
-                try:
-                    await asyncio.wait([woken, closing], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    woken.cancel()
-                    closing.cancel()
+                await waiter.wait(remaining)  # no extra tasks per held poll: shutdown wakes it too
         finally:
             self.polls_held -= 1
 

@@ -255,6 +255,10 @@ class Storage(abc.ABC):
     def command_waiter(self, source_id: str) -> CommandWaiter: ...
 
     @abc.abstractmethod
+    def wake_all(self) -> None:
+        """Wake every waiter of this process (shutdown)."""
+
+    @abc.abstractmethod
     async def take_commands(
         self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,
     ) -> tuple[list[CommandRecord], float | None]:
@@ -403,6 +407,8 @@ class SQLiteStorage(Storage):
         self._beats_lock = threading.Lock()
         self._flush_every = heartbeat_flush_seconds
         self._flusher: asyncio.Task[None] | None = None
+        # called with the seconds each storage-thread call took, queueing included (for /metrics)
+        self.observe_write: Callable[[float], None] | None = None
 
     # -- plumbing
 
@@ -440,7 +446,12 @@ class SQLiteStorage(Storage):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise RuntimeError("storage is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        t0 = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            if self.observe_write is not None:
+                self.observe_write(time.monotonic() - t0)
 
     @contextlib.contextmanager
     def _tx(self):  # runs in the storage thread
@@ -500,10 +511,15 @@ class SQLiteStorage(Storage):
             beats, self._beats = self._beats, {}
         if not beats or self._db is None:
             return
+        # one statement, not executemany: every sqlite3 step releases and re-takes the GIL, and with a
+        # busy event loop each re-take can wait a whole switch interval (thousands of rows: seconds)
+        batch = json.dumps([[sid, t, v] for sid, (t, v) in beats.items()])
         with self._tx() as db:
-            db.executemany(
-                "UPDATE sources SET last_heartbeat=?, agent_version=? WHERE source_id=?",
-                [(t, v, sid) for sid, (t, v) in beats.items()],
+            db.execute(
+                "UPDATE sources SET last_heartbeat=json_extract(j.value, '$[1]'), "
+                "agent_version=json_extract(j.value, '$[2]') "
+                "FROM json_each(?) AS j WHERE sources.source_id=json_extract(j.value, '$[0]')",
+                (batch,),
             )
 
     def _with_beat(self, s: SourceRecord) -> SourceRecord:
@@ -764,6 +780,10 @@ class SQLiteStorage(Storage):
         if ev is None:
             ev = self._waiters[source_id] = asyncio.Event()
         return _EventWaiter(ev)
+
+    def wake_all(self) -> None:
+        for sid in list(self._waiters):
+            self._notify(sid)
 
     async def take_commands(
         self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,

@@ -81,13 +81,15 @@ class ServiceBackend:
 
     async def list_sources(self) -> list[SourceView]:
         now = self.service.clock()
-        out = []
-        for s in await self.storage.list_sources():
-            v = self._source(s, now)
-            tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
-            v.current_task = self._task(tasks[0], s.hostname) if tasks else None
-            out.append(v)
-        return out
+        sources = [self._source(s, now) for s in await self.storage.list_sources()]
+        unfinished, _ = await self.storage.list_tasks(states=UNFINISHED_STATES, limit=10_000)
+        current: dict[str, TaskRecord] = {}
+        for t in unfinished:  # newest first: keep the newest per source
+            current.setdefault(t.source_id, t)
+        for v in sources:
+            t = current.get(v.id)
+            v.current_task = self._task(t, v.name, v.online) if t else None
+        return sources
 
     async def get_source(self, source_id: str) -> SourceView | None:
         s = await self.storage.get_source(source_id)
@@ -96,33 +98,36 @@ class ServiceBackend:
     # -------------------------------------------------------------- tasks
 
     @staticmethod
-    def _task(t: TaskRecord, source_name: str = "") -> TaskView:
+    def _task(t: TaskRecord, source_name: str = "", source_online: bool = True) -> TaskView:
         p = t.progress or {}
         return TaskView(
             id=t.task_id, name=t.name, source_id=t.source_id, state=TaskState(t.state), description=t.description,
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
-            image_id=str(p.get("ImageId", "")), target_instance=t.target_instance_id, start_at=t.scheduled_at,
+            image_id=str(getattr(t, "image_id", "") or p.get("ImageId", "")),  # once the console records one
+            target_instance=t.target_instance_id, start_at=t.scheduled_at,
             bandwidth_limit_mbps=kbps_to_mbps(t.bandwidth_limit_kbps) if t.bandwidth_limit_kbps else None,
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
-            progress=_progress(t), message=t.message,
+            progress=_progress(t), message=t.message, source_online=source_online,
         )
-
-    async def _names(self) -> dict[str, str]:
-        return {s.source_id: s.hostname for s in await self.storage.list_sources()}
 
     async def list_tasks(self) -> list[TaskView]:
         live = [s.value for s in TaskState if s != TaskState.DELETED]
         tasks, _ = await self.storage.list_tasks(states=live, limit=500)
-        names = await self._names()
-        return [self._task(t, names.get(t.source_id, "")) for t in tasks]
+        now = self.service.clock()
+        sources = {s.source_id: s for s in await self.storage.list_sources()}
+        out = []
+        for t in tasks:
+            s = sources.get(t.source_id)
+            out.append(self._task(t, s.hostname if s else "", s is not None and self.service.is_online(s, now)))
+        return out
 
     async def get_task(self, task_id: str) -> TaskView | None:
         t = await self.storage.get_task(task_id)
         if t is None:
             return None
         s = await self.storage.get_source(t.source_id)
-        return self._task(t, s.hostname if s else "")
+        return self._task(t, s.hostname if s else "", s is not None and self.service.is_online(s))
 
     async def task_events(self, task_id: str) -> list[EventView]:
         events = await self.storage.list_events(task_id, limit=1000)

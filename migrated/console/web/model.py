@@ -76,6 +76,7 @@ class TaskView:
     created_at: float | None = None
     progress: TaskProgress | None = None
     message: str = ""  # the last thing a person should read (failure reason)
+    source_online: bool = True
 
 
 @dataclass

@@ -117,7 +117,9 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
     total = p.bytes_total if p else 0
     done = p.bytes_done if p else 0
     fraction = (1.0 if total == 0 and t.state == TaskState.SUCCESS else (done / total if total else 0.0))
-    running = t.state.active
+    # an active task whose agent went quiet makes no progress: say so instead of showing a stale rate
+    stalled = t.state.active and not t.source_online
+    running = t.state.active and not stalled
     allowed = [a.value for a in allowed_actions(t.state)]
     return {
         "id": t.id,
@@ -131,8 +133,10 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
         "bytes": f"{format_bytes(done)} / {format_bytes(total)}" if total else "—",
         "rate": f"{format_bytes(p.rate_bps)}/s" if (p and running and p.rate_bps) else "—",
         "eta": format_duration(p.eta_seconds) if (p and running and p.eta_seconds is not None) else "—",
-        "message": t.message or (p.message if p else ""),
+        "message": ("The source server is offline: no progress until its agent is back."
+                    if stalled else t.message or (p.message if p else "")),
         "allowed": allowed,
+        "start_label": "Resume" if t.state == TaskState.PAUSED else "Start",
     }
 
 
@@ -436,8 +440,9 @@ async def delete_confirm(request: web.Request, session: Session) -> web.StreamRe
     task = await _task_or_404(request, session)
     if isinstance(task, web.Response):
         return task
-    return render(request, "confirm_delete.html", session=session, nav="tasks", task=task,
-                  allowed=Action.DELETE in allowed_actions(task.state))
+    allowed = Action.DELETE in allowed_actions(task.state)
+    return render(request, "confirm_delete.html", session=session, nav="tasks", task=task, allowed=allowed,
+                  denied="" if allowed else str(ActionDenied(Action.DELETE, task.state)))
 
 
 @page

@@ -12,7 +12,7 @@
   }
 
   function applyTask(root, t) {
-    ["state_label", "stage", "percent", "bytes", "rate", "eta", "message"].forEach(function (f) {
+    ["state_label", "stage", "percent", "bytes", "rate", "eta", "message", "start_label"].forEach(function (f) {
       setText(root, f, t[f]);
     });
     setText(root, "fraction", t.fraction);
@@ -22,6 +22,10 @@
     });
     root.querySelectorAll("[data-action]").forEach(function (el) {
       el.hidden = t.allowed.indexOf(el.dataset.action) < 0;
+    });
+    root.querySelectorAll('[data-f="start_label"]').forEach(function (b) {
+      var name = b.closest("[data-actions]").dataset.name;
+      b.setAttribute("aria-label", t.start_label + " task " + name);
     });
   }
 
