@@ -128,13 +128,18 @@ async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, *extra: str, state: Path
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, env=repo_env())
     err_lines: list[str] = []
+    signalled = False
 
     async def read_err() -> None:
+        nonlocal signalled
         assert proc.stderr is not None
         while line := await proc.stderr.readline():
             text = line.decode(errors="replace")
             err_lines.append(text)
-            if until_stderr and until_stderr in text and proc.returncode is None:
+            # once: the message is on the round line and in a warning log line; a second SIGTERM
+            # would mean "exit now" without the summary
+            if until_stderr and until_stderr in text and proc.returncode is None and not signalled:
+                signalled = True
                 proc.send_signal(then_signal)
 
     try:
