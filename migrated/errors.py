@@ -15,6 +15,7 @@ to fix (the config key, the host, the disk), never a stack, and never a secret.
     ├── UsageError                     exit 2   bad CLI arguments
     ├── ConfigError                    exit 2   bad config file (names the key path)
     ├── SourceError                    exit 6   the source disk cannot be read
+    │   └── QuiesceError               exit 6   freeze / hook / snapshot for the cutover failed
     ├── ConnectionFailed               exit 3   network / SSH transport (retryable)
     │   └── AuthError                  exit 3   host key or credentials (permanent)
     ├── ProtocolError                  exit 4   the receiver answered nonsense (permanent)
@@ -24,7 +25,10 @@ to fix (the config key, the host, the disk), never a stack, and never a secret.
     ├── Interrupted                    exit 130 paused / SIGINT / SIGTERM: resumable
     ├── ConsoleError                   exit 3   the console answered an error (has .code)
     ├── StateError                     exit 2   an action the task's state does not allow
-    └── DaemonNotRunning               exit 7   migratectl cannot reach the daemon
+    ├── DaemonNotRunning               exit 7   migratectl cannot reach the daemon
+    ├── ControlAccessDenied            exit 8   migratectl may not use the control socket
+    ├── DaemonAlreadyRunning           exit 2   a live daemon already owns the control socket
+    └── ChecksFailed                   exit 9   a pre-migration check failed (message lists them)
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class ExitCode(IntEnum):
     VERIFY = 5
     SOURCE = 6
     DAEMON_NOT_RUNNING = 7
+    ACCESS_DENIED = 8
+    CHECKS_FAILED = 9
     INTERRUPTED = 130
 
 
@@ -150,3 +156,26 @@ class DaemonNotRunning(MigratedError):
     """migratectl could not reach the daemon's control socket."""
 
     exit_code = ExitCode.DAEMON_NOT_RUNNING
+
+
+class ControlAccessDenied(MigratedError):
+    """migratectl may not use the daemon's control socket (not root, not in its group)."""
+
+    exit_code = ExitCode.ACCESS_DENIED
+
+
+class DaemonAlreadyRunning(MigratedError):
+    """Another daemon answers on the control socket; refuse to start a second one."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ChecksFailed(MigratedError):
+    """A pre-migration check failed; the message names each failed check and what to do."""
+
+    exit_code = ExitCode.CHECKS_FAILED
+
+
+class QuiesceError(SourceError):
+    """The source could not be made quiet for the cutover: a filesystem freeze, a pre/post
+    hook command or an LVM snapshot failed. The source is left running (thawed)."""

@@ -33,3 +33,4 @@ def cli(program: str) -> list[str]:
 @pytest.fixture
 def env() -> dict[str, str]:
     return repo_env()
+pytest_plugins = ["tests.sshd"]

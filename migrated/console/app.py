@@ -31,6 +31,7 @@ from migrated.console.config import API_VERSION, ConsoleConfig
 from migrated.console.scheduler import Scheduler
 from migrated.console.service import ApiError, Caller, ConsoleService
 from migrated.console.storage import SQLiteStorage, Storage
+from migrated.console.web import setup_web
 
 log = structlog.get_logger(__name__)
 
@@ -260,6 +261,7 @@ def build_app(service: ConsoleService) -> web.Application:
     app.router.add_post("/", api_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
+    setup_web(app, service)  # the operators' web UI under /ui/ (migrated/console/web/)
     return app
 
 

@@ -1,0 +1,754 @@
+"""The agent daemon (``migrated run``): stays online, takes commands, runs the task.
+
+One :class:`asyncio.TaskGroup` holds every loop; each has the same shape (work,
+jittered capped backoff on failure, reset on success, clean cancellation):
+
+* **heartbeat**: first beat after a random delay, then every ``heartbeat.interval``;
+  records the console's clock skew; an unreachable console or a skewed clock is
+  logged once with its reason and retried for ever.
+* **commands**: long-poll; each command is applied once (its ID is written to
+  ``commands.json`` before the ack), acked, and re-acked if redelivered.
+* **runner**: runs the task with the engine (one SSH session, disk by disk);
+  pause/SIGTERM ask the engine to flush and checkpoint; temporary errors are
+  retried until ``transfer_retry_deadline``; the console being away never stops it.
+* **reporter**: sends every state change in order (kept on disk until the console
+  took it) and the latest progress every ``progress.interval``.
+* **watchdog**: ``WATCHDOG=1`` from the event loop itself.
+
+Restart safety: ``task.json`` keeps the task's state; a task that was starting or
+transferring when the daemon stopped (SIGTERM or kill -9) is continued from its
+checkpoint on start (transferring -> starting -> transferring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from migrated.agent.checks import SystemProbe, any_failed, migratable_disks, results_to_dict, run_checks
+from migrated.agent.console_api import AgentConsole
+from migrated.agent.notify import Notifier
+from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord
+from migrated.config import Config
+from migrated.control.server import ControlServer
+from migrated.errors import ConsoleError, Interrupted, MigratedError, SourceError, StateError, UsageError
+from migrated.model.backoff import Backoff
+from migrated.model.states import Action, ActionDenied, TaskState, check_action, transition
+from migrated.model.status import DiskProgress, TaskProgress, format_bytes, format_duration
+
+log = structlog.get_logger(__name__)
+
+S = TaskState
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end every loop after a clean shutdown."""
+
+
+@dataclass
+class ConsoleLink:
+    endpoint: str | None
+    online: bool = False
+    last_heartbeat: float | None = None
+    last_error: str = ""
+    clock_skew: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "online": self.online, "last_heartbeat": self.last_heartbeat,
+                "last_error": self.last_error, "clock_skew": self.clock_skew}
+
+
+@dataclass
+class RateMeter:
+    """Bytes covered per second over the last ``window`` seconds (monotonic clock)."""
+
+    window: float = 10.0
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    def add(self, now: float, done: int) -> None:
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.popleft()
+
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return max(0.0, (b1 - b0) / (t1 - t0)) if t1 > t0 else 0.0
+
+    def reset(self) -> None:
+        self.samples.clear()
+
+
+def _parse_ssh(spec: str) -> tuple[str | None, str, int]:
+    """``user@host[:port]`` -> (user, host, port)."""
+    user, _, rest = spec.rpartition("@")
+    host, port = rest, 22
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        if tail.startswith(":"):
+            port = int(tail[1:])
+    elif rest.count(":") == 1:
+        host, p = rest.split(":")
+        port = int(p)
+    return user or None, host, port
+
+
+class Agent:
+    """The daemon. Collaborators are passed in (console, store, notifier, engine session opener,
+    system probe, random source, clocks) so tests can run it against real or small fake parts."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        console: AgentConsole | None,
+        store: AgentStore,
+        notifier: Notifier | None = None,
+        *,
+        session_opener: Callable[..., Any] | None = None,
+        probe: SystemProbe | None = None,
+        rng: random.Random | None = None,
+        ssh_identity: str | None = None,
+        recv_command: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.console = console
+        self.store = store
+        self.notifier = notifier or Notifier(None)
+        self.session_opener = session_opener
+        self.probe = probe or SystemProbe()
+        self.rng = rng or random.Random()
+        self.ssh_identity = ssh_identity
+        self.recv_command = recv_command
+        self.source: SourceRecord | None = None
+        self.link = ConsoleLink(endpoint=cfg.console.endpoint)
+        self.task: TaskRecord | None = None
+        self.applied: list[list[Any]] = []  # [command_id, ok, message]
+        self.bandwidth_bps: int | None = None
+        self.started_at = time.time()
+        self._control: Any = None  # the engine's SyncControl of the running attempt
+        self._stop_reason: str | None = None
+        self._running = False
+        self._runner_idle = asyncio.Event()
+        self._runner_idle.set()
+        self._wake_runner = asyncio.Event()
+        self._wake_reporter = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._interrupt = asyncio.Event()  # pause/delete/stop: end a retry wait early
+        self._rate = RateMeter()
+        self._last_reported: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def load(self) -> None:
+        self.source = self.store.load_source()
+        if self.source and not self.link.endpoint:
+            self.link.endpoint = self.source.console
+        self.applied = self.store.load_applied()
+        self.task = self.store.load_task()
+        if self.task is not None:
+            self.bandwidth_bps = self.task.bandwidth_bps
+            state = S(self.task.state)
+            if state is S.TRANSFERRING:
+                self.set_state(S.STARTING, "init", "the agent restarted; continuing from the checkpoint")
+            if S(self.task.state) in (S.STARTING, S.VERIFYING):
+                log.info("continuing task after restart", task_id=self.task.task_id, state=self.task.state)
+                self._wake_runner.set()
+
+    def _save_task(self) -> None:
+        self.store.save_task(self.task)
+
+    def set_state(self, new: TaskState, stage: str | None = None, message: str | None = None) -> None:
+        """Move the task along one edge of the state table (checked), persist, queue the report."""
+        t = self.task
+        assert t is not None
+        old = S(t.state)
+        if old is not new:
+            why = transition(old, new)
+            log.info("task state", task_id=t.task_id, old=old.value, new=new.value, why=why,
+                     stage=stage or t.stage, reason=message or "")
+        t.state = new.value
+        if stage is not None:
+            t.stage = stage
+        if message is not None:
+            t.message = message
+        if old is not new:
+            t.unreported.append({"state": t.state, "stage": t.stage, "message": t.message})
+        self._save_task()
+        self._wake_reporter.set()
+        self._notify_status()
+
+    def progress(self) -> TaskProgress | None:
+        if self.task is None:
+            return None
+        p = self.task.progress_obj()
+        p.updated_at = time.time()
+        if S(self.task.state) is S.TRANSFERRING:
+            p.rate_bps = self._rate.rate()
+            remaining = p.bytes_total - p.bytes_done
+            p.eta_seconds = remaining / p.rate_bps if p.rate_bps > 0 else None
+        else:
+            p.rate_bps, p.eta_seconds = 0.0, None
+        return p
+
+    def status(self) -> dict[str, Any]:
+        p = self.progress()
+        return {
+            "source_id": self.source.source_id if self.source else None,
+            "console": self.link.to_dict(),
+            "task": p.to_dict() if p else None,
+            "bandwidth_bps": self.bandwidth_bps,
+            "daemon": {"started_at": self.started_at, "stopping": self._stopping.is_set()},
+        }
+
+    def status_line(self) -> str:
+        link = "console online" if self.link.online else "console OFFLINE"
+        p = self.progress()
+        if p is None:
+            return f"idle, {link}"
+        pct = 100.0 * p.bytes_done / p.bytes_total if p.bytes_total else 0.0
+        line = f"{p.task_id} {p.state} {pct:.1f}%"
+        if p.state == S.TRANSFERRING:
+            line += f" {format_bytes(p.rate_bps)}/s ETA {format_duration(p.eta_seconds)}"
+        return f"{line}, {link}"
+
+    def _notify_status(self) -> None:
+        self.notifier.status(self.status_line())
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; READY=1 once the socket is bound and the state loaded."""
+        self.load()
+        if self.source is not None:
+            structlog.contextvars.bind_contextvars(source_id=self.source.source_id)  # SOURCE_ID in the journal
+        async with ControlServer(self.cfg.control.socket, self.cfg.control.group, self):
+            self.notifier.ready(self.status_line())
+            log.info("migrated running", source_id=self.source.source_id if self.source else None,
+                     console=self.link.endpoint, socket=self.cfg.control.socket)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._heartbeat_loop(), name="heartbeat")
+                    tg.create_task(self._command_loop(), name="commands")
+                    tg.create_task(self._runner_loop(), name="runner")
+                    tg.create_task(self._reporter_loop(), name="reporter")
+                    tg.create_task(self.notifier.watchdog_loop(), name="watchdog")
+                    tg.create_task(self._until_stopped(), name="stop")
+            except* _Stop:
+                pass
+        log.info("migrated stopped")
+
+    def stop(self) -> None:
+        """Begin a clean shutdown (SIGTERM/SIGINT): checkpoint, STOPPING=1, exit."""
+        self._stopping.set()
+
+    async def _until_stopped(self) -> None:
+        await self._stopping.wait()
+        self.notifier.stopping("checkpointing and stopping")
+        log.info("stopping: checkpointing the running task" if self._running else "stopping")
+        if self._running:
+            self._stop_reason = "shutdown"
+            self._interrupt.set()
+            if self._control is not None:
+                self._control.request_stop("the daemon is stopping")
+        self._wake_runner.set()
+        try:
+            await asyncio.wait_for(self._runner_idle.wait(), self.cfg.stop_timeout)
+        except TimeoutError:
+            log.warning("the task did not checkpoint in time; it resumes from its last checkpoint",
+                        timeout=self.cfg.stop_timeout)
+        if self.task is not None:
+            self._save_task()
+        raise _Stop
+
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep, ending early when ``wake`` is set (and clearing it)."""
+        if wake is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
+
+    def _backoff(self) -> Backoff:
+        b = self.cfg.backoff
+        return Backoff(initial=b.initial, factor=b.factor, cap=b.max, random=self.rng.random)
+
+    def _console_failed(self, what: str, e: MigratedError, delay: float) -> None:
+        reason = str(e)
+        if isinstance(e, ConsoleError) and e.code == "AuthFailure.SignatureExpire":
+            reason = (f"{e}: the console says our request is too old; this server's clock is probably wrong "
+                      "(enable NTP: timedatectl set-ntp true)")
+        elif isinstance(e, ConsoleError) and e.code.startswith("AuthFailure"):
+            reason = f"{e}: check the credentials (migrated register) and that the key is not revoked"
+        elif isinstance(e, ConsoleError) and e.code == "ResourceNotFound.Source":
+            reason = f"{e}: this source was removed from the console; run migrated register again"
+        changed = reason != self.link.last_error or self.link.online
+        self.link.online = False
+        self.link.last_error = reason
+        (log.warning if changed else log.debug)(f"console {what} failed; retrying", reason=reason,
+                                                retry_in=round(delay, 1))
+        self._notify_status()
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _heartbeat_loop(self) -> None:
+        if self.console is None or self.source is None:
+            log.warning("not registered with a console: run migrated register --console URL; "
+                        "serving the control socket only")
+            return
+        await asyncio.sleep(self.rng.uniform(0, self.cfg.heartbeat.first_jitter))
+        backoff = self._backoff()
+        while True:
+            sent = time.time()
+            try:
+                r = await self.console.heartbeat(self.source.source_id)
+            except MigratedError as e:
+                delay = backoff.next_delay()
+                self._console_failed("heartbeat", e, delay)
+                await asyncio.sleep(min(delay, self.cfg.heartbeat.interval))
+                continue
+            backoff.reset()
+            now = time.time()
+            if not self.link.online:
+                log.info("console online", console=self.link.endpoint)
+            self.link.online, self.link.last_heartbeat, self.link.last_error = True, now, ""
+            server_time = r.get("ServerTime")
+            if isinstance(server_time, (int, float)):
+                skew = float(server_time) - (sent + now) / 2
+                limit = self.cfg.heartbeat.max_clock_skew
+                was_bad = self.link.clock_skew is not None and abs(self.link.clock_skew) > limit
+                self.link.clock_skew = skew
+                if abs(skew) > self.cfg.heartbeat.max_clock_skew and not was_bad:
+                    log.warning("clock skew against the console; signed requests fail past 300 s: enable NTP",
+                                skew_seconds=round(skew, 1))
+            self._notify_status()
+            interval = r.get("HeartbeatIntervalSeconds")
+            wait = self.cfg.heartbeat.interval
+            if isinstance(interval, (int, float)) and interval > 0:
+                wait = min(wait, float(interval))
+            await asyncio.sleep(wait)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _command_loop(self) -> None:
+        if self.console is None or self.source is None:
+            return
+        backoff = self._backoff()
+        while True:
+            cycle_start = time.monotonic()
+            try:
+                cmds = await self.console.poll(self.source.source_id, self.cfg.poll.wait)
+            except MigratedError as e:
+                delay = backoff.next_delay()
+                self._console_failed("command poll", e, delay)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            for c in cmds:
+                await self._handle_command(c)
+            spent = time.monotonic() - cycle_start
+            if spent < self.cfg.poll.min_cycle:
+                await asyncio.sleep(self.cfg.poll.min_cycle - spent)
+
+    async def _handle_command(self, c: dict[str, Any]) -> None:
+        assert self.console is not None and self.source is not None
+        cid = str(c.get("CommandId", ""))
+        if not cid:
+            log.warning("command without CommandId ignored", command=str(c)[:200])
+            return
+        previous = next((a for a in self.applied if a[0] == cid), None)
+        if previous is not None:
+            ok, message = bool(previous[1]), str(previous[2])
+            log.info("command redelivered; acking again", command_id=cid)
+        else:
+            action = str(c.get("Action", ""))
+            log.info("command received", command_id=cid, action=action, task_id=c.get("TaskId"))
+            try:
+                message = await self.apply_command(action, c)
+                ok = True
+            except (MigratedError, ActionDenied) as e:
+                ok, message = False, str(e)
+                log.warning("command refused", command_id=cid, action=action, reason=message)
+            self.applied = [*self.applied, [cid, ok, message]][-MAX_REMEMBERED_COMMANDS:]
+            self.store.save_applied(self.applied)
+        try:
+            await self.console.ack(self.source.source_id, cid, ok, message)
+        except MigratedError as e:
+            log.warning("ack failed; the console will redeliver and we ack again", command_id=cid, reason=str(e))
+
+    async def apply_command(self, action: str, c: dict[str, Any]) -> str:
+        """Apply one console command; return a message for the ack or raise with the reason."""
+        task_id = str(c.get("TaskId", ""))
+        spec = c.get("Task") if isinstance(c.get("Task"), dict) else None
+        if action in ("start", "retry"):
+            if spec is None:
+                raise UsageError(f"{action} command without its task description")
+            return self._start(task_id, spec, Action.RETRY if action == "retry" else Action.START, "console")
+        if self.task is None or self.task.task_id != task_id:
+            if action == "delete":
+                self.store.drop_checkpoints(task_id)
+                return f"task {task_id}: nothing held here; checkpoint dropped"
+            raise StateError(f"task {task_id} is not on this agent")
+        if action == "pause":
+            return await self.pause_task("console")
+        if action == "delete":
+            return await self._delete()
+        if action == "set-bandwidth":
+            params = c.get("Params") if isinstance(c.get("Params"), dict) else {}
+            kbps = params.get("BandwidthLimitKBps")
+            if not isinstance(kbps, int) or kbps < 0:
+                raise UsageError(f"set-bandwidth: BandwidthLimitKBps must be a whole number >= 0, got {kbps!r}")
+            return self._set_bandwidth(kbps * 1024 or None)
+        raise UsageError(f"unknown command action {action!r}")
+
+    def _start(self, task_id: str, spec: dict[str, Any], action: Action, by: str) -> str:
+        t = self.task
+        if t is not None and t.task_id != task_id and not S(t.state).finished and S(t.state) is not S.FAILED:
+            raise StateError(f"this agent is busy with task {t.task_id} ({t.state}); finish or delete it first")
+        if t is None or t.task_id != task_id:
+            state = str(spec.get("State") or S.STARTING.value)
+            kbps = spec.get("BandwidthLimitKBps")
+            bps = kbps * 1024 if isinstance(kbps, int) and kbps > 0 else None
+            self.task = TaskRecord(task_id=task_id, spec=spec, state=state, bandwidth_bps=bps)
+            self.bandwidth_bps = bps
+            self._rate.reset()
+            self.set_state(S.STARTING, "init", f"{action.value} by {by}")
+        else:
+            t.spec = spec
+            if S(t.state) is not S.STARTING:
+                check_action(action, S(t.state))
+            self.set_state(S.STARTING, "init", f"{action.value} by {by}")
+        self._wake_runner.set()
+        return f"task {task_id} starting"
+
+    async def pause_task(self, by: str) -> str:
+        t = self.task
+        if t is None:
+            raise StateError("no task on this agent")
+        try:
+            check_action(Action.PAUSE, S(t.state))
+        except ActionDenied as e:
+            raise StateError(str(e)) from None
+        self._stop_reason = f"pause by {by}"
+        self._interrupt.set()
+        if self._control is not None:
+            self._control.request_stop(f"paused by {by}")
+        try:
+            await asyncio.wait_for(self._runner_idle.wait(), 120)
+        except TimeoutError:
+            raise StateError(f"task {t.task_id} did not reach a checkpoint within 120 s; try again") from None
+        return f"task {t.task_id} paused at {self._percent()}"
+
+    async def _delete(self) -> str:
+        t = self.task
+        assert t is not None
+        if self._running:
+            self._stop_reason = "delete"
+            self._interrupt.set()
+            if self._control is not None:
+                self._control.request_stop("deleted")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._runner_idle.wait(), 60)
+        self.store.drop_checkpoints(t.task_id)
+        self.task = None
+        self.store.save_task(None)
+        self._notify_status()
+        return f"task {t.task_id}: checkpoint dropped, target released"
+
+    def _set_bandwidth(self, bps: int | None) -> str:
+        self.bandwidth_bps = bps
+        if self.task is not None:
+            self.task.bandwidth_bps = bps
+            self._save_task()
+        if self._control is not None:
+            self._control.set_bwlimit(bps)
+        log.info("bandwidth limit changed", bandwidth_bps=bps)
+        return f"bandwidth limit {format_bytes(bps) + '/s' if bps else 'removed'}"
+
+    def _percent(self) -> str:
+        p = self.progress()
+        if p is None or not p.bytes_total:
+            return "0%"
+        return f"{100.0 * p.bytes_done / p.bytes_total:.1f}%"
+
+    # ------------------------------------------------------------------ control socket backend
+
+    async def pause(self) -> dict[str, Any]:
+        msg = await self.pause_task("migratectl")
+        return {"message": msg, "task": self._task_dict()}
+
+    async def resume(self) -> dict[str, Any]:
+        return self._local_start(Action.START)
+
+    async def retry(self) -> dict[str, Any]:
+        return self._local_start(Action.RETRY)
+
+    def _local_start(self, action: Action) -> dict[str, Any]:
+        t = self.task
+        if t is None:
+            raise StateError("no task on this agent")
+        if S(t.state) in (S.CREATED, S.SCHEDULED):
+            raise StateError(f"task {t.task_id} is {t.state}; start it from the console")
+        try:
+            check_action(action, S(t.state))
+        except ActionDenied as e:
+            raise StateError(str(e)) from None
+        msg = self._start(t.task_id, t.spec, action, "migratectl")
+        return {"message": msg, "task": self._task_dict()}
+
+    async def check(self) -> dict[str, Any]:
+        results = await run_checks(self.cfg, self.probe, clock_skew=self.link.clock_skew)
+        return results_to_dict(results)
+
+    async def set_bandwidth(self, bps: int | None) -> dict[str, Any]:
+        return {"message": self._set_bandwidth(bps), "bandwidth_bps": bps}
+
+    def _task_dict(self) -> dict[str, Any] | None:
+        p = self.progress()
+        return p.to_dict() if p else None
+
+    # ------------------------------------------------------------------ reporter
+
+    async def _reporter_loop(self) -> None:
+        if self.console is None or self.source is None:
+            return
+        backoff = self._backoff()
+        while True:
+            await self._sleep(self.cfg.progress.interval, self._wake_reporter)
+            t = self.task
+            if t is None:
+                continue
+            if self._running:
+                self._save_task()  # progress survives kill -9 (the engine's checkpoint is the truth)
+            try:
+                while t.unreported:
+                    entry = t.unreported[0]
+                    p = self.progress()
+                    assert p is not None
+                    p.state, p.stage, p.message = entry["state"], entry["stage"], entry["message"]
+                    await self._report(p)
+                    t.unreported.pop(0)
+                    self._save_task()
+                p = self.progress()
+                if p is not None and (S(p.state).active or self._last_reported != p.to_dict() | {"updated_at": 0}):
+                    await self._report(p)
+                    self._last_reported = p.to_dict() | {"updated_at": 0}
+                backoff.reset()
+            except ConsoleError as e:
+                if e.code.startswith(("FailedOperation.IllegalStateTransition", "ResourceNotFound")):
+                    log.warning("the console refused a task report; dropping it", reason=str(e))
+                    if t.unreported:
+                        t.unreported.pop(0)
+                        self._save_task()
+                    continue
+                delay = backoff.next_delay()
+                self._console_failed("progress report", e, delay)
+                await asyncio.sleep(delay)
+            except MigratedError as e:
+                delay = backoff.next_delay()
+                self._console_failed("progress report", e, delay)
+                await asyncio.sleep(delay)
+
+    async def _report(self, p: TaskProgress) -> None:
+        assert self.console is not None and self.source is not None
+        await self.console.report_progress(self.source.source_id, p)
+
+    # ------------------------------------------------------------------ runner
+
+    async def _runner_loop(self) -> None:
+        while True:
+            await self._wake_runner.wait()
+            self._wake_runner.clear()
+            if self._stopping.is_set():
+                return
+            t = self.task
+            if t is None or S(t.state) not in (S.STARTING, S.VERIFYING):
+                continue
+            self._running = True
+            self._runner_idle.clear()
+            structlog.contextvars.bind_contextvars(task_id=t.task_id)  # this task's context only
+            try:
+                await self._run_task(t)
+            finally:
+                self._running = False
+                self._control = None
+                self._runner_idle.set()
+                self._notify_status()
+
+    def _disk_mapping(self, t: TaskRecord) -> list[tuple[str, str]]:
+        mapping = t.spec.get("DiskMapping")
+        if mapping:
+            return [(str(m["Source"]), str(m["Target"])) for m in mapping]
+        disks = self.probe.disks() or []
+        return [(d.path, d.path) for d in migratable_disks(disks)]
+
+    def _endpoint(self, t: TaskRecord) -> Any:
+        from migrated.transport.ssh import SshEndpoint
+
+        user, host, port = _parse_ssh(str(t.spec.get("TargetSsh", "")))
+        identity = self.ssh_identity or str(self.store.ssh_identity)
+        return SshEndpoint(host=host, port=port, username=user, identity_files=(identity,),
+                           host_keys=(str(t.spec.get("TargetHostKey", "")),), recv_command=self.recv_command)
+
+    async def _run_task(self, t: TaskRecord) -> None:
+        from migrated.engine.sync import SyncControl, SyncOptions
+
+        opener = self.session_opener
+        if opener is None:
+            from migrated.engine.session import open_session as opener
+        backoff = self._backoff()
+        first_failure: float | None = None
+        self._stop_reason = None
+        self._interrupt.clear()
+        while True:
+            control = SyncControl(bwlimit=self.bandwidth_bps)
+            self._control = control
+            done_before = self.progress().bytes_done if self.progress() else 0  # type: ignore[union-attr]
+            try:
+                if self._stop_reason:
+                    raise Interrupted(self._stop_reason)
+                await self._attempt(t, opener, control, SyncOptions)
+                return
+            except Interrupted:
+                self._interrupted(t)
+                return
+            except MigratedError as e:
+                if self._stop_reason:
+                    self._interrupted(t)
+                    return
+                now = time.monotonic()
+                progressed = (self.progress().bytes_done if self.progress() else 0) > done_before  # type: ignore[union-attr]
+                if progressed or first_failure is None:
+                    first_failure = now
+                    if progressed:
+                        backoff.reset()
+                if e.retryable and now - first_failure < self.cfg.transfer_retry_deadline:
+                    delay = backoff.next_delay()
+                    log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
+                                reason=str(e), retry_in=round(delay, 1))
+                    t.message = f"retrying: {e}"
+                    self._save_task()
+                    await self._sleep(delay, self._interrupt)
+                    continue
+                state = S(t.state)
+                stage = t.stage
+                if state is S.TRANSFERRING or state is S.STARTING or state is S.VERIFYING:
+                    self.set_state(S.FAILED, stage, str(e))
+                return
+            except Exception as e:
+                log.exception("task failed with an internal error", task_id=t.task_id)
+                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
+                    self.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
+                return
+
+    def _interrupted(self, t: TaskRecord) -> None:
+        reason = self._stop_reason or "stopped"
+        if reason.startswith("pause") and S(t.state) is S.TRANSFERRING:
+            self.set_state(S.PAUSED, "transfer", f"{reason} at {self._percent()}")
+        else:
+            log.info("task stopped at a checkpoint", task_id=t.task_id, reason=reason)
+            self._save_task()
+
+    async def _attempt(self, t: TaskRecord, opener: Any, control: Any, options_cls: Any) -> None:
+        mapping = self._disk_mapping(t)
+        if not mapping:
+            raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
+        endpoint = self._endpoint(t)
+        ignore = t.spec.get("IgnoreChecks", ())
+        # checks run when a task starts afresh; a resume from a checkpoint already passed them
+        if not t.progress and not (self.cfg.ignore_checks == "all" or ignore == "all"):
+            results = await self._task_checks(t, mapping, endpoint, ignore)
+            if any_failed(results):
+                from migrated.errors import ChecksFailed
+
+                failed = "; ".join(f"{r.name}: {r.message}" for r in results if r.result.value == "fail")
+                raise ChecksFailed(f"pre-migration checks failed: {failed}")
+        state_dir = self.store.checkpoint_dir(t.task_id)
+        done = set((t.progress or {}).get("done_disks", []))
+        disks = self._initial_disks(t, mapping)
+        async with opener(endpoint) as session:
+            if S(t.state) is S.STARTING:
+                self.set_state(S.TRANSFERRING, "transfer", f"target {endpoint.label} ready")
+            for i, (src, dst) in enumerate(mapping):
+                if src in done:
+                    continue
+                options = options_cls(checksum=bool(t.spec.get("Checksum")), state_dir=str(state_dir),
+                                      bwlimit=self.bandwidth_bps)
+
+                def on_progress(dp: DiskProgress, i: int = i) -> None:
+                    self._on_progress(t, disks, i, dp)
+
+                result = await session.sync_disk(src, dst, options, control, on_progress)
+                disks[i].bytes_done = disks[i].bytes_total = result.bytes_total
+                done.add(src)
+                self._store_progress(t, disks, done)
+                log.info("disk done", task_id=t.task_id, source=src, target=dst,
+                         sent=format_bytes(result.bytes_sent), verified=result.verified)
+        if t.spec.get("Checksum") and S(t.state) is S.TRANSFERRING:
+            self.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
+        self.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
+                       + (", verified" if t.spec.get("Checksum") else ""))
+
+    async def _task_checks(self, t: TaskRecord, mapping: list[tuple[str, str]], endpoint: Any,
+                           ignore: Any) -> list[Any]:
+        """The checks before a start: local ones, plus the target over SSH (sizes, receiver)."""
+        from migrated.agent.checks import TargetPlan
+        from migrated.agent.target_probe import SshTargetProbe
+
+        sizes = []
+        for src, dst in mapping:
+            try:
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    sizes.append((src, os.lseek(fd, 0, os.SEEK_END), dst))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise SourceError(f"cannot open source disk {src}: {e.strerror}") from None
+        skip = tuple(ignore or ())
+        if t.spec.get("DiskMapping"):
+            skip += ("disks",)  # the person chose the disks
+        results = await run_checks(self.cfg, self.probe, clock_skew=self.link.clock_skew,
+                                   target=SshTargetProbe(endpoint), plan=TargetPlan(tuple(sizes)), ignore=skip)
+        for r in results:
+            if r.result.value in ("warn", "fail"):
+                log.warning("pre-migration check", check=r.name, result=r.result.value, detail=r.message)
+        return results
+
+    def _initial_disks(self, t: TaskRecord, mapping: list[tuple[str, str]]) -> list[DiskProgress]:
+        known = {d["name"]: d for d in (t.progress or {}).get("disks", [])}
+        out = []
+        for src, dst in mapping:
+            d = known.get(src)
+            if d:
+                out.append(DiskProgress(**{k: v for k, v in d.items() if k in DiskProgress.__dataclass_fields__}))
+            else:
+                out.append(DiskProgress(name=src, target=dst, bytes_total=0))
+        return out
+
+    def _on_progress(self, t: TaskRecord, disks: list[DiskProgress], i: int, dp: DiskProgress) -> None:
+        prev = disks[i]
+        # bytes_done never goes backwards on a resume
+        dp.bytes_done = max(dp.bytes_done, prev.bytes_done if prev.bytes_total == dp.bytes_total else 0)
+        disks[i] = dp
+        done = set((t.progress or {}).get("done_disks", []))
+        self._store_progress(t, disks, done, persist=False)
+        self._rate.add(time.monotonic(), sum(d.bytes_done for d in disks))
+
+    def _store_progress(self, t: TaskRecord, disks: list[DiskProgress], done: set[str], persist: bool = True) -> None:
+        p = TaskProgress(task_id=t.task_id, state=t.state, stage=t.stage, disks=list(disks))
+        d = p.to_dict()
+        d["done_disks"] = sorted(done)
+        t.progress = d
+        if persist:
+            self._save_task()

@@ -1,0 +1,130 @@
+"""The daemon's durable state in ``state_dir`` (each file replaced atomically, 0600).
+
+``source.json``    the source ID the console gave at registration, and that console's endpoint
+``commands.json``  IDs of commands already applied (newest last, bounded): a redelivered command
+                   is acked again, never applied twice
+``task.json``      the task this agent works on: the console's task view, the local state,
+                   the last progress, and the state changes not yet reported to the console
+``checkpoints/``   the engine's checkpoints, one directory per task
+``ssh/id_ed25519`` the agent's SSH identity for targets (created by ``migrated register``)
+
+A damaged file is reported with its path and what to do; it never silently resets a task.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrated.errors import ConfigError
+from migrated.model.status import TaskProgress
+from migrated.store import atomic_write
+
+MAX_REMEMBERED_COMMANDS = 1000
+
+
+@dataclass
+class SourceRecord:
+    source_id: str
+    console: str
+
+
+@dataclass
+class TaskRecord:
+    """What the agent knows about its task. ``spec`` is the console's agent task view
+    (TaskId, TargetSsh, TargetHostKey, DiskMapping, BandwidthLimitKBps, Checksum, ...)."""
+
+    task_id: str
+    spec: dict[str, Any]
+    state: str
+    stage: str = ""
+    message: str = ""
+    progress: dict[str, Any] | None = None  # TaskProgress.to_dict()
+    unreported: list[dict[str, str]] = field(default_factory=list)  # [{state, stage, message}] in order
+    bandwidth_bps: int | None = None
+
+    def progress_obj(self) -> TaskProgress:
+        if self.progress:
+            p = TaskProgress.from_dict(self.progress)
+        else:
+            p = TaskProgress(task_id=self.task_id, state=self.state)
+        p.state, p.stage, p.message = self.state, self.stage, self.message
+        return p
+
+
+class AgentStore:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.dir = Path(state_dir)
+
+    # -- helpers
+    def _read(self, name: str) -> Any | None:
+        path = self.dir / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ConfigError(f"{path} is damaged (not JSON); move it away and restart "
+                              "(the task's checkpoint is kept separately)") from None
+
+    def _write(self, name: str, data: Any) -> None:
+        atomic_write(self.dir / name, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
+
+    # -- source
+    def load_source(self) -> SourceRecord | None:
+        d = self._read("source.json")
+        if d is None:
+            return None
+        try:
+            return SourceRecord(source_id=str(d["source_id"]), console=str(d["console"]))
+        except (KeyError, TypeError):
+            raise ConfigError(f"{self.dir / 'source.json'} is damaged; run migrated register again") from None
+
+    def save_source(self, rec: SourceRecord) -> None:
+        self._write("source.json", asdict(rec))
+
+    # -- applied commands
+    def load_applied(self) -> list[list[Any]]:
+        """[[command_id, ok, message], ...] oldest first."""
+        d = self._read("commands.json")
+        out: list[list[Any]] = []
+        for x in d if isinstance(d, list) else []:
+            if isinstance(x, list) and len(x) == 3:
+                out.append([str(x[0]), bool(x[1]), str(x[2])])
+        return out
+
+    def save_applied(self, entries: list[list[Any]]) -> None:
+        self._write("commands.json", entries[-MAX_REMEMBERED_COMMANDS:])
+
+    # -- task
+    def load_task(self) -> TaskRecord | None:
+        d = self._read("task.json")
+        if d is None:
+            return None
+        try:
+            return TaskRecord(**d)
+        except TypeError:
+            raise ConfigError(f"{self.dir / 'task.json'} is damaged; move it away and restart") from None
+
+    def save_task(self, rec: TaskRecord | None) -> None:
+        if rec is None:
+            (self.dir / "task.json").unlink(missing_ok=True)
+        else:
+            self._write("task.json", asdict(rec))
+
+    def checkpoint_dir(self, task_id: str) -> Path:
+        return self.dir / "checkpoints" / task_id
+
+    def drop_checkpoints(self, task_id: str) -> None:
+        shutil.rmtree(self.checkpoint_dir(task_id), ignore_errors=True)
+
+    @property
+    def ssh_identity(self) -> Path:
+        return self.dir / "ssh" / "id_ed25519"

@@ -1,0 +1,163 @@
+"""``migrated sync --continuous SOURCE TARGET``: full pass, incremental rounds while the source
+runs, then a cutover (quiesced final pass, verified, downtime reported). See docs/consistency.md.
+
+Options are added to ``migrated sync`` by :func:`add_arguments`; ``sync_cmd.run`` hands over
+to :func:`run` when ``--continuous`` is given. Signals: SIGUSR1 = cut over now (after the round
+in progress); SIGINT/SIGTERM = stop, checkpoint, exit 130 (resumable; a freeze in progress is
+thawed first); a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from migrated.errors import Interrupted, UsageError
+from migrated.model.rounds import mbps
+from migrated.model.status import format_bytes
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("continuous sync and cutover (docs/consistency.md)")
+    g.add_argument("--continuous", action="store_true",
+                   help="after the full pass, keep sending what changes in rounds until a cutover "
+                        "(SIGUSR1, --cutover-after or --auto-cutover)")
+    g.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
+                   help="pause between rounds (default 60)")
+    g.add_argument("--read-limit", metavar="RATE", help="source read rate during the full pass and the rounds, "
+                                                       "e.g. 50MiB (protects production I/O; the final pass is not "
+                                                       "limited)")
+    g.add_argument("--cutover-after", type=int, metavar="N", help="cut over after N incremental rounds")
+    g.add_argument("--auto-cutover", action="store_true",
+                   help="cut over as soon as the forecast final pass fits --downtime-target")
+    g.add_argument("--quiesce", default="freeze", choices=["freeze", "hooks", "lvm", "none"],
+                   help="how to make the source quiet for the final pass (default freeze: FIFREEZE of every "
+                        "mounted filesystem of the disk)")
+    g.add_argument("--freeze-budget", type=float, default=30.0, metavar="SECONDS",
+                   help="hard limit of the freeze; past it the source is thawed and the cutover retried (default 30)")
+    g.add_argument("--downtime-target", type=float, default=2.0, metavar="SECONDS",
+                   help="a forecast final pass under this is 'ready for cutover' (default 2)")
+    g.add_argument("--no-track-writes", dest="track_writes", action="store_false",
+                   help="make the frozen final pass re-read the whole disk instead of only the writes traced "
+                        "since the last round (longer downtime; for when kernel tracing is distrusted)")
+    g.add_argument("--pre-hook", metavar="CMD", help="shell command run before the final pass (stop services)")
+    g.add_argument("--post-hook", metavar="CMD",
+                   help="shell command run after it, always, even when the pre hook failed (start services)")
+    g.add_argument("--hook-timeout", type=float, default=300.0, metavar="SECONDS", help="per hook (default 300)")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Continuous-only options without --continuous are a mistake worth naming."""
+    if args.continuous:
+        return
+    for flag, value in (("--cutover-after", args.cutover_after), ("--auto-cutover", args.auto_cutover),
+                        ("--pre-hook", args.pre_hook), ("--post-hook", args.post_hook),
+                        ("--read-limit", args.read_limit)):
+        if value:
+            raise UsageError(f"{flag} needs --continuous")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from migrated.engine.continuous import ContinuousOptions
+    from migrated.model.plan import parse_size
+
+    read_limit = None
+    if args.read_limit and args.read_limit.lower() not in ("0", "none", "off"):
+        try:
+            read_limit = parse_size(args.read_limit)
+        except ValueError as e:
+            raise UsageError(f"--read-limit: {e}") from None
+    copts = ContinuousOptions(interval=args.interval, read_limit=read_limit, cutover_after=args.cutover_after,
+                              auto_cutover=args.auto_cutover, quiesce=args.quiesce,
+                              freeze_budget=args.freeze_budget, downtime_target=args.downtime_target,
+                              pre_hook=args.pre_hook, post_hook=args.post_hook, hook_timeout=args.hook_timeout,
+                              track_writes=args.track_writes)
+    copts.validate()
+    return copts
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(f"migrated: {text}", file=sys.stderr, flush=True)
+
+
+def _on_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
+    kind = ev["event"]
+    if kind == "round":
+        name = "full pass" if ev["round"] == 0 else f"round {ev['round']}"
+        _say(args, f"{name}: {format_bytes(ev['bytes_changed'])} changed, {format_bytes(ev['bytes_sent'])} sent "
+                   f"in {ev['seconds']:.1f} s; {ev['message']}")
+    elif kind == "cutover":
+        where = ", ".join(ev["mountpoints"]) or "nothing mounted"
+        _say(args, f"cutover: quiesce {ev['quiesce']} ({where})")
+    elif kind == "freeze-budget-exceeded":
+        _say(args, f"cutover attempt {ev['attempt']}: {ev['message']}")
+    elif kind == "thawed":
+        traced = ev.get("traced_bytes")
+        read = "the whole disk" if traced is None else f"{format_bytes(traced)} of traced writes"
+        _say(args, f"cutover: final pass done (read {read}), source running again; downtime {ev['downtime']:.3f} s")
+    elif kind == "verified":
+        _say(args, f"cutover: target verified ({ev['blocks']} blocks match the source as frozen)")
+
+
+def run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, control: Any) -> int:
+    copts = _options(args)
+    return asyncio.run(_run(args, endpoint, path, options, control, copts))
+
+
+async def _run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, sync_control: Any,
+               copts: Any) -> int:
+    from migrated.engine import open_session
+    from migrated.engine.continuous import ContinuousControl, run_continuous
+
+    control = ContinuousControl(sync_control)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals = {"n": 0}
+
+    def on_stop(name: str) -> None:
+        signals["n"] += 1
+        if signals["n"] == 1:
+            _say(args, f"{name}: stopping after a checkpoint (a freeze in progress is thawed first)")
+            control.stop(f"stopped by {name}")
+        elif main_task is not None:
+            main_task.cancel()
+
+    def on_cutover() -> None:
+        _say(args, "SIGUSR1: cutover requested")
+        control.request_cutover()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGUSR1, on_cutover)
+    try:
+        async with open_session(endpoint) as session:
+            result = await run_continuous(session, args.source, path, options, copts, control,
+                                          lambda ev: _on_event(args, ev))
+    except Interrupted as e:
+        print(f"migrated: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"interrupted": True, **control.status()}))
+        return int(e.exit_code)
+    except asyncio.CancelledError:
+        print("migrated: stopped; the last checkpoint is kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    elif not args.quiet:
+        c = result.cutover
+        assert c is not None
+        rate = result.summary.change_rate if result.summary else None
+        print(f"{result.source} -> {result.target}: {len(result.rounds) - 1} rounds after the full pass"
+              f"{f', source changing {mbps(rate)}' if rate is not None else ''}; cutover downtime "
+              f"{c.downtime:.3f} s, final pass {format_bytes(c.final_changed)} changed; "
+              f"{'verified' if c.verified else 'NOT verified'}", file=sys.stderr)
+    return 0

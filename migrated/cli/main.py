@@ -1,0 +1,50 @@
+"""``migrated``: the agent program. Subcommands are modules listed in ``SUBCOMMANDS``; each has
+``add_parser(subparsers)`` that registers its arguments and sets ``func(args) -> int``.
+Add a subcommand by writing such a module and listing it here.
+
+Only this ``main()`` turns errors into exit codes (docs/exit-codes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from migrated.errors import MigratedError
+
+SUBCOMMANDS: list[str] = [
+    "migrated.cli.sync_cmd",
+    "migrated.cli.version_cmd",
+    "migrated.cli.agent_cmds",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="migrated", description="migrated agent: move disks to another host over SSH")
+    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    parser.add_argument("--log-format", default="console", choices=["console", "json"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from migrated import logs
+
+        logs.configure(args.log_level, args.log_format)
+        return int(args.func(args))
+    except MigratedError as e:
+        print(f"migrated: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print("migrated: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""What the web UI reads from and asks of the console: plain view types and the backend protocol.
+
+The UI renders these types and never reaches into storage rows itself. ``backend.py`` implements
+:class:`WebBackend` on top of the console's own storage and API logic, so the UI applies exactly the
+rules the signed API applies (task-creation validation, allowed actions per state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from migrated.model.states import Action, TaskState
+from migrated.model.status import TaskProgress
+
+
+@dataclass
+class DiskView:
+    name: str  # e.g. /dev/vda
+    size: int  # bytes
+    mountpoints: list[str] = field(default_factory=list)
+    system: bool = False
+    fs: str = ""
+
+    @property
+    def migrate_by_default(self) -> bool:
+        """The design's default mapping: the system disk and every disk with a mounted filesystem."""
+        return self.system or bool(self.mountpoints)
+
+
+@dataclass
+class SourceView:
+    id: str
+    name: str
+    online: bool
+    last_heartbeat: float | None  # unix time
+    os: str
+    agent_version: str
+    disks: list[DiskView] = field(default_factory=list)
+    address: str = ""
+    current_task: TaskView | None = None  # its unfinished task, if any
+
+
+@dataclass
+class EventView:
+    time: float
+    level: str  # info | warning | error
+    message: str
+
+
+@dataclass
+class DiskMapView:
+    source: str
+    target: str
+
+
+@dataclass
+class TaskView:
+    id: str
+    name: str
+    source_id: str
+    state: TaskState
+    description: str = ""
+    source_name: str = ""
+    region: str = ""
+    target_type: str = "image"  # image | instance
+    image_name: str = ""
+    image_id: str = ""
+    target_instance: str = ""
+    start_at: float | None = None
+    bandwidth_limit_mbps: float | None = None  # Mbit/s, None = unlimited
+    checksum: bool = False
+    ssh_endpoint: str = ""  # user@host:port
+    host_key: str = ""
+    disk_map: list[DiskMapView] = field(default_factory=list)
+    created_at: float | None = None
+    progress: TaskProgress | None = None
+    message: str = ""  # the last thing a person should read (failure reason)
+    source_online: bool = True
+
+
+@dataclass
+class TaskForm:
+    """The create-task form exactly as typed (strings), so a rejected form comes back with its values."""
+
+    region: str = ""
+    name: str = ""
+    description: str = ""
+    target_type: str = "image"
+    image_name: str = ""
+    target_instance: str = ""
+    start_at: str = ""  # datetime-local value in the operator's time zone, "" = no schedule
+    bandwidth_mbps: str = ""
+    checksum: bool = False
+    ssh_endpoint: str = ""
+    host_key: str = ""
+    disks: list[tuple[str, bool, str]] = field(default_factory=list)  # (source disk, migrate?, target device)
+
+
+class FormErrors(Exception):
+    """A form was refused. ``fields`` maps a form field name to the message shown beside it;
+    ``general`` is shown above the form when no single field is to blame."""
+
+    def __init__(self, fields: dict[str, str], general: str = "") -> None:
+        super().__init__("; ".join([*(f"{k}: {v}" for k, v in fields.items()), general]).strip("; "))
+        self.fields = fields
+        self.general = general
+
+
+class WebBackend(Protocol):
+    async def verify_admin(self, secret_id: str, secret_key: str) -> bool:
+        """True iff the pair is an active admin key of this console (constant-time compare)."""
+
+    async def admin_active(self, secret_id: str) -> bool:
+        """True iff the key is still an active admin key (a revoked key ends its web sessions)."""
+
+    async def list_sources(self) -> list[SourceView]: ...
+
+    async def get_source(self, source_id: str) -> SourceView | None: ...
+
+    async def list_tasks(self) -> list[TaskView]:
+        """Tasks that are not deleted, newest first."""
+
+    async def get_task(self, task_id: str) -> TaskView | None: ...
+
+    async def task_events(self, task_id: str) -> list[EventView]:
+        """The task's event log, oldest first."""
+
+    async def create_task(self, source_id: str, form: TaskForm, tz: str, *, actor: str) -> str:
+        """Validate with the console's own rules and create as ``actor``; the task ID, or FormErrors."""
+
+    async def set_bandwidth(self, task_id: str, mbps: str, *, actor: str) -> None:
+        """Change the limit (typed in Mbit/s, empty/0 = none), also while running; FormErrors/StateError."""
+
+    async def act(self, task_id: str, action: Action, *, actor: str) -> None:
+        """Apply an action as ``actor`` (a SecretId) through the console's own logic; StateError if refused."""

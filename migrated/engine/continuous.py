@@ -1,0 +1,554 @@
+"""Continuous sync: a full pass, incremental rounds while the source runs, then a cutover
+with the source quiesced for one short final pass, verified, with the downtime measured.
+
+::
+
+    control = ContinuousControl(SyncControl(bwlimit))
+    async with open_session(endpoint) as session:
+        result = await run_continuous(session, "/dev/vdb", "/dev/vdb", SyncOptions(...),
+                                      ContinuousOptions(interval=30, cutover_after=None), control, on_event)
+    # elsewhere (signal handler, daemon command): control.request_cutover()
+
+Built on the engine's library API only: every round is ``session.sync_disk`` with the
+same checkpoint (the engine re-reads the source and sends what changed). The pieces:
+
+* **Rounds** (``migrated.model.rounds``): after each round its numbers are summarised
+  (change rate, send rate, forecast of the final pass, advice) and passed to
+  ``on_event``; "not converging: 80 MB/s changing, 40 MB/s sent" is said as soon as it
+  is true. The interval and the source read-rate limit can change while running
+  (``ContinuousControl.set_interval`` / ``set_read_limit``).
+* **Cutover** (:func:`cutover`): pre hook -> quiesce -> final pass -> make durable ->
+  un-quiesce -> post hook -> verify every target block against the hashes the final pass
+  recorded (the source has moved on after the thaw, so it cannot be re-read for that).
+  Quiesce methods: ``freeze`` (FIFREEZE of every mounted filesystem of the disk, through
+  the guardian process, within ``freeze_budget``), ``lvm`` (final pass reads an LVM
+  snapshot), ``hooks`` (only the pre/post commands), ``none`` (crash-consistent only).
+* **Nothing is written to a frozen filesystem** by this process during the freeze: the
+  engine's state dir is staged in tmpfs (``StagedDir``) and written back after the
+  thaw; log events are held in memory and printed after the thaw; no bytecode is
+  written. A final pass that runs out of budget is cancelled before the guardian's
+  deadline; the source is thawed, the staged state written back (the engine's
+  checkpoint invariant holds inside it), and the cutover is tried again after one more
+  round (``final_attempts``).
+* The task is successful only when the target verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from migrated.engine.sync import DiskSync, HashFile, SyncControl, SyncOptions, SyncResult, default_state_dir
+from migrated.errors import MigratedError, QuiesceError, UsageError, VerificationFailed
+from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
+from migrated.source.freeze import (
+    FreezeBudgetExceeded,
+    GuardedFreeze,
+    MountedFs,
+    StagedDir,
+    mounted_filesystems,
+    path_on_filesystems,
+)
+from migrated.source.hooks import HookResult, hooks_around
+from migrated.source.tracker import TrackerUnavailable, WriteTracker
+
+log = structlog.get_logger(__name__)
+
+QUIESCE_METHODS = ("freeze", "lvm", "hooks", "none")
+
+
+class Phase(StrEnum):
+    FULL_PASS = "full-pass"
+    ROUND = "round"
+    WAITING = "waiting"
+    CUTOVER = "cutover"
+    FINAL_PASS = "final-pass"
+    VERIFYING = "verifying"
+    DONE = "done"
+
+
+@dataclass
+class ContinuousOptions:
+    """Settings of a continuous sync. ``interval``: seconds between the end of a round and the start
+    of the next. ``read_limit``: source bytes/s during the full pass and the rounds (None: unlimited;
+    the final pass is never read-limited: it runs while the server is quiesced).
+    ``cutover_after``: cut over after this many incremental rounds (scripts, tests).
+    ``auto_cutover``: cut over as soon as the advice says so. Otherwise: rounds until
+    ``ContinuousControl.request_cutover()``."""
+
+    interval: float = 60.0
+    read_limit: int | None = None
+    cutover_after: int | None = None
+    auto_cutover: bool = False
+    quiesce: str = "freeze"
+    freeze_budget: float = 30.0
+    downtime_target: float = 2.0
+    pre_hook: str | None = None
+    post_hook: str | None = None
+    hook_timeout: float = 300.0
+    final_attempts: int = 2
+    track_writes: bool = True  # trace writes so the final pass reads only them (migrated.source.tracker)
+    snapshot_size: str = "10%ORIGIN"
+    verify: bool = True
+
+    def validate(self) -> None:
+        if self.quiesce not in QUIESCE_METHODS:
+            raise UsageError(f"--quiesce {self.quiesce!r}: choose one of {', '.join(QUIESCE_METHODS)}")
+        if self.interval < 0:
+            raise UsageError("--interval must be zero or more seconds")
+        if self.freeze_budget <= 0 or self.downtime_target <= 0:
+            raise UsageError("--freeze-budget and --downtime-target must be positive seconds")
+        if self.cutover_after is not None and self.cutover_after < 0:
+            raise UsageError("--cutover-after must be zero or more rounds")
+        if self.final_attempts < 1:
+            raise UsageError("final_attempts must be at least 1")
+        if self.quiesce == "hooks" and not (self.pre_hook or self.post_hook):
+            raise UsageError("--quiesce hooks needs --pre-hook and/or --post-hook")
+        if self.hook_timeout <= 0:
+            raise UsageError("--hook-timeout must be positive seconds")
+
+
+class ContinuousControl:
+    """Steer a continuous sync from outside (signal handler, daemon command). Every method may be
+    called from the event loop's thread at any time."""
+
+    def __init__(self, sync: SyncControl | None = None, *, interval: float | None = None,
+                 read_limit: int | None = None) -> None:
+        self.sync = sync or SyncControl()
+        self.interval = interval
+        self.read_limit = read_limit
+        self.cutover_requested = False
+        self.phase = Phase.FULL_PASS
+        self.rounds: list[RoundStats] = []
+        self.summary: Summary | None = None
+        self._wake: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    def request_cutover(self) -> None:
+        """Cut over after the round in progress (or right away when waiting between rounds)."""
+        self.cutover_requested = True
+        self._event().set()
+
+    def set_interval(self, seconds: float) -> None:
+        if seconds < 0:
+            raise UsageError("interval must be zero or more seconds")
+        self.interval = seconds
+        self._event().set()
+
+    def set_read_limit(self, bytes_per_s: int | None) -> None:
+        """Source read-rate limit for the rounds; applies from the next chunk read."""
+        self.read_limit = bytes_per_s or None
+        self.sync.set_read_limit(self.read_limit)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Flush, checkpoint and raise Interrupted (resumable), whatever the phase except the final pass."""
+        self.sync.request_stop(reason)
+        self._event().set()
+
+    def status(self) -> dict[str, Any]:
+        """What ``migratectl status`` shows: phase, rounds, lag and forecast."""
+        return {
+            "phase": self.phase.value,
+            "round": len(self.rounds),
+            "rounds": [dataclasses.asdict(r) for r in self.rounds[-20:]],
+            "summary": self.summary.to_dict() if self.summary else None,
+            "interval": self.interval,
+            "read_limit": self.read_limit,
+            "cutover_requested": self.cutover_requested,
+        }
+
+
+@dataclass
+class CutoverReport:
+    quiesce: str
+    mountpoints: list[str] = field(default_factory=list)
+    downtime: float = 0.0  # seconds the source was frozen (or its snapshot took / hooks held it)
+    attempts: int = 0
+    final_changed: int = 0
+    final_sent: int = 0
+    final_seconds: float = 0.0
+    verified: bool = False
+    blocks_verified: int = 0
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+    held_log_lines: int = 0
+    traced_bytes: int | None = None  # bytes the final pass re-read from traced writes (None: whole disk)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContinuousResult:
+    source: str
+    target: str
+    bytes_total: int
+    rounds: list[RoundStats]
+    summary: Summary | None
+    cutover: CutoverReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "bytes_total": self.bytes_total,
+            "rounds": [dataclasses.asdict(r) for r in self.rounds],
+            "summary": self.summary.to_dict() if self.summary else None,
+            "cutover": dataclasses.asdict(self.cutover) if self.cutover else None,
+            "downtime": self.cutover.downtime if self.cutover else None,
+            "verified": self.cutover.verified if self.cutover else False,
+        }
+
+
+Event = dict[str, Any]
+
+
+def _stats(index: int, started: float, res: SyncResult) -> RoundStats:
+    return RoundStats(index=index, started_at=started, duration=res.seconds, bytes_scanned=res.bytes_read,
+                      bytes_changed=res.bytes_changed, bytes_sent=res.bytes_sent)
+
+
+# ------------------------------------------------------------ held output
+
+
+@contextlib.contextmanager
+def held_output() -> Iterator[io.StringIO]:
+    """While frozen: structlog events go to memory, stdlib logging is muted, no bytecode is
+    written. On exit the held events are printed to stderr (which may be a file on the
+    filesystem that was frozen: only now may it be written)."""
+    buf = io.StringIO()
+    cfg = structlog.get_config()
+    old_factory = cfg["logger_factory"]
+    old_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=buf))
+    logging.disable(logging.CRITICAL)
+    try:
+        yield buf
+    finally:
+        logging.disable(logging.NOTSET)
+        structlog.configure(logger_factory=old_factory)
+        sys.dont_write_bytecode = old_bytecode
+        held = buf.getvalue()
+        if held:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(held)
+                sys.stderr.flush()
+
+
+# ------------------------------------------------------------ verification
+
+
+async def verify_against_checkpoint(session: Any, source_path: str, target_path: str,
+                                    options: SyncOptions) -> int:
+    """Compare every target block with the hash the last (final) pass recorded for the source.
+
+    Used after a cutover: the source has been thawed and has moved on, so it cannot be re-read;
+    the hash file the frozen final pass wrote is what the target must hold. Returns the number
+    of blocks compared; raises VerificationFailed naming the first differing offsets.
+    Reads only the checkpoint/hash file and the target's hashes; writes nothing.
+    """
+    from migrated.source import open_source
+    from migrated.transport import recv as wire
+    from migrated.transport.ssh import RecvChannel
+
+    async with session._lock:  # one disk operation at a time on a session (engine contract)
+        src = open_source(source_path)  # identity and size only: no block is read
+        try:
+            chan = await RecvChannel.start(session.conn, await session.receiver_command(), session.endpoint.label)
+            ok = False
+            try:
+                disk = DiskSync(chan, src, session.endpoint.label, target_path, options, None, None, session._pool)
+                await disk.handshake()
+                await disk.open_target()
+                cp, how = disk.load_checkpoint()
+                if cp is None or not cp.complete:
+                    raise VerificationFailed(f"cannot verify {disk.target_label}:{target_path}: no complete "
+                                             f"checkpoint of the final pass ({how})")
+                hf = HashFile.open(disk.hf_path, cp.generation, disk.bs, disk.hash_name, fresh=False)
+                bs = disk.bs
+                span = max(bs, min(wire.MAX_HASH_SPAN, 64 * 1024 * 1024) // bs * bs)
+                bad: list[int] = []
+                blocks = 0
+                try:
+                    for off in range(0, src.size, span):
+                        length = min(span, src.size - off)
+                        n = wire.block_count(length, bs)
+                        reply = await chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(off, length)),
+                                                   wire.T_HASHES)
+                        expect = hf.read(off // bs, n)
+                        got = reply[wire.RANGE.size:]
+                        for i in range(n):
+                            if got[i * 16:(i + 1) * 16] != expect[i * 16:(i + 1) * 16]:
+                                bad.append(off + i * bs)
+                        blocks += n
+                finally:
+                    hf.close()
+                ok = True
+            finally:
+                await chan.close(bye=ok)
+        finally:
+            src.close()
+    if bad:
+        first = ", ".join(str(b) for b in bad[:5])
+        raise VerificationFailed(f"{len(bad)} blocks of {session.endpoint.label}:{target_path} differ from the "
+                                 f"source as it was at the cutover (first offsets: {first}); run the cutover again")
+    return blocks
+
+
+# ------------------------------------------------------------ rounds
+
+
+async def run_continuous(session: Any, source: str, target_path: str, options: SyncOptions,
+                         copts: ContinuousOptions, control: ContinuousControl,
+                         on_event: Callable[[Event], None] | None = None,
+                         on_progress: Callable[..., None] | None = None) -> ContinuousResult:
+    """Full pass, rounds, cutover (module doc). Raises Interrupted when stopped (resumable: the next
+    run continues from the checkpoint), QuiesceError / FreezeBudgetExceeded when the cutover could not
+    be done within its limits (the source is running, thawed), VerificationFailed."""
+    copts.validate()
+    emit = on_event or (lambda _e: None)
+    if control.interval is None:
+        control.interval = copts.interval
+    if control.read_limit is None and copts.read_limit:
+        control.set_read_limit(copts.read_limit)
+    sys.dont_write_bytecode = True  # a lazy import during the freeze must not write next to our code
+    tracker = _start_tracker(source) if copts.quiesce == "freeze" and copts.track_writes else None
+    policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget,
+                    tracked=tracker is not None)
+    poller = asyncio.create_task(_poll_tracker(tracker)) if tracker is not None else None
+    try:
+        return await _run_rounds_and_cutover(session, source, target_path, options, copts, control, emit, policy,
+                                             tracker, on_progress)
+    finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(BaseException):
+                await poller
+        if tracker is not None:
+            tracker.close()
+
+
+def _start_tracker(source: str) -> WriteTracker | None:
+    try:
+        return WriteTracker(source).start()
+    except TrackerUnavailable as e:
+        log.info("write_tracking_off", disk=source, reason=str(e))
+        return None
+
+
+async def _poll_tracker(tracker: WriteTracker | None) -> None:
+    while tracker is not None:
+        await asyncio.to_thread(tracker.poll)
+        await asyncio.sleep(0.5)
+
+
+async def _run_rounds_and_cutover(session: Any, source: str, target_path: str, options: SyncOptions,
+                                  copts: ContinuousOptions, control: ContinuousControl,
+                                  emit: Callable[[Event], None], policy: Policy,
+                                  tracker: WriteTracker | None,
+                                  on_progress: Callable[..., None] | None) -> ContinuousResult:
+    rounds = control.rounds
+    bytes_total = 0
+    said_not_converging = False
+
+    async def one_round() -> None:
+        nonlocal bytes_total, said_not_converging
+        control.phase = Phase.FULL_PASS if not rounds else Phase.ROUND
+        if tracker is not None:
+            tracker.reset()  # the final pass re-reads what is written from now on
+        started = time.monotonic()
+        res = await session.sync_disk(source, target_path, options, control.sync, on_progress)
+        bytes_total = res.bytes_total
+        rounds.append(_stats(len(rounds), started, res))
+        control.summary = summarize(rounds, bytes_total, policy)
+        s = control.summary
+        emit({"event": "round", "round": len(rounds) - 1, "seconds": res.seconds, "bytes_read": res.bytes_read,
+              "bytes_changed": res.bytes_changed, "bytes_sent": res.bytes_sent, "advice": s.advice.value,
+              "message": s.message, "forecast_final": s.forecast_final, "change_rate": s.change_rate,
+              "send_rate": s.send_rate})
+        if s.advice is Advice.NOT_CONVERGING:
+            if not said_not_converging:
+                log.warning("not_converging", disk=source, message=s.message)
+            said_not_converging = True
+        else:
+            said_not_converging = False
+
+    def cutover_due() -> bool:
+        if control.cutover_requested:
+            return True
+        incremental = len(rounds) - 1
+        if copts.cutover_after is not None and incremental >= copts.cutover_after:
+            return True
+        return bool(copts.auto_cutover and control.summary and control.summary.advice is Advice.CUTOVER)
+
+    await one_round()  # the full pass (or its resumption)
+    while not cutover_due():
+        control.phase = Phase.WAITING
+        ev = control._event()
+        ev.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout=control.interval or 0.0)
+        if control.sync.stop_requested:
+            from migrated.errors import Interrupted
+
+            raise Interrupted(f"{control.sync.stop_reason}: {source} is synced up to round {len(rounds) - 1}; "
+                              "run again to continue")
+        if cutover_due():
+            break
+        if ev.is_set() and not control.cutover_requested:
+            continue  # the interval changed: wait again with the new one
+        await one_round()
+
+    report = await cutover(session, source, target_path, options, copts, control, emit, one_round, tracker)
+    control.phase = Phase.DONE
+    return ContinuousResult(source=source, target=f"{session.endpoint.label}:{target_path}", bytes_total=bytes_total,
+                            rounds=list(rounds), summary=control.summary, cutover=report)
+
+
+# ------------------------------------------------------------ cutover
+
+
+def _state_files(source: str, session: Any, target_path: str) -> set[str] | None:
+    """Names of the engine's checkpoint files for this disk (None: stage the whole state dir)."""
+    import hashlib
+
+    try:
+        ident = f"{os.path.realpath(source)}\0{session.endpoint.label}\0{target_path}"
+        key = hashlib.sha256(ident.encode()).hexdigest()
+    except AttributeError:
+        return None
+    return {f"{key[:24]}.ckpt", f"{key[:24]}.hashes"}
+
+
+async def cutover(session: Any, source: str, target_path: str, options: SyncOptions, copts: ContinuousOptions,
+                  control: ContinuousControl, emit: Callable[[Event], None],
+                  another_round: Callable[[], Any] | None = None,
+                  tracker: WriteTracker | None = None) -> CutoverReport:
+    """Quiesce, final pass, un-quiesce, verify (module doc). The source is running when this returns or raises."""
+    control.phase = Phase.CUTOVER
+    report = CutoverReport(quiesce=copts.quiesce)
+    hook_results: list[HookResult] = []
+    mounts: list[MountedFs] = []
+    if copts.quiesce == "freeze":
+        mounts = mounted_filesystems(source)
+        report.mountpoints = [m.mountpoint for m in mounts]
+        if not mounts:
+            report.notes.append(f"no filesystem of {source} is mounted: nothing to freeze")
+    state_dir = options.state_dir or default_state_dir()
+    final_opts = dataclasses.replace(options, checksum=False)
+    emit({"event": "cutover", "quiesce": copts.quiesce, "mountpoints": report.mountpoints})
+    try:
+        async with hooks_around(copts.pre_hook, copts.post_hook, copts.hook_timeout, hook_results):
+            last_error: MigratedError | None = None
+            for attempt in range(1, copts.final_attempts + 1):
+                report.attempts = attempt
+                try:
+                    if copts.quiesce == "lvm":
+                        res = await _final_pass_lvm(session, source, target_path, final_opts, copts, control, report)
+                    else:
+                        res = await _final_pass_frozen(session, source, target_path, final_opts, copts, control,
+                                                       report, mounts, state_dir, tracker)
+                except FreezeBudgetExceeded as e:
+                    last_error = e
+                    emit({"event": "freeze-budget-exceeded", "attempt": attempt, "message": str(e)})
+                    log.warning("freeze_budget_exceeded", disk=source, attempt=attempt, budget=copts.freeze_budget)
+                    if attempt < copts.final_attempts and another_round is not None:
+                        await another_round()  # shrink what the next final pass has to send
+                    continue
+                report.final_changed = res.bytes_changed
+                report.final_sent = res.bytes_sent
+                report.final_seconds = res.seconds
+                last_error = None
+                break
+            if last_error is not None:
+                raise last_error
+    finally:
+        report.hooks = [dataclasses.asdict(h) for h in hook_results]
+    emit({"event": "thawed", "downtime": report.downtime, "final_changed": report.final_changed,
+          "traced_bytes": report.traced_bytes})
+    if copts.verify:
+        control.phase = Phase.VERIFYING
+        report.blocks_verified = await verify_against_checkpoint(session, source, target_path, final_opts)
+        report.verified = True
+    emit({"event": "verified" if report.verified else "done", "blocks": report.blocks_verified})
+    return report
+
+
+async def _final_pass_frozen(session: Any, source: str, target_path: str, final_opts: SyncOptions,
+                             copts: ContinuousOptions, control: ContinuousControl, report: CutoverReport,
+                             mounts: list[MountedFs], state_dir: Any,
+                             tracker: WriteTracker | None = None) -> SyncResult:
+    """One final pass with ``mounts`` frozen (or none, for quiesce hooks/none)."""
+    from migrated.source.freeze import drop_block_cache
+
+    staged: StagedDir | None = None
+    if mounts and path_on_filesystems(state_dir, mounts):
+        staged = StagedDir(state_dir, mounts, _state_files(source, session, target_path))
+        final_opts = dataclasses.replace(final_opts, state_dir=str(await asyncio.to_thread(staged.stage)))
+    control.phase = Phase.FINAL_PASS
+    saved_limit = control.read_limit
+    control.set_read_limit(None)  # the server is waiting: read as fast as we can
+    fz = GuardedFreeze([m.mountpoint for m in mounts], copts.freeze_budget) if mounts else None
+    started = time.monotonic()
+    try:
+        with held_output() as held:
+            if fz is not None:
+                await asyncio.to_thread(fz.freeze)
+            try:
+                drop_block_cache(source)
+                if tracker is not None and fz is not None:
+                    # frozen: every write the filesystem made is queued, so its event is in the buffer
+                    await asyncio.to_thread(tracker.drain)
+                    ranges = tracker.dirty()
+                    if ranges is not None:
+                        final_opts = dataclasses.replace(final_opts, only_ranges=ranges)
+                        report.traced_bytes = sum(e - s for s, e in ranges)
+                    report.notes.append("final pass read only the traced writes" if ranges is not None else
+                                        "write tracking incomplete: the final pass read the whole disk")
+                # stop before the guardian's deadline: what we read after a thaw is not consistent
+                timeout = None if fz is None else max(0.1, fz.remaining() - 0.5)
+                res = await asyncio.wait_for(
+                    session.sync_disk(source, target_path, final_opts, control.sync, None), timeout)
+            except TimeoutError:
+                raise FreezeBudgetExceeded(
+                    f"the final pass did not finish within the freeze budget of {copts.freeze_budget:g} s; "
+                    f"{', '.join(m.mountpoint for m in mounts)} thawed; run more rounds first or raise "
+                    "--freeze-budget") from None
+            finally:
+                if fz is not None:
+                    try:
+                        await asyncio.to_thread(fz.thaw)
+                    finally:
+                        report.downtime = fz.report.downtime
+                else:
+                    report.downtime = time.monotonic() - started
+        report.held_log_lines = held.getvalue().count("\n")
+    finally:
+        control.set_read_limit(saved_limit)
+        if staged is not None:
+            # always: the engine kept its checkpoint invariant inside the staged dir, so writing it
+            # back is safe even after a failed pass, and forgetting it would not be
+            written = await asyncio.to_thread(staged.unstage)
+            log.info("state_written_after_thaw", files=written)
+    return res
+
+
+async def _final_pass_lvm(session: Any, source: str, target_path: str, final_opts: SyncOptions,
+                          copts: ContinuousOptions, control: ContinuousControl, report: CutoverReport) -> SyncResult:
+    raise QuiesceError("--quiesce lvm is not wired to the engine yet: the engine keys its checkpoint by source "
+                       "path, so a final pass from the snapshot device needs an engine option; use --quiesce freeze")
+

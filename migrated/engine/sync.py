@@ -1,0 +1,728 @@
+"""One disk sync: plan -> send -> flush -> checkpoint -> verify.
+
+A run walks the disk in chunks (``chunk_size``, a multiple of ``block_size``). For each chunk,
+worker threads read and hash the source (one xxh3-128 per block; holes of sparse files are not
+read), the engine resolves what the target holds (hash file of the checkpoint, or "zero" on a
+target created sparse, or a HASH request to the receiver), plans SAME/ZERO/DATA runs, and
+compresses DATA runs in threads (one zstd compressor per thread). Chunks are prepared
+concurrently, at most ``window_chunks`` ahead, and sent strictly in order.
+
+Durability (docs/engine.md): the agent sends FLUSH, the receiver fsyncs and answers, only then
+the hash-file entries of the flushed range are written and fsynced and the checkpoint is saved
+with ``atomic_write``. No frame is sent for a block at or beyond the durable checkpoint's
+``dirty_end``, so after any crash, only blocks in ``[cursor, dirty_end)`` can differ from what
+the hash file says, and the next run asks the target about exactly those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import structlog
+
+from migrated.errors import CheckpointError, Interrupted, ProtocolError, TargetError, VerificationFailed
+from migrated.model.checkpoint import (
+    HASHFILE_HEADER_SIZE,
+    UNKNOWN,
+    Checkpoint,
+    encode_hashfile_header,
+    hashfile_header_matches,
+)
+from migrated.model.plan import Kind, plan_chunk
+from migrated.model.status import DiskProgress
+from migrated.model.tokenbucket import TokenBucket
+from migrated.source import SourceDisk
+from migrated.store import atomic_write
+from migrated.transport import recv as wire
+from migrated.transport.ssh import RecvChannel
+
+log = structlog.get_logger(__name__)
+
+HASH_LEN = wire.HASH_LEN
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/migrated/checkpoints")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "migrated" / "checkpoints"
+
+
+@dataclass
+class SyncOptions:
+    """How to sync one disk. Defaults are the measured sweet spot on a 2-core box."""
+
+    block_size: int = 64 * 1024
+    chunk_size: int = 4 * 1024 * 1024
+    bwlimit: int | None = None  # bytes/s on the wire; None = unlimited
+    checksum: bool = False  # verify every target block after the transfer, re-send what differs
+    state_dir: str | os.PathLike[str] | None = None  # checkpoints; default_state_dir() when None
+    compress: str = "auto"  # auto (zstd when both ends have it, else none) | zstd | zlib | none
+    window_chunks: int = 8  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
+    checkpoint_bytes: int = 64 * 1024 * 1024  # flush + checkpoint after this many bytes on the wire
+    checkpoint_seconds: float = 5.0  # ... or after this long
+    dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
+    workers: int = 2
+    trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
+    # Byte ranges [start, end) that may have changed since the checkpoint's last round; blocks outside
+    # them are taken as unchanged from the hash file without reading the source. Only for a caller that
+    # traced every write to the source (the cutover's final pass, migrated.source.tracker); None = read all.
+    only_ranges: list[tuple[int, int]] | None = None
+
+    def validate(self) -> None:
+        from migrated.errors import UsageError
+
+        bs = self.block_size
+        if not (wire.MIN_BLOCK <= bs <= wire.MAX_BLOCK) or bs & (bs - 1):
+            raise UsageError(f"--block-size {bs}: must be a power of two between 4KiB and 4MiB")
+        if self.chunk_size % bs or self.chunk_size < bs:
+            self.chunk_size = max(bs, self.chunk_size // bs * bs)
+        if self.compress not in ("auto", "zstd", "zlib", "none"):
+            raise UsageError(f"--compress {self.compress!r}: choose auto, zstd, zlib or none")
+
+
+class SyncControl:
+    """Steer a running sync from outside (daemon, signal handler): bandwidth and stop.
+
+    ``request_stop()`` makes the engine stop sending, flush, checkpoint and raise Interrupted.
+    Both methods may be called from the event loop thread at any time, before or during a run.
+    """
+
+    def __init__(self, bwlimit: int | None = None) -> None:
+        self._bwlimit = bwlimit
+        self._stop = False
+        self._listeners: list[Callable[[int | None], None]] = []
+        self._read_listeners: list[Callable[[int | None], None]] = []
+        self.stop_reason = "stop requested"
+
+    @property
+    def bwlimit(self) -> int | None:
+        return self._bwlimit
+
+    def set_bwlimit(self, bytes_per_s: int | None) -> None:
+        self._bwlimit = bytes_per_s if bytes_per_s else None
+        for cb in list(self._listeners):
+            cb(self._bwlimit)
+
+    # Source read-rate limit (bytes/s; None = unlimited), changeable while running: protects the
+    # production server's I/O during continuous rounds (migrated.engine.continuous).
+    read_limit: int | None = None
+
+    def set_read_limit(self, bytes_per_s: int | None) -> None:
+        self.read_limit = bytes_per_s if bytes_per_s else None
+        for cb in list(self._read_listeners):
+            cb(self.read_limit)
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        self._stop = True
+        self.stop_reason = reason
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+
+@dataclass
+class SyncResult:
+    source: str
+    target: str
+    bytes_total: int
+    bytes_read: int = 0
+    bytes_sent: int = 0  # on the wire (frames after compression), this run
+    bytes_changed: int = 0  # raw bytes of blocks that differed (sent as data or zero markers)
+    blocks_sent: int = 0
+    blocks_zero: int = 0
+    blocks_same: int = 0
+    blocks_resent: int = 0  # by --checksum verification
+    seconds: float = 0.0
+    throughput_bps: float = 0.0  # disk bytes covered per second
+    verified: bool | None = None  # None: not asked
+    resumed: bool = False  # continued a round from its checkpoint
+    round: int = 1
+    checkpoint: str = "none"  # trusted | none | fallback: <reason>
+    target_created: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Stats:
+    bytes_read: int = 0
+    bytes_sent: int = 0
+    bytes_changed: int = 0
+    blocks_sent: int = 0
+    blocks_zero: int = 0
+    blocks_same: int = 0
+
+
+@dataclass
+class _Chunk:
+    offset: int
+    length: int
+    frames: list[bytes] = field(default_factory=list)
+    entries: bytes = b""  # new hash-file entries (source hashes) for the chunk's blocks
+    bytes_read: int = 0
+    same: int = 0
+    zero: int = 0
+    data: int = 0
+    changed_bytes: int = 0
+
+
+_tls = threading.local()
+
+
+def _compressor(codec: str):
+    c = getattr(_tls, codec, None)
+    if c is None:
+        if codec == "zstd":
+            import zstandard
+
+            c = zstandard.ZstdCompressor(level=1)  # one per thread: a shared one is not thread-safe
+        setattr(_tls, codec, c)
+    return c
+
+
+def _encode_write(offset: int, raw: memoryview, codec: str) -> bytes:
+    payload: bytes | memoryview = raw
+    cid = 0
+    if codec == "zstd":
+        comp = _compressor("zstd").compress(raw)
+        if len(comp) < len(raw) - len(raw) // 32:
+            payload, cid = comp, wire.CODEC_IDS["zstd"]
+    elif codec == "zlib":
+        import zlib
+
+        comp = zlib.compress(raw, 1)
+        if len(comp) < len(raw) - len(raw) // 32:
+            payload, cid = comp, wire.CODEC_IDS["zlib"]
+    hdr = wire.HEADER.pack(wire.T_WRITE, wire.WRITE_HDR.size + len(payload))
+    return b"".join((hdr, wire.WRITE_HDR.pack(offset, len(raw), cid), payload))
+
+
+class HashFile:
+    """Per-block hashes of what the target durably holds: 16 bytes per block after a 64-byte header.
+
+    Read in chunk-sized slices, written after each flush; never held whole in memory.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path, generation: str, block_size: int, hash_name: str, *, fresh: bool) -> HashFile:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        header = encode_hashfile_header(generation, block_size, hash_name)
+        if fresh:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.pwrite(fd, header, 0)
+            os.fsync(fd)
+            return cls(path, fd)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise CheckpointError(f"hash file {path} missing: {e.strerror}") from None
+        if not hashfile_header_matches(os.pread(fd, HASHFILE_HEADER_SIZE, 0), generation, block_size, hash_name):
+            os.close(fd)
+            raise CheckpointError(f"hash file {path} belongs to another checkpoint")
+        return cls(path, fd)
+
+    def read(self, first_block: int, count: int) -> bytes:
+        data = os.pread(self.fd, count * HASH_LEN, HASHFILE_HEADER_SIZE + first_block * HASH_LEN)
+        return data + UNKNOWN * (count - len(data) // HASH_LEN) if len(data) < count * HASH_LEN else data
+
+    def write(self, first_block: int, entries: bytes) -> None:
+        os.pwrite(self.fd, entries, HASHFILE_HEADER_SIZE + first_block * HASH_LEN)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class DiskSync:
+    """Runs one sync of ``source`` onto ``target_path`` through one receiver channel."""
+
+    def __init__(self, chan: RecvChannel, source: SourceDisk, target_label: str, target_path: str,
+                 options: SyncOptions, control: SyncControl | None,
+                 on_progress: Callable[[DiskProgress], None] | None, executor: ThreadPoolExecutor) -> None:
+        self.chan = chan
+        self.src = source
+        self.target_label = target_label  # "user@host:port"
+        self.target_path = target_path
+        self.opt = options
+        self.control = control or SyncControl(options.bwlimit)
+        if control is not None and options.bwlimit and control.bwlimit is None:
+            control.set_bwlimit(options.bwlimit)
+        self.on_progress = on_progress
+        self.pool = executor
+        self.bs = options.block_size
+        self.size = source.size
+        self.stats = _Stats()
+        self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
+        self.control._listeners.append(lambda r: self.bucket.set_rate(r, time.monotonic()))
+        self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
+        self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
+        self.flush_seq = 0
+        self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
+                                     bytes_total=self.size)
+        self._last_progress = 0.0
+        state = Path(options.state_dir) if options.state_dir else default_state_dir()
+        import hashlib
+
+        key = hashlib.sha256(f"{os.path.realpath(source.path)}\0{target_label}\0{target_path}".encode()).hexdigest()
+        self.cp_path = state / f"{key[:24]}.ckpt"
+        self.hf_path = state / f"{key[:24]}.hashes"
+        self.hf: HashFile | None = None
+        self._zero_hash: dict[int, bytes] = {}
+
+    # -- small helpers ---------------------------------------------------------------------
+    def zero_entries(self, off: int, length: int) -> bytes:
+        """Hash-file entries of an all-zero range (the last block of the disk may be short)."""
+        n = wire.block_count(length, self.bs)
+        tail = length - (n - 1) * self.bs
+        return self.zero_hash(self.bs) * (n - 1) + self.zero_hash(tail)
+
+    def zero_hash(self, length: int) -> bytes:
+        h = self._zero_hash.get(length)
+        if h is None:
+            h = self._zero_hash[length] = self.hash(bytes(length))
+        return h
+
+    def _emit_progress(self, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress >= 0.1:
+            self._last_progress = now
+            self.on_progress(self.progress)
+
+    async def _send(self, frame: bytes) -> None:
+        delay = self.bucket.reserve(len(frame), time.monotonic())
+        if delay > 0:
+            await self.chan.drain()
+            await asyncio.sleep(delay)
+        self.chan.send(frame)
+        self.stats.bytes_sent += len(frame)
+        self.progress.bytes_sent = self.stats.bytes_sent
+
+    # -- handshake ------------------------------------------------------------------------
+    async def handshake(self) -> dict:
+        hello = {"magic": wire.MAGIC, "versions": [wire.PROTOCOL_VERSION], "hashes": wire.available_hashes(),
+                 "codecs": wire.available_codecs()}
+        reply = wire.parse_json(await self.chan.request(wire.pack_json(wire.T_HELLO, hello), wire.T_HELLO_OK))
+        if reply.get("magic") != wire.MAGIC or reply.get("version") != wire.PROTOCOL_VERSION:
+            raise ProtocolError(f"receiver on {self.target_label} speaks protocol {reply.get('version')!r}, "
+                                f"this agent {wire.PROTOCOL_VERSION}")
+        theirs_h = reply.get("hashes") or []
+        theirs_c = reply.get("codecs") or []
+        self.hash_name = next((h for h in wire.available_hashes() if h in theirs_h), None)  # type: ignore[assignment]
+        if self.hash_name is None:
+            raise ProtocolError(f"no common hash with the receiver on {self.target_label} ({theirs_h})")
+        self.hash = wire.hasher(self.hash_name)
+        want = self.opt.compress
+        if want == "auto":
+            self.codec = "zstd" if "zstd" in theirs_c and "zstd" in wire.available_codecs() else "none"
+        elif want in theirs_c and want in wire.available_codecs():
+            self.codec = want
+        else:
+            raise TargetError(f"codec {want} is not available on both ends (receiver has {theirs_c})")
+        return reply
+
+    async def open_target(self) -> dict:
+        req = {"path": self.target_path, "size": self.size, "create": True, "block_size": self.bs,
+               "hash": self.hash_name, "codec": self.codec}
+        reply = wire.parse_json(await self.chan.request(wire.pack_json(wire.T_OPEN, req), wire.T_OPENED))
+        try:
+            tsize = int(reply["size"])
+            self.target_id = f"{int(reply['dev'])}:{int(reply['ino'])}:{int(reply['rdev'])}"
+            self.target_created = bool(reply["created"])
+            prev = reply.get("previous_generation")
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError(f"receiver on {self.target_label} sent a malformed OPENED: {reply!r:.200}") from None
+        if tsize < self.size:
+            raise TargetError(f"target {self.target_label}:{self.target_path} has {tsize} bytes, smaller than the "
+                              f"source {self.src.path} ({self.size} bytes); nothing was written")
+        self.previous_generation = prev if isinstance(prev, str) else None
+        return reply
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def load_checkpoint(self) -> tuple[Checkpoint | None, str]:
+        try:
+            data = self.cp_path.read_bytes()
+        except FileNotFoundError:
+            return None, "none"
+        except OSError as e:
+            return None, f"fallback: cannot read checkpoint: {e.strerror}"
+        try:
+            cp = Checkpoint.decode(data)
+        except CheckpointError as e:
+            return None, f"fallback: {e}"
+        why = cp.mismatch(source_id=self.src.identity, source_size=self.size,
+                          target=f"{self.target_label}:{self.target_path}", target_id=self.target_id,
+                          block_size=self.bs, hash_name=self.hash_name)
+        if why:
+            return None, f"fallback: checkpoint is foreign ({why})"
+        if self.previous_generation != cp.generation:
+            return None, "fallback: the target was written by another run since the checkpoint"
+        if not self.opt.trust_checkpoint:
+            return None, "fallback: not trusted by request"
+        return cp, "trusted"
+
+    async def save_checkpoint(self, cp: Checkpoint) -> None:
+        cp.updated_at = time.time()
+        data = cp.encode()
+        await asyncio.to_thread(atomic_write, self.cp_path, data)
+
+    async def flush(self) -> asyncio.Future[bytes]:
+        self.flush_seq += 1
+        return self.chan.request(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(self.flush_seq)), wire.T_FLUSHED)
+
+    async def _await_flush(self, fut: asyncio.Future[bytes], seq: int) -> None:
+        payload = await fut
+        if len(payload) != wire.SEQ.size or wire.SEQ.unpack(payload)[0] != seq:
+            raise ProtocolError(f"receiver on {self.target_label} acknowledged the wrong flush")
+
+    # -- chunk preparation ------------------------------------------------------------------
+    def _read_and_hash(self, offset: int, length: int, hole: bool) -> tuple[bytes | None, list[bytes], list[bool]]:
+        bs = self.bs
+        n = wire.block_count(length, bs)
+        if hole:
+            hashes = [self.zero_hash(min(bs, length - i * bs)) for i in range(n)]
+            return None, hashes, [True] * n
+        data = self.src.read(offset, length)
+        self.src.drop_cache(offset, length)
+        mv = memoryview(data)
+        zero_block = bytes(bs)
+        hashes: list[bytes] = []
+        zeros: list[bool] = []
+        for i in range(0, length, bs):
+            blk = mv[i:i + bs]
+            if blk == zero_block[:len(blk)]:
+                hashes.append(self.zero_hash(len(blk)))
+                zeros.append(True)
+            else:
+                hashes.append(self.hash(blk))
+                zeros.append(False)
+        return data, hashes, zeros
+
+    def _encode_runs(self, offset: int, data: bytes | None, runs, length: int) -> list[bytes]:
+        frames: list[bytes] = []
+        bs = self.bs
+        mv = memoryview(data) if data is not None else None
+        for run in runs:
+            start = run.first * bs
+            end = min(length, (run.first + run.count) * bs)
+            if run.kind is Kind.ZERO:
+                frames.append(wire.pack_frame(wire.T_ZERO, wire.RANGE.pack(offset + start, end - start)))
+            elif run.kind is Kind.DATA:
+                assert mv is not None
+                frames.append(_encode_write(offset + start, mv[start:end], self.codec))
+        return frames
+
+    def _is_hole(self, offset: int, length: int) -> bool:
+        return not self.src.is_device and not self.src.data_ranges(offset, offset + length)
+
+    async def prepare(self, offset: int, length: int, known: bytes | None, send: bool) -> tuple[_Chunk, list[bytes]]:
+        """Read, hash, resolve the target's hashes, plan and encode one chunk.
+
+        ``known``: target hashes for the chunk's blocks (UNKNOWN entries are asked from the
+        target), or None to ask the target about every block.
+        """
+        loop = asyncio.get_running_loop()
+        bs = self.bs
+        n = wire.block_count(length, bs)
+        hole = self._is_hole(offset, length)
+        if hole and known is not None:
+            zeros = self.zero_entries(offset, length)
+            if known == zeros:  # a hole onto zeros: nothing to read, send or ask
+                return _Chunk(offset, length, entries=zeros, same=n), []
+        if known is not None and self.opt.only_ranges is not None and not any(
+                s < offset + length and offset < e for s, e in self.opt.only_ranges):
+            entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
+            if UNKNOWN not in entries:  # untraced and known: unchanged since the last round read it
+                ch = _Chunk(offset, length, same=n, entries=known)
+                return ch, entries
+        hash_fut = None
+        if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
+            hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
+            self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
+        if not hole:
+            read_delay = self.read_bucket.reserve(length, time.monotonic())
+            if read_delay > 0:
+                await asyncio.sleep(read_delay)
+        data, src_hashes, src_zero = await loop.run_in_executor(self.pool, self._read_and_hash, offset, length, hole)
+        tgt = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)] if known is not None else [UNKNOWN] * n
+        if hash_fut is not None:
+            reply = await hash_fut
+            if len(reply) != wire.RANGE.size + n * HASH_LEN or wire.RANGE.unpack_from(reply) != (offset, length):
+                raise ProtocolError(f"receiver on {self.target_label} answered a hash request for {offset}+{length} "
+                                    f"with {len(reply)} bytes that do not match it")
+            for i in range(n):
+                if tgt[i] == UNKNOWN:
+                    tgt[i] = reply[wire.RANGE.size + i * HASH_LEN:wire.RANGE.size + (i + 1) * HASH_LEN]
+        runs = plan_chunk(src_hashes, src_zero, tgt, max_data_blocks=max(1, (1 << 20) // bs))
+        ch = _Chunk(offset, length, bytes_read=0 if hole else length)
+        for r in runs:
+            nbytes = min(length, (r.first + r.count) * bs) - r.first * bs
+            if r.kind is Kind.SAME:
+                ch.same += r.count
+            elif r.kind is Kind.ZERO:
+                ch.zero += r.count
+                ch.changed_bytes += nbytes
+            else:
+                ch.data += r.count
+                ch.changed_bytes += nbytes
+        if send and (ch.zero or ch.data):
+            ch.frames = await loop.run_in_executor(self.pool, self._encode_runs, offset, data, runs, length)
+        # What the target holds once these frames are durable: the source's hashes, except blocks
+        # that a check-only pass found different (their entries keep the target's hash).
+        ch.entries = b"".join(src_hashes) if send else b"".join(tgt)
+        return ch, src_hashes
+
+    # -- one pass over the disk --------------------------------------------------------------
+    async def run_pass(self, cp: Checkpoint, start: int, untrusted: tuple[int, int], *, ask_all: bool,
+                       send: bool, show: bool = True) -> int:
+        """Walk [start, size); return the number of differing blocks found.
+
+        ``untrusted``: [lo, hi) where hash-file entries are not trusted (asked from the target).
+        ``send=False`` only compares (verification's final check) and changes no state.
+        """
+        bs, size, csize = self.bs, self.size, self.opt.chunk_size
+        pending: deque[tuple[int, asyncio.Task]] = deque()
+        position = start
+        next_off = start
+        committed_entries: deque[tuple[int, bytes]] = deque()  # (first block, entries) not yet on disk
+        flight: tuple[asyncio.Future[bytes], int, int] | None = None  # (future, seq, position)
+        sent_since = 0
+        last_ck = time.monotonic()
+        differing = 0
+
+        def known_for(off: int, length: int) -> bytes | None:
+            if ask_all:
+                return None
+            first, n = off // bs, wire.block_count(length, bs)
+            raw = self.hf.read(first, n)  # type: ignore[union-attr]
+            lo, hi = untrusted
+            overlaps = lo < off + length and off < hi
+            if not overlaps:
+                if cp.zero_from is None or off + length <= cp.zero_from or UNKNOWN not in raw:
+                    return raw  # fast path: the hash file says it all
+                if off >= cp.zero_from and raw == UNKNOWN * n:
+                    return self.zero_entries(off, length)  # never written since created sparse
+            entries = bytearray(raw)
+            for i in range(n):
+                boff = off + i * bs
+                e = entries[i * HASH_LEN:(i + 1) * HASH_LEN]
+                if lo <= boff < hi:
+                    e = UNKNOWN
+                if e == UNKNOWN and cp.zero_from is not None and boff >= cp.zero_from and not (lo <= boff < hi):
+                    e = self.zero_hash(min(bs, size - boff))
+                entries[i * HASH_LEN:(i + 1) * HASH_LEN] = e
+            return bytes(entries)
+
+        def schedule() -> None:
+            nonlocal next_off
+            while next_off < size and len(pending) < self.opt.window_chunks:
+                length = min(csize, size - next_off)
+                off = next_off
+                if self._is_hole(off, length):  # take the whole hole (up to a HASH span) in one chunk
+                    data_at = self.src.next_data(off)
+                    hole_end = min(size, off + wire.MAX_HASH_SPAN, max(off + length, data_at // bs * bs))
+                    length = hole_end - off
+                task = asyncio.create_task(self.prepare(off, length, known_for(off, length), send))
+                pending.append((off, task))
+                next_off += length
+
+        async def commit(fut: asyncio.Future[bytes], seq: int, pos: int) -> None:
+            await self._await_flush(fut, seq)
+            hf = self.hf
+            assert hf is not None
+            while committed_entries and committed_entries[0][0] * bs < pos:
+                first, entries = committed_entries.popleft()
+                hf.write(first, entries)
+            await asyncio.to_thread(hf.sync)
+            cp.cursor = pos
+            cp.dirty_end = min(size, pos + self.opt.dirty_span)
+            if cp.zero_from is not None:
+                cp.zero_from = max(cp.zero_from, cp.dirty_end)
+            cp.complete = pos >= size
+            cp.bytes_sent_total += self.stats.bytes_sent - self._sent_at_last_ck
+            self._sent_at_last_ck = self.stats.bytes_sent
+            await self.save_checkpoint(cp)
+
+        self._sent_at_last_ck = self.stats.bytes_sent
+        try:
+            schedule()
+            while pending:
+                off, task = pending[0]
+                ch, _ = await task
+                pending.popleft()
+                if send and self.control.stop_requested:
+                    break
+                end = off + ch.length
+                if send and ch.frames and end > cp.dirty_end:
+                    # Frames past the durable dirty_end are not allowed: make a checkpoint first.
+                    if flight is None:
+                        seq = self.flush_seq + 1
+                        flight = (await self.flush(), seq, position)
+                    await commit(*flight)
+                    flight = None
+                    sent_since, last_ck = 0, time.monotonic()
+                if send:
+                    for frame in ch.frames:
+                        await self._send(frame)
+                        sent_since += len(frame)
+                    if ch.frames:
+                        await self.chan.drain()
+                    committed_entries.append((off // bs, ch.entries))
+                differing += ch.zero + ch.data
+                position = end
+                self.stats.bytes_read += ch.bytes_read
+                if send:
+                    self.stats.blocks_same += ch.same
+                    self.stats.blocks_zero += ch.zero
+                    self.stats.blocks_sent += ch.data
+                    self.stats.bytes_changed += ch.changed_bytes
+                    self.progress.blocks_same = self.stats.blocks_same
+                    self.progress.blocks_zero = self.stats.blocks_zero
+                    self.progress.blocks_sent = self.stats.blocks_sent
+                if show:
+                    self.progress.bytes_done = position
+                    self._emit_progress()
+                schedule()
+                if not send:
+                    continue
+                if flight is not None and flight[0].done():
+                    await commit(*flight)
+                    flight = None
+                if flight is None and (sent_since >= self.opt.checkpoint_bytes
+                                       or time.monotonic() - last_ck >= self.opt.checkpoint_seconds):
+                    seq = self.flush_seq + 1
+                    flight = (await self.flush(), seq, position)
+                    sent_since, last_ck = 0, time.monotonic()
+            if send:
+                if flight is not None:
+                    await commit(*flight)
+                    flight = None
+                if position > cp.cursor or position >= size:
+                    seq = self.flush_seq + 1
+                    await commit(await self.flush(), seq, position)
+        finally:
+            for _, t in pending:
+                t.cancel()
+            for _, t in pending:
+                with contextlib.suppress(BaseException):
+                    await t
+        if send and self.control.stop_requested and position < size:
+            raise Interrupted(f"{self.control.stop_reason}: {self.src.path} checkpointed at "
+                              f"{position * 100 // max(1, size)}%; run the same command again to resume")
+        return differing
+
+    # -- the whole run ----------------------------------------------------------------------
+    async def run(self) -> SyncResult:
+        t0 = time.monotonic()
+        await self.handshake()
+        await self.open_target()
+        result = SyncResult(source=self.src.path, target=f"{self.target_label}:{self.target_path}",
+                            bytes_total=self.size, target_created=self.target_created)
+        cp, how = self.load_checkpoint()
+        result.checkpoint = how
+        if how.startswith("fallback"):
+            log.warning("checkpoint_fallback", disk=self.src.path, reason=how)
+        untrusted = (0, 0)
+        if cp is not None:
+            try:
+                self.hf = HashFile.open(self.hf_path, cp.generation, self.bs, self.hash_name, fresh=False)
+            except CheckpointError as e:
+                cp, result.checkpoint = None, f"fallback: {e}"
+        if cp is not None:
+            if cp.complete:  # a new incremental round: re-read everything, send what changed
+                cp.round += 1
+                cp.cursor, cp.dirty_end, cp.complete, cp.zero_from = 0, 0, False, None
+            else:
+                result.resumed = cp.cursor > 0
+                untrusted = (cp.cursor, cp.dirty_end)
+        else:
+            generation = secrets.token_hex(16)
+            await self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}), wire.T_GENSET)
+            self.hf = HashFile.open(self.hf_path, generation, self.bs, self.hash_name, fresh=True)
+            cp = Checkpoint(source_path=self.src.path, source_id=self.src.identity, source_size=self.size,
+                            target=f"{self.target_label}:{self.target_path}", target_id=self.target_id,
+                            block_size=self.bs, hash_name=self.hash_name, generation=generation,
+                            zero_from=0 if self.target_created else None)
+        ask_all = not self.target_created and cp.zero_from is None and result.checkpoint != "trusted"
+        start = cp.cursor
+        # Establish the dirty window durably before the first frame.
+        cp.dirty_end = max(cp.dirty_end, min(self.size, start + self.opt.dirty_span))
+        if cp.zero_from is not None:
+            cp.zero_from = max(cp.zero_from, cp.dirty_end)
+        await self.save_checkpoint(cp)
+        result.round = cp.round
+        self.progress.bytes_done = start
+        self._emit_progress(force=True)
+        log.info("sync_start", disk=self.src.path, target=result.target, round=cp.round, start=start,
+                 checkpoint=result.checkpoint, hash=self.hash_name, codec=self.codec)
+        try:
+            await self.run_pass(cp, start, untrusted, ask_all=ask_all, send=True)
+            if self.opt.checksum:
+                self.last_resent = 0
+                try:
+                    result.verified = await self.verify(cp)
+                except VerificationFailed:
+                    result.verified = False
+                    raise
+                finally:
+                    result.blocks_resent = self.last_resent
+        finally:
+            result.bytes_read = self.stats.bytes_read
+            result.bytes_sent = self.stats.bytes_sent
+            result.bytes_changed = self.stats.bytes_changed
+            result.blocks_sent = self.stats.blocks_sent
+            result.blocks_zero = self.stats.blocks_zero
+            result.blocks_same = self.stats.blocks_same
+            result.seconds = round(time.monotonic() - t0, 3)
+            covered = max(0, self.progress.bytes_done - start)
+            result.throughput_bps = round(covered / result.seconds if result.seconds else 0.0, 1)
+            self._emit_progress(force=True)
+            self.last_result = result
+        return result
+
+    async def verify(self, cp: Checkpoint) -> bool:
+        """Compare every target block with the source; re-send what differs; check once more."""
+        before = (self.stats.blocks_sent, self.stats.blocks_zero)
+        same_before = self.stats.blocks_same
+        cp.cursor, cp.dirty_end, cp.complete = 0, 0, False
+        cp.dirty_end = min(self.size, self.opt.dirty_span)
+        await self.save_checkpoint(cp)
+        differing = await self.run_pass(cp, 0, (0, self.size), ask_all=True, send=True, show=False)
+        resent = self.stats.blocks_sent - before[0] + self.stats.blocks_zero - before[1]
+        # The verification pass's counters are not the transfer's: keep the transfer's figures.
+        self.stats.blocks_sent, self.stats.blocks_zero = before
+        self.stats.blocks_same = same_before
+        self.last_resent = resent
+        if differing == 0:
+            return True
+        log.warning("verify_resent", disk=self.src.path, blocks=resent)
+        remaining = await self.run_pass(cp, 0, (0, self.size), ask_all=True, send=False, show=False)
+        if remaining:
+            raise VerificationFailed(f"{remaining} blocks of {self.target_label}:{self.target_path} still differ "
+                                     f"from {self.src.path} after re-sending; run again or inspect the target")
+        return True
+
+
+__all__ = ["DiskSync", "SyncControl", "SyncOptions", "SyncResult", "default_state_dir"]

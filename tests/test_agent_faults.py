@@ -1,0 +1,125 @@
+"""The daemon under faults: SIGTERM mid-transfer (checkpoint, STOPPING=1, exit within 10 s, resume),
+systemd notify/watchdog, and a console that goes away while a transfer runs."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent_world import World, ctl_status, free_port, make_world, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+DISK_MIB = 16
+
+
+@pytest.fixture
+def world(tmp_path: Path, sshd) -> Iterator[World]:
+    w = make_world(tmp_path, sshd, DISK_MIB, console_port=free_port())
+    try:
+        yield w
+    finally:
+        w.console.stop()
+
+
+def notify_messages(sock: socket.socket) -> list[str]:
+    out = []
+    sock.setblocking(False)
+    try:
+        while True:
+            out.append(sock.recv(4096).decode())
+    except BlockingIOError:
+        pass
+    return out
+
+
+def test_sigterm_checkpoints_notifies_and_resumes(world: World, tmp_path: Path) -> None:
+    w = world
+    source_id = w.register()
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    daemon = w.daemon(NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="1000000")
+    try:
+        w.wait_daemon_online()
+        seen = notify_messages(notify)
+        assert any(m.startswith("READY=1") for m in seen), seen
+        task_id = w.create_task(source_id, 2048)
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: ctl_status(w.socket)["task"]["bytes_done"] > (2 << 20), "transfer progress")
+        seen += notify_messages(notify)
+        assert "WATCHDOG=1" in seen
+        assert any(m.startswith("STATUS=") and task_id in m and "transferring" in m for m in seen), seen
+
+        started = time.monotonic()
+        assert daemon.stop(timeout=10) == 0
+        assert time.monotonic() - started < 10
+        seen = notify_messages(notify)
+        assert any(m.startswith("STOPPING=1") for m in seen), seen
+        assert not w.socket.exists()  # the socket is removed on a clean stop
+        stopped_at = w.task(task_id)["Progress"]["BytesDone"]
+        assert 0 < stopped_at < DISK_MIB << 20
+
+        daemon = w.daemon()
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after restart", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        assert w.task(task_id)["Progress"]["Disks"][0]["BytesSent"] < DISK_MIB << 20
+    finally:
+        daemon.stop()
+        notify.close()
+
+
+def test_transfer_continues_while_the_console_is_away(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.create_task(source_id, 3072)
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "transferring", "transferring")
+        w.console.kill9()
+
+        # the daemon says why the console is away, keeps going, and finishes
+        status = wait_for(lambda: (s := ctl_status(w.socket))["console"]["online"] is False and s, "offline")
+        assert status["console"]["last_error"]
+        wait_for(lambda: ctl_status(w.socket)["task"]["state"] == "success", "local success", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        assert "console heartbeat failed; retrying" in w.daemon_log()
+
+        # the console comes back (same port, same database): it receives every state change in order
+        w.console.start()
+        wait_for(lambda: w.task(task_id)["State"] == "success", "the console to learn of the success")
+        final = w.task(task_id)
+        assert final["Progress"]["BytesDone"] == DISK_MIB << 20
+        events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
+        assert any("transferring -> verifying" in m for m in events), events
+        wait_for(lambda: ctl_status(w.socket)["console"]["online"], "back online")
+    finally:
+        daemon.stop()
+
+
+def test_wrong_pinned_host_key_fails_the_start_with_the_check(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.admin_call("CreateTask", {
+            "SourceId": source_id, "TaskName": "bad-key", "Region": "ap-guangzhou", "TargetType": "image",
+            "ImageName": "x", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
+            "TargetHostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
+        })["TaskId"]
+        w.admin_call("StartTask", {"TaskId": task_id})
+        t = wait_for(lambda: (t := w.task(task_id))["State"] == "failed" and t, "the start to fail")
+        assert "target_ssh" in t["Message"] and "host key" in t["Message"], t["Message"]
+        assert not w.target.exists()
+        local = ctl_status(w.socket)["task"]
+        assert local["state"] == "failed" and "host key" in local["message"]
+    finally:
+        daemon.stop()

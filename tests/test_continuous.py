@@ -1,0 +1,300 @@
+"""Continuous sync and cutover end to end: a real ext4 on a loop device, mounted, written to by
+another process during the whole migration; `migrated sync --continuous` through a real SSH server
+(asyncssh on 127.0.0.1 port 0); then fsck, mount and compare the target."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.asshd import AsyncSSHD, make_keys
+from tests.conftest import cli, repo_env
+from tests.loopfs import can_write, loop_ext4, root_only, run
+
+WRITER = r"""
+import os, random, sys, time
+root, seed = sys.argv[1], int(sys.argv[2])
+rng = random.Random(seed)
+os.makedirs(os.path.join(root, "data"), exist_ok=True)
+n = 0
+while True:
+    name = os.path.join(root, "data", f"f{rng.randrange(40):02d}")
+    op = rng.random()
+    if op < 0.15:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+    elif op < 0.3:
+        with open(name, "ab") as f:
+            f.write(rng.randbytes(rng.randrange(1, 8192)))
+    else:  # create or rewrite: write a temp file, rename over (what careful programs do)
+        tmp = name + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(rng.randbytes(rng.randrange(1, 256 * 1024)))
+            if op > 0.9:
+                f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, name)
+    n += 1
+    time.sleep(0.002)
+"""
+
+
+def tree_digest(root: Path, skip: tuple[str, ...] = ("lost+found",)) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for f in filenames:
+            p = Path(dirpath) / f
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
+
+
+class FrozenRecorder(threading.Thread):
+    """Watches the writer; when it is blocked on the filesystem's freeze lock (wchan
+    percpu_rwsem_wait: writers wait there only while the superblock is frozen), records the
+    files of the source (reads work while frozen), then checks the writer is still blocked,
+    so the record is the state at the freeze."""
+
+    def __init__(self, writer_pid: int, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.root = writer_pid, root
+        self.record: dict[str, str] | None = None
+        self.freezes_seen = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if wchan(self.pid) == "percpu_rwsem_wait":
+                snap = tree_digest(self.root)
+                if wchan(self.pid) == "percpu_rwsem_wait":
+                    self.freezes_seen += 1
+                    self.record = snap
+                    while wchan(self.pid) == "percpu_rwsem_wait" and not self.done.is_set():
+                        self.done.wait(0.001)
+            self.done.wait(0.001)
+
+
+@pytest.fixture
+async def sshd(tmp_path):
+    keys, host_key = make_keys(tmp_path / "keys")
+    home = tmp_path / "home"
+    home.mkdir()
+    server = await AsyncSSHD(home=home, keys=keys, host_key=host_key).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, *extra: str, state: Path,
+                  until_stderr: str | None = None, then_signal: int = signal.SIGTERM,
+                  timeout: float = 240) -> tuple[int, dict | None, str]:
+    args = [*cli("migrated"), "sync", src, sshd.target(dst), *sshd.ssh_args(), "--state-dir", str(state),
+            "--recv-command", "upload", "--json", "--continuous", *extra]
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=repo_env())
+    err_lines: list[str] = []
+
+    async def read_err() -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            text = line.decode(errors="replace")
+            err_lines.append(text)
+            if until_stderr and until_stderr in text and proc.returncode is None:
+                proc.send_signal(then_signal)
+
+    try:
+        out, _ = await asyncio.wait_for(_collect(proc, read_err), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err = "".join(err_lines)
+    print(err[-4000:])
+    text = out.decode().strip()
+    return proc.returncode or 0, json.loads(text.splitlines()[-1]) if text else None, err
+
+
+async def _collect(proc, read_err) -> tuple[bytes, None]:
+    out, _, _ = await asyncio.gather(proc.stdout.read(), read_err(), proc.wait())
+    return out, None
+
+
+@contextlib.contextmanager
+def writer_process(root: Path, seed: int = 7):
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(seed)])
+    try:
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def fsck_clean(image: Path) -> subprocess.CompletedProcess[str]:
+    return run("e2fsck", "-fn", str(image), check=False)
+
+
+@contextlib.contextmanager
+def mounted_ro(image: Path, at: Path):
+    at.mkdir()
+    run("mount", "-o", "ro,loop,noload", str(image), str(at))
+    try:
+        yield at
+    finally:
+        run("umount", str(at), check=False)
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@root_only
+async def test_rounds_then_cutover_of_a_live_ext4_gives_a_clean_identical_target(sshd, tmp_path):
+    with loop_ext4(tmp_path, size_mb=192) as fs:
+        state = fs.mountpoint / "state"  # the state dir lives on the filesystem that gets frozen
+        dst = tmp_path / "target.img"
+        with writer_process(fs.mountpoint) as writer:
+            rec = FrozenRecorder(writer.pid, fs.mountpoint)
+            rec.start()
+            try:
+                rc, s, err = await run_cli(sshd, fs.loopdev, dst, "--interval", "0.3", "--cutover-after", "3",
+                                           "--freeze-budget", "60", state=state)
+            finally:
+                rec.done.set()
+                rec.join()
+            assert rc == 0, err
+            # the source is writable right after: the writer went on, and so does a fresh write
+            assert can_write(fs.mountpoint, timeout=30)
+            assert writer.poll() is None
+        assert s is not None and s["verified"] is True
+        assert len(s["rounds"]) == 4  # the full pass and three incremental rounds
+        assert all(r["bytes_changed"] > 0 for r in s["rounds"][1:]), "the writer changed nothing?"
+        cut = s["cutover"]
+        assert cut["mountpoints"] == [str(fs.mountpoint)] and cut["attempts"] == 1
+        assert 0 < s["downtime"] < 60 and cut["blocks_verified"] > 0
+        # the final pass read only what was written since the last round (traced), not the disk
+        assert cut["traced_bytes"] is not None and 0 < cut["traced_bytes"] < 192 * 1024 * 1024
+        assert rec.freezes_seen == 1 and rec.record is not None, "the freeze was never observed"
+        # the checkpoint, held during the freeze, was written to the state dir after the thaw
+        from migrated.model.checkpoint import Checkpoint
+
+        cps = [Checkpoint.decode(p.read_bytes()) for p in state.glob("*.ckpt")]
+        assert [c.round for c in cps] == [5] and cps[0].complete
+        # the target: a clean ext4 whose files are the source's files at the freeze
+        r = fsck_clean(dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with mounted_ro(dst, tmp_path / "target.mnt") as tm:
+            assert tree_digest(tm) == rec.record
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@root_only
+async def test_a_final_pass_past_the_freeze_budget_thaws_and_fails_plainly(sshd, tmp_path):
+    with loop_ext4(tmp_path, size_mb=128) as fs:
+        state = tmp_path / "state"
+        dst = tmp_path / "target.img"
+        with writer_process(fs.mountpoint) as writer:
+            # 6 MiB/s on the wire: the final pass cannot send what changed within 0.8 s
+            rc, _s, err = await run_cli(sshd, fs.loopdev, dst, "--interval", "0.2", "--cutover-after", "1",
+                                       "--freeze-budget", "0.8", "--bwlimit", "6MiB", "--read-limit", "64MiB",
+                                       state=state)
+            assert rc == 6, err
+            assert "did not finish within the freeze budget of 0.8 s" in err
+            assert "cutover attempt 1" in err and "cutover attempt 2" in err  # retried after one more round
+            assert can_write(fs.mountpoint, timeout=30) and writer.poll() is None
+
+
+@pytest.mark.root
+@root_only
+async def test_failing_pre_hook_means_no_freeze_and_post_hook_still_runs(sshd, tmp_path):
+    with loop_ext4(tmp_path, size_mb=32) as fs:
+        log = tmp_path / "hooks.log"
+        rc, _s, err = await run_cli(sshd, fs.loopdev, tmp_path / "t.img", "--interval", "0", "--cutover-after", "0",
+                                   "--pre-hook", f"echo pre >> {log}; echo db refused to stop; exit 4",
+                                   "--post-hook", f"echo post >> {log}", state=tmp_path / "state")
+        assert rc == 6, err
+        assert "pre hook `echo pre" in err and "exited with status 4: db refused to stop" in err
+        assert log.read_text().split() == ["pre", "post"]
+        assert can_write(fs.mountpoint)
+
+
+async def test_a_source_that_never_converges_is_said_plainly(sshd, tmp_path):
+    """Changes arrive faster than the link sends: the rounds say so, and stopping keeps the checkpoint."""
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        f.truncate(32 * 1024 * 1024)
+    churn = (
+        "import os, random, sys, time\n"
+        "rng = random.Random(3); fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+        "while True:\n"
+        "    os.pwrite(fd, rng.randbytes(65536), rng.randrange(512) * 65536)\n"
+        "    time.sleep(0.01)\n")  # ~6 MB/s of incompressible changes
+    p = subprocess.Popen([sys.executable, "-c", churn, str(src)])
+    try:
+        rc, s, err = await run_cli(sshd, str(src), tmp_path / "dst.img", "--interval", "0", "--bwlimit", "1MiB",
+                                   "--quiesce", "none", state=tmp_path / "state",
+                                   until_stderr="not converging", timeout=180)
+    finally:
+        p.kill()
+        p.wait()
+    assert rc == 130, err
+    line = next(x for x in err.splitlines() if "not converging" in x)
+    assert "MB/s changing" in line and "MB/s sent" in line
+    assert s is not None and s["interrupted"] and s["summary"]["advice"] == "not-converging"
+
+
+def test_continuous_options_without_continuous_are_refused(tmp_path):
+    r = subprocess.run([*cli("migrated"), "sync", str(tmp_path / "x"), "h:/x", "--cutover-after", "2"],
+                       capture_output=True, text=True, env=repo_env(), timeout=60)
+    assert r.returncode == 2 and "--cutover-after needs --continuous" in r.stderr
+
+
+def test_hooks_quiesce_needs_a_hook(tmp_path):
+    img = tmp_path / "x"
+    img.write_bytes(b"\0" * 4096)
+    r = subprocess.run([*cli("migrated"), "sync", str(img), "127.0.0.1:1:/x", "--continuous", "--quiesce", "hooks"],
+                       capture_output=True, text=True, env=repo_env(), timeout=60)
+    assert r.returncode == 2 and "--quiesce hooks needs --pre-hook" in r.stderr
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@root_only
+async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(sshd, tmp_path):
+    with loop_ext4(tmp_path, size_mb=64) as fs, writer_process(fs.mountpoint) as writer:
+        args = [*cli("migrated"), "sync", fs.loopdev, sshd.target(tmp_path / "t.img"), *sshd.ssh_args(),
+                "--state-dir", str(tmp_path / "state"), "--recv-command", "upload", "--continuous",
+                "--interval", "0", "--cutover-after", "1", "--freeze-budget", "600", "--bwlimit", "1MiB", "-q"]
+        agent = await asyncio.create_subprocess_exec(*args, env=repo_env())
+        try:
+            for _ in range(240 * 200):  # until the writer waits on the freeze (the final pass is slow: 1 MiB/s)
+                if wchan(writer.pid) == "percpu_rwsem_wait" or agent.returncode is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert agent.returncode is None, "the agent ended before freezing"
+            agent.kill()
+            await agent.wait()
+        finally:
+            if agent.returncode is None:
+                agent.kill()
+                await agent.wait()
+        # long before the 600 s budget: the guardian saw the agent die and thawed
+        assert can_write(fs.mountpoint, timeout=30)
+        assert writer.poll() is None

@@ -1,0 +1,163 @@
+"""The receiver as a real process on pipes: what it accepts, what it refuses, what it writes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from migrated.transport import recv as wire
+
+RECV = Path(wire.__file__)
+
+
+class Peer:
+    def __init__(self, tmp: Path, *, stdlib_only: bool = False) -> None:
+        flags = ["-I", "-S"] if stdlib_only else []
+        env = dict(os.environ, XDG_STATE_HOME=str(tmp / "state"))
+        self.p = subprocess.Popen([sys.executable, *flags, str(RECV)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+    def send(self, frame: bytes) -> None:
+        self.p.stdin.write(frame)
+        self.p.stdin.flush()
+
+    def recv(self) -> tuple[int, bytes]:
+        t, n = wire.parse_header(self.p.stdout.read(wire.HEADER.size))
+        return t, self.p.stdout.read(n)
+
+    def ask(self, frame: bytes) -> tuple[int, bytes]:
+        self.send(frame)
+        return self.recv()
+
+    def hello(self) -> dict:
+        t, body = self.ask(wire.pack_json(wire.T_HELLO, {"magic": wire.MAGIC, "versions": [1]}))
+        assert t == wire.T_HELLO_OK
+        return wire.parse_json(body)
+
+    def open(self, path: Path, size: int, hash_name: str = "blake2b-128", codec: str = "zlib") -> dict:
+        t, body = self.ask(wire.pack_json(wire.T_OPEN, {"path": str(path), "size": size, "block_size": 65536,
+                                                        "hash": hash_name, "codec": codec}))
+        assert t == wire.T_OPENED, body
+        return wire.parse_json(body)
+
+    def close(self) -> int:
+        self.p.stdin.close()
+        rc = self.p.wait(10)
+        self.p.stdout.close()
+        self.p.stderr.close()
+        return rc
+
+
+def error_of(peer: Peer) -> dict:
+    t, body = peer.recv()
+    assert t == wire.T_ERROR
+    return wire.parse_json(body)
+
+
+def test_stdlib_only_receiver_negotiates_fallbacks(tmp_path):
+    peer = Peer(tmp_path, stdlib_only=True)
+    hello = peer.hello()
+    assert hello["hashes"] == ["blake2b-128"] and hello["codecs"] == ["zlib", "none"]
+    target = tmp_path / "t.img"
+    opened = peer.open(target, 1 << 20)
+    assert opened["created"] and opened["size"] == 1 << 20
+    data = os.urandom(65536)
+    peer.send(wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(65536, len(data), 1) + zlib.compress(data)))
+    t, body = peer.ask(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, 131072)))
+    assert t == wire.T_HASHES
+    h = lambda b: hashlib.blake2b(b, digest_size=16).digest()  # noqa: E731
+    assert body[16:] == h(bytes(65536)) + h(data)
+    assert peer.ask(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(5))) == (wire.T_FLUSHED, wire.SEQ.pack(5))
+    assert peer.ask(wire.pack_frame(wire.T_BYE)) == (wire.T_BYE_OK, b"")
+    assert peer.close() == 0
+    assert target.read_bytes()[65536:131072] == data
+    assert os.stat(target).st_blocks * 512 < 1 << 20  # created sparse
+
+
+def test_frame_before_hello_refused(tmp_path):
+    peer = Peer(tmp_path)
+    peer.send(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(1)))
+    assert error_of(peer)["kind"] == "protocol"
+    assert peer.close() == 2
+
+
+def test_write_past_end_refused_and_nothing_written(tmp_path):
+    target = tmp_path / "t.img"
+    target.write_bytes(b"A" * 100_000)
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.open(target, 65536, codec="none")
+    peer.send(wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(90_000, 20_000, 0) + b"B" * 20_000))
+    err = error_of(peer)
+    assert err["kind"] == "protocol" and "outside the target" in err["message"]
+    peer.close()
+    assert target.read_bytes() == b"A" * 100_000
+
+
+def test_lying_length_after_decompression_refused(tmp_path):
+    target = tmp_path / "t.img"
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.open(target, 1 << 20)
+    peer.send(wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(0, 4096, 1) + zlib.compress(b"x" * 100)))
+    assert "expected 4096" in error_of(peer)["message"]
+    peer.close()
+    assert target.read_bytes() == bytes(1 << 20)
+
+
+def test_oversized_frame_refused(tmp_path):
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.send(wire.HEADER.pack(wire.T_WRITE, wire.MAX_PAYLOAD + 1))
+    assert "cap" in error_of(peer)["message"]
+    peer.close()
+
+
+def test_zero_makes_holes_only_where_needed(tmp_path):
+    target = tmp_path / "t.img"
+    target.write_bytes(os.urandom(1 << 20))
+    before_blocks = os.stat(target).st_blocks
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.open(target, 1 << 20)
+    peer.send(wire.pack_frame(wire.T_ZERO, wire.RANGE.pack(0, 1 << 20)))
+    assert peer.ask(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(1)))[0] == wire.T_FLUSHED
+    peer.close()
+    assert target.read_bytes() == bytes(1 << 20)
+    assert os.stat(target).st_blocks < before_blocks  # a hole, not written zeros
+
+
+def test_generation_marker_survives_reopen(tmp_path):
+    target = tmp_path / "t.img"
+    peer = Peer(tmp_path)
+    peer.hello()
+    assert peer.open(target, 65536)["previous_generation"] is None
+    assert peer.ask(wire.pack_json(wire.T_SETGEN, {"generation": "g1"}))[0] == wire.T_GENSET
+    peer.close()
+    peer = Peer(tmp_path)
+    peer.hello()
+    assert peer.open(target, 65536)["previous_generation"] == "g1"
+    peer.close()
+
+
+@pytest.mark.parametrize("req,words", [
+    ({"path": "/nonexistent-dir/x.img", "size": 10, "block_size": 65536, "hash": "blake2b-128", "codec": "none"},
+     "cannot create"),
+    ({"path": "/tmp", "size": 10, "block_size": 65536, "hash": "blake2b-128", "codec": "none"},
+     "neither a block device nor a regular file"),
+    ({"path": "x", "size": 10, "block_size": 1000, "hash": "blake2b-128", "codec": "none"}, "power of two"),
+    ({"path": "x", "size": 10, "block_size": 65536, "hash": "md5", "codec": "none"}, "not available"),
+    ({"size": 10}, "bad OPEN"),
+])
+def test_bad_open_refused(tmp_path, req, words):
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.send(wire.pack_json(wire.T_OPEN, req))
+    assert words in error_of(peer)["message"]
+    peer.close()
