@@ -462,3 +462,19 @@ async def test_concurrent_starts_queue_one_command(console):
         assert all(r.code == "FailedOperation.ActionDenied" for r in refused)
         got = await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1})
         assert [c["CommandId"] for c in got["Commands"]] == [ok[0]["CommandId"]]
+
+
+async def test_client_recovers_from_a_skewed_clock(console):
+    from migrated.console.client import ConsoleClient
+
+    skewed = ConsoleClient(console.url, console.admin_id, console.admin_key, clock=lambda: time.time() - 3600)
+    async with skewed:
+        r = await skewed.call("DescribeKeys", {})
+        assert r["TotalCount"] == 1
+        assert 3590 < skewed.clock_offset < 3610, "learnt from the console's Date header"
+        await skewed.call("DescribeSources", {})  # the offset is kept
+    wrong_key = ConsoleClient(console.url, console.admin_id, "wrong", clock=lambda: time.time() - 3600)
+    async with wrong_key:
+        with pytest.raises(ConsoleError) as ei:
+            await wrong_key.call("DescribeKeys", {})
+        assert ei.value.code == "AuthFailure.SignatureFailure"
