@@ -84,22 +84,28 @@ def render_status(status: dict[str, Any], now: float | None = None) -> Group:
     head.add_row("task", f"{task.task_id}  {task.state}" + (f"  stage {task.stage}" if task.stage else ""))
     if task.message:
         head.add_row("", Text(task.message, style="red" if task.state == "failed" else ""))
+    for d in task.disks:
+        head.add_row("disk", f"{d.name} -> {d.target}  (sent {format_bytes(d.bytes_sent)})")
     bars = Progress(
         TextColumn("{task.description}"),
-        BarColumn(bar_width=30),
+        BarColumn(bar_width=24),
         TaskProgressColumn(),
         TextColumn("{task.fields[amount]}"),
         TextColumn("{task.fields[extra]}"),
         auto_refresh=False,
     )
     for d in task.disks:
-        bars.add_task(f"{d.name} -> {d.target}", total=max(d.bytes_total, 1), completed=d.bytes_done,
-                      amount=f"{format_bytes(d.bytes_done)} / {format_bytes(d.bytes_total)}",
-                      extra=f"sent {format_bytes(d.bytes_sent)}")
+        bars.add_task(_short(d.name), total=max(d.bytes_total, 1), completed=d.bytes_done,
+                      amount=f"{format_bytes(d.bytes_done)} / {format_bytes(d.bytes_total)}", extra="")
     bars.add_task("total", total=max(task.bytes_total, 1), completed=task.bytes_done,
                   amount=f"{format_bytes(task.bytes_done)} / {format_bytes(task.bytes_total)}",
                   extra=f"{format_bytes(task.rate_bps)}/s  ETA {format_duration(task.eta_seconds)}")
     return Group(head, bars)
+
+
+def _short(path: str, width: int = 16) -> str:
+    """A disk's name for its progress bar: the path's tail when it is long."""
+    return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
 def _socket_path(args: argparse.Namespace) -> str:
