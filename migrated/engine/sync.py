@@ -154,6 +154,8 @@ class SyncResult:
     round: int = 1
     checkpoint: str = "none"  # trusted | none | fallback: <reason>
     target_created: bool = False
+    hash: str = ""  # negotiated block hash (xxh3-128, or blake2b-128 with a stdlib-only receiver)
+    codec: str = ""  # negotiated codec (zstd or none, zlib on request)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -716,7 +718,8 @@ class DiskSync:
         await self.handshake()
         await self.open_target()
         result = SyncResult(source=self.src.path, target=f"{self.target_label}:{self.target_path}",
-                            bytes_total=self.size, target_created=self.target_created)
+                            bytes_total=self.size, target_created=self.target_created, hash=self.hash_name,
+                            codec=self.codec)
         cp, how = self.load_checkpoint()
         result.checkpoint = how
         if how.startswith("fallback"):
