@@ -562,7 +562,7 @@ def render(result: dict[str, object]) -> str:
         ok = "yes" if r["verified"] else r["status"]
         lines.append(
             f"| {r['phase']} | {tool} | {r['wall_s']:.2f}{spread} | {rate:.0f} | {mib(r['wire_bytes'])} | "
-            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} / {r['recv_cpu_s']:.2f} | "
+            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} / {r.get('recv_cpu_s', 0):.2f} | "
             f"{x(r.get('cpu_vs_ref'))} | "
             f"{mib(r['sender_rss'])} ({mib(r['sender_maxrss'])}) | {mib(r['recv_rss'])} | {ok} |"
         )
