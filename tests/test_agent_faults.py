@@ -168,3 +168,22 @@ def test_wrong_pinned_host_key_fails_the_start_with_the_check(world: World) -> N
         assert local["state"] == "failed" and "host key" in local["message"]
     finally:
         daemon.stop()
+
+
+def test_a_dropped_ssh_connection_is_retried_from_the_checkpoint(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.create_task(source_id, 2048)
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: ctl_status(w.socket)["task"]["bytes_done"] > (3 << 20), "transfer progress")
+        assert w.sshd.drop_connections() > 0  # the target's sshd kills our session mid-transfer
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after the retry", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
+        assert any("retrying from the checkpoint" in m for m in events), events
+        assert not any("-> failed" in m for m in events), events
+    finally:
+        daemon.stop()
