@@ -4,6 +4,7 @@ systemd notify/watchdog, and a console that goes away while a transfer runs."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import stat
 import subprocess
@@ -185,5 +186,23 @@ def test_a_dropped_ssh_connection_is_retried_from_the_checkpoint(world: World) -
         events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
         assert any("retrying from the checkpoint" in m for m in events), events
         assert not any("-> failed" in m for m in events), events
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime not installed (apt-get install faketime)")
+def test_a_skewed_clock_is_named_as_the_reason(world: World) -> None:
+    w = world
+    w.register()
+    # the daemon's clock runs 400 s ahead: the console refuses its signatures as expired
+    daemon = w.daemon(prefix=("faketime", "-f", "+400s"), FAKETIME_DONT_FAKE_MONOTONIC="1")
+    try:
+        status = wait_for(lambda: (s := ctl_status(w.socket, allow_down=True)).get("console", {}).get("last_error")
+                          and s, "the heartbeat to be refused")
+        assert status["console"]["online"] is False
+        assert "SignatureExpire" in status["console"]["last_error"]
+        assert "clock" in status["console"]["last_error"] and "NTP" in status["console"]["last_error"]
+        assert daemon.proc is not None and daemon.proc.poll() is None  # still running, still retrying
+        wait_for(lambda: "console heartbeat failed; retrying" in w.daemon_log(), "the reason in the log")
     finally:
         daemon.stop()
