@@ -42,6 +42,8 @@ How it measures (the same for every tool):
   (sshd session processes + the remote rsync / cat / receiver).
 * **sender CPU**: user + system seconds of the command's process tree (GNU ``time`` %U + %S): much less
   sensitive than wall time to other load on a shared machine.
+* **recv CPU**: user + system seconds of the sshd session tree (sampled: the last value seen per
+  process, so up to 0.1 s per process may be missed).
 * ``--repeat N``: every row runs N times (interleaved); the table shows the median wall time, wire bytes
   and CPU with the wall-time range, and the peak RSS over all runs. Every run is in the JSON.
 """
@@ -109,14 +111,27 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15 of stat)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 class TreeRssSampler(threading.Thread):
-    """Peak of the summed RSS of the descendants of each root pid (root included iff asked)."""
+    """Peak of the summed RSS of the descendants of each root pid (root included iff asked), and the CPU
+    seconds those processes used (last value seen per process: up to one interval per process is lost)."""
 
     def __init__(self, roots: dict[str, tuple[int, bool]], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.roots = roots
         self.interval = interval
         self.peaks = dict.fromkeys(roots, 0)
+        self._ticks: dict[str, dict[int, int]] = {name: {} for name in roots}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -135,6 +150,12 @@ class TreeRssSampler(threading.Thread):
             if include_root:
                 pids.append(root)
             self.peaks[name] = max(self.peaks[name], sum(_rss(p) for p in pids))
+            ticks = self._ticks[name]
+            for p in pids:
+                ticks[p] = max(ticks.get(p, 0), _cpu_ticks(p))
+
+    def cpu_seconds(self, name: str) -> float:
+        return round(sum(self._ticks[name].values()) / CLOCK_TICKS, 2)
 
     def stop(self) -> dict[str, int]:
         self._halt.set()
@@ -152,6 +173,7 @@ class Run:
     sender_maxrss: int = 0
     sender_cpu_s: float = 0.0
     recv_rss: int = 0
+    recv_cpu_s: float = 0.0
     status: str = "ok"
     error: str = ""
     tool_report: dict | None = None
@@ -170,6 +192,7 @@ class Row:
     sender_maxrss: int = 0
     sender_cpu_s: float = 0.0
     recv_rss: int = 0
+    recv_cpu_s: float = 0.0
     source_bytes: int = 0
     verified: bool = False
     time_vs_ref: float | None = None
@@ -189,6 +212,7 @@ class Row:
         self.sender_rss = max(r.sender_rss for r in self.runs)
         self.sender_maxrss = max(r.sender_maxrss for r in self.runs)
         self.sender_cpu_s = statistics.median(r.sender_cpu_s for r in ok)
+        self.recv_cpu_s = statistics.median(r.recv_cpu_s for r in ok)
         self.recv_rss = max(r.recv_rss for r in self.runs)
         self.tool_report = run.tool_report
 
@@ -251,6 +275,7 @@ def run_measured(name: str, argv: list[str], *, sshd: LoopbackSshd, env: dict[st
     time.sleep(0.2)  # let the TCP teardown finish
     run.wire_bytes = lo_tx_bytes() - wire0
     run.sender_rss, run.recv_rss = peaks["sender"], peaks["recv"]
+    run.recv_cpu_s = sampler.cpu_seconds("recv")
     try:
         maxrss_kib, user_s, sys_s = time_out.read_text().split()[-3:]
         run.sender_maxrss = int(maxrss_kib) * 1024
@@ -507,7 +532,7 @@ def render(result: dict[str, object]) -> str:
         return "" if v is None else f"{v:.2f}x"
 
     lines = [
-        "| phase | tool | wall s (range) | MB/s | wire MiB | time vs rsync | wire vs rsync | sender CPU s "
+        "| phase | tool | wall s (range) | MB/s | wire MiB | time vs rsync | wire vs rsync | CPU s send / recv "
         "| sender RSS MiB (1 proc) | recv RSS MiB | ok |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -522,7 +547,7 @@ def render(result: dict[str, object]) -> str:
         ok = "yes" if r["verified"] else r["status"]
         lines.append(
             f"| {r['phase']} | {tool} | {r['wall_s']:.2f}{spread} | {rate:.0f} | {mib(r['wire_bytes'])} | "
-            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} | "
+            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} / {r['recv_cpu_s']:.2f} | "
             f"{mib(r['sender_rss'])} ({mib(r['sender_maxrss'])}) | {mib(r['recv_rss'])} | {ok} |"
         )
     lines += ["", "| issue-2 target | measured | met |", "|---|---:|---|"]

@@ -55,6 +55,13 @@ def test_truncated_rejected():
             Checkpoint.decode(raw[:n])
 
 
+@pytest.mark.parametrize("fields", [dict(cursor=3 << 30, dirty_end=2 << 30), dict(dirty_end=11 << 30),
+                                    dict(block_size=1000), dict(generation="short"), dict(round=-1)])
+def test_inconsistent_fields_rejected(fields):
+    with pytest.raises(CheckpointError):
+        Checkpoint.decode(cp(**fields).encode())
+
+
 def test_foreign_checkpoint_named():
     c = cp()
     assert c.mismatch(source_id="blk:252:16", block_size=65536) is None

@@ -447,3 +447,18 @@ async def test_healthz_and_metrics(console):
     assert "migrate_console_longpolls_held 1.0" in text
     assert 'migrate_console_tasks{state="created"} 0.0' in text
     assert 'migrate_console_request_seconds_count{action="RegisterSource"}' in text
+
+
+async def test_concurrent_starts_queue_one_command(console):
+    sid, sk = await console.new_key("agent")
+    async with console.client(sid, sk) as agent, console.client(console.admin_id, console.admin_key) as admin:
+        src = await register(agent)
+        tid = (await admin.call("CreateTask", task_params(src)))["TaskId"]
+        results = await asyncio.gather(*(admin.call("StartTask", {"TaskId": tid}) for _ in range(8)),
+                                       return_exceptions=True)
+        ok = [r for r in results if isinstance(r, dict)]
+        refused = [r for r in results if isinstance(r, ConsoleError)]
+        assert len(ok) == 1 and len(refused) == 7
+        assert all(r.code == "FailedOperation.ActionDenied" for r in refused)
+        got = await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1})
+        assert [c["CommandId"] for c in got["Commands"]] == [ok[0]["CommandId"]]

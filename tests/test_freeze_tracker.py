@@ -62,6 +62,12 @@ def test_writes_after_reset_are_reported_and_earlier_ones_are_not(tmp_path: Path
                 f.read(4096)
             tr.drain()
             assert tr.dirty() == [(4 << 20, (4 << 20) + 12288), (9 << 20, (9 << 20) + 4096)]
+            tr.invalidate("the round resumed mid-disk")  # then the record vouches for nothing ...
+            assert tr.dirty() is None
+            tr.reset()  # ... until the next whole-disk round starts
+            _direct_write(dev, 2 << 20, 4096)
+            tr.drain()
+            assert tr.dirty() == [(2 << 20, (2 << 20) + 4096)]
     finally:
         run("losetup", "-d", dev, check=False)
         if we_mounted:
