@@ -4,6 +4,7 @@ systemd notify/watchdog, and a console that goes away while a transfer runs."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import stat
 import subprocess
@@ -166,5 +167,42 @@ def test_wrong_pinned_host_key_fails_the_start_with_the_check(world: World) -> N
         assert not w.target.exists()
         local = ctl_status(w.socket)["task"]
         assert local["state"] == "failed" and "host key" in local["message"]
+    finally:
+        daemon.stop()
+
+
+def test_a_dropped_ssh_connection_is_retried_from_the_checkpoint(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.create_task(source_id, 2048)
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: ctl_status(w.socket)["task"]["bytes_done"] > (3 << 20), "transfer progress")
+        assert w.sshd.drop_connections() > 0  # the target's sshd kills our session mid-transfer
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after the retry", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
+        assert any("retrying from the checkpoint" in m for m in events), events
+        assert not any("-> failed" in m for m in events), events
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime not installed (apt-get install faketime)")
+def test_a_skewed_clock_is_named_as_the_reason(world: World) -> None:
+    w = world
+    w.register()
+    # the daemon's clock runs 400 s ahead: the console refuses its signatures as expired
+    daemon = w.daemon(prefix=("faketime", "-f", "+400s"), FAKETIME_DONT_FAKE_MONOTONIC="1")
+    try:
+        status = wait_for(lambda: (s := ctl_status(w.socket, allow_down=True)).get("console", {}).get("last_error")
+                          and s, "the heartbeat to be refused")
+        assert status["console"]["online"] is False
+        assert "SignatureExpire" in status["console"]["last_error"]
+        assert "clock" in status["console"]["last_error"] and "NTP" in status["console"]["last_error"]
+        assert daemon.proc is not None and daemon.proc.poll() is None  # still running, still retrying
+        wait_for(lambda: "console heartbeat failed; retrying" in w.daemon_log(), "the reason in the log")
     finally:
         daemon.stop()

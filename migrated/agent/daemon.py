@@ -641,7 +641,7 @@ class Agent:
         while True:
             control = SyncControl(bwlimit=self.bandwidth_bps)
             self._control = control
-            done_before = self.progress().bytes_done if self.progress() else 0  # type: ignore[union-attr]
+            done_before = self._bytes_done()
             try:
                 if self._stop_reason:
                     raise Interrupted(self._stop_reason)
@@ -655,7 +655,7 @@ class Agent:
                     self._interrupted(t)
                     return
                 now = time.monotonic()
-                progressed = (self.progress().bytes_done if self.progress() else 0) > done_before  # type: ignore[union-attr]
+                progressed = self._bytes_done() > done_before
                 if progressed or first_failure is None:
                     first_failure = now
                     if progressed:
@@ -668,16 +668,18 @@ class Agent:
                     self.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
                     await self._sleep(delay, self._interrupt)
                     continue
-                state = S(t.state)
-                stage = t.stage
-                if state is S.TRANSFERRING or state is S.STARTING or state is S.VERIFYING:
-                    self.set_state(S.FAILED, stage, str(e))
+                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
+                    self.set_state(S.FAILED, t.stage, str(e))
                 return
             except Exception as e:
                 log.exception("task failed with an internal error", task_id=t.task_id)
                 if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
                     self.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
                 return
+
+    def _bytes_done(self) -> int:
+        p = self.progress()
+        return p.bytes_done if p else 0
 
     def _interrupted(self, t: TaskRecord) -> None:
         reason = self._stop_reason or "stopped"

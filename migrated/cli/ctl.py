@@ -173,7 +173,11 @@ def render_checks(out: Console, checks: list[dict[str, Any]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="migratectl", description="Control the running migrated daemon.")
+    p = argparse.ArgumentParser(
+        prog="migratectl", description="Control the running migrated daemon.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 done, 2 bad arguments or not allowed in the task's state, 3 connection problem,\n"
+               "7 daemon not running, 8 not allowed to use the socket, 9 a check failed, 1 other (docs/agent.md)")
     p.add_argument("--socket", help="control socket (default: control.socket from the config)")
     p.add_argument("--config", help=f"daemon config file to read the socket path from (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
