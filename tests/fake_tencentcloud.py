@@ -166,11 +166,11 @@ class FakeTencentCloud:
         shown = [{k: v for k, v in i.items() if not k.startswith("_")} for i in imgs]
         return {"ImageSet": shown, "TotalCount": len(shown)}
 
-    def add_image(self, region: str, name: str, state: str = "NORMAL") -> str:
+    def add_image(self, region: str, name: str, state: str = "NORMAL", description: str = "") -> str:
         image_id = "img-" + uuid.uuid4().hex[:8]
         self.images[image_id] = {
             "ImageId": image_id, "OsName": "TencentOS Server 3.1", "ImageType": "PRIVATE_IMAGE",
-            "CreatedTime": "2026-11-25T10:00:00Z", "ImageName": name, "ImageDescription": "", "ImageSize": 50,
+            "CreatedTime": "2026-11-25T10:00:00Z", "ImageName": name, "ImageDescription": description, "ImageSize": 50,
             "Architecture": "x86_64", "ImageState": state, "Platform": "TencentOS", "ImageCreator": "100000000001",
             "ImageSource": "CREATE_IMAGE", "SyncPercent": None, "IsSupportCloudinit": True, "SnapshotSet": [],
             "Tags": [], "LicenseType": "TencentCloud", "ImageFamily": "", "ImageDeprecated": False,
@@ -181,7 +181,7 @@ class FakeTencentCloud:
     def _cvm_CreateImage(self, region: str, p: dict[str, Any]) -> dict[str, Any]:
         if (region, p["InstanceId"]) not in self.instances:
             raise _Fail("InvalidInstanceId.NotFound", f"instance {p['InstanceId']} not found")
-        return {"ImageId": self.add_image(region, p["ImageName"], "CREATING")}
+        return {"ImageId": self.add_image(region, p["ImageName"], "CREATING", p.get("ImageDescription", ""))}
 
     def _cvm_RunInstances(self, region: str, p: dict[str, Any]) -> dict[str, Any]:
         token = p.get("ClientToken")

@@ -131,6 +131,7 @@ class ImageInfo:
     name: str
     state: str  # CREATING, NORMAL, CREATEFAILED, USING, SYNCING, IMPORTING, IMPORTFAILED
     size_gb: int = 0
+    description: str = ""
 
 
 class InstanceInvalid(TargetError):
@@ -377,7 +378,8 @@ class TencentCloud:
             if image_id and exc.code.startswith("InvalidImageId"):
                 return []
             raise
-        return [ImageInfo(i.ImageId, i.ImageName or "", i.ImageState or "", i.ImageSize or 0)
+        return [ImageInfo(i.ImageId, i.ImageName or "", i.ImageState or "", i.ImageSize or 0,
+                          i.ImageDescription or "")
                 for i in resp.ImageSet or [] if name is None or i.ImageName == name]
 
     async def unique_image_name(self, region: str, name: str, task_id: str) -> str:
@@ -485,6 +487,13 @@ def _plain(model: Any) -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def from_config(cfg: Any) -> TencentCloud:
+    """The adapter for a console ``cloud:`` section (:class:`migrated.console.config.CloudConfig`);
+    ConfigError when the credentials cannot be loaded."""
+    return TencentCloud(load_credentials(cfg.credentials_file), endpoint=cfg.endpoint,
+                        timeout=cfg.api_timeout_seconds)
 
 
 @contextlib.asynccontextmanager
