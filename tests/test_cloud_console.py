@@ -225,3 +225,14 @@ async def test_schema_1_database_is_upgraded(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert sqlite3.connect(db).execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] == "2"
+
+
+def test_cloud_config_errors_name_the_key() -> None:
+    from migrated.console.config import parse_config
+
+    assert parse_config({}).cloud is None
+    assert parse_config({"cloud": {}}).cloud is not None
+    with pytest.raises(ConfigError, match=r"cloud\.endpoint"):
+        parse_config({"cloud": {"endpoint": "ftp://cvm.example"}})
+    with pytest.raises(ConfigError, match=r"cloud\.secret_key: unknown key"):
+        parse_config({"cloud": {"secret_key": "never in the main config"}})
