@@ -179,8 +179,13 @@ class FakeTencentCloud:
         return image_id
 
     def _cvm_CreateImage(self, region: str, p: dict[str, Any]) -> dict[str, Any]:
-        if (region, p["InstanceId"]) not in self.instances:
+        inst = self.instances.get((region, p["InstanceId"]))
+        if inst is None:
             raise _Fail("InvalidInstanceId.NotFound", f"instance {p['InstanceId']} not found")
+        own = {d["DiskId"] for d in inst["DataDisks"]}
+        for d in p.get("DataDiskIds") or []:
+            if d not in own:
+                raise _Fail("InvalidParameterValue", f"disk {d} is not attached to {p['InstanceId']}")
         return {"ImageId": self.add_image(region, p["ImageName"], "CREATING", p.get("ImageDescription", ""))}
 
     def _cvm_RunInstances(self, region: str, p: dict[str, Any]) -> dict[str, Any]:

@@ -45,8 +45,9 @@ def creds_file(tmp_path: Path) -> str:
 
 
 @asynccontextmanager
-async def cloud_console(tmp_path: Path, fake: FakeTencentCloud) -> AsyncIterator[Console]:
-    cloud = {"credentials_file": creds_file(tmp_path), "endpoint": fake.endpoint, "image_poll_seconds": 0.02}
+async def cloud_console(tmp_path: Path, fake: FakeTencentCloud, **extra: Any) -> AsyncIterator[Console]:
+    cloud = {"credentials_file": creds_file(tmp_path), "endpoint": fake.endpoint, "image_poll_seconds": 0.02,
+             **extra}
     async with running_console(tmp_path, cloud=cloud) as c:
         yield c
 
@@ -131,8 +132,9 @@ async def test_image_task_gets_unique_name_and_its_image_made(tmp_path: Path, fa
             img = fake.images[view["ImageId"]]
             assert (img["ImageName"], img["ImageState"]) == (f"web01-{tid}", "NORMAL")
             create = [p for a, _, p in fake.calls if a == "CreateImage"]
+            # the task maps /dev/vda and /dev/vdb: a full image with the relay's data disk
             assert create == [{"InstanceId": "ins-relay001", "ImageName": f"web01-{tid}",
-                               "ImageDescription": f"migrated {tid}"}]
+                               "ImageDescription": f"migrated {tid}", "DataDiskIds": ["disk-d0relay001"]}]
             msgs = [e["Message"] for e in await events(admin, tid)]
             assert any(f"image {view['ImageId']} (web01-{tid}) is NORMAL" in m for m in msgs)
             # the web UI's task page reads the same image ID
@@ -236,3 +238,43 @@ def test_cloud_config_errors_name_the_key() -> None:
         parse_config({"cloud": {"endpoint": "ftp://cvm.example"}})
     with pytest.raises(ConfigError, match=r"cloud\.secret_key: unknown key"):
         parse_config({"cloud": {"secret_key": "never in the main config"}})
+
+
+async def test_image_from_an_earlier_attempt_is_adopted_and_relay_terminated(tmp_path: Path,
+                                                                             fake: FakeTencentCloud) -> None:
+    fake.instances[(R, "ins-relay001")] = instance("ins-relay001", name="do_not_delete_csm_instance",
+                                                   data_gb=(200,))
+    fake.instances[(R, "ins-users001")] = instance("ins-users001", name="production", data_gb=(200,))
+    async with cloud_console(tmp_path, fake, terminate_relay=True) as c:
+        sid, sk = await c.new_key("agent")
+        async with c.client(sid, sk) as agent, c.client(c.admin_id, c.admin_key) as admin:
+            src = await register(agent)
+            tid = (await admin.call("CreateTask", task_params(src, TargetType="image", ImageName="web01",
+                                                              TargetInstanceId="ins-relay001")))["TaskId"]
+            # a console that crashed after CreateImage, before recording the ImageId
+            earlier = fake.add_image(R, "web01", "CREATING", description=f"migrated {tid}")
+            await run_to_success(agent, admin, src, tid)
+            view = await wait_image(admin, tid)
+            assert (view["ImageId"], view["ImageState"]) == (earlier, "NORMAL")
+            assert "CreateImage" not in fake.actions()
+            for _ in range(500):
+                if (R, "ins-relay001") not in fake.instances:
+                    break
+                await asyncio.sleep(0.02)
+            assert (R, "ins-relay001") not in fake.instances
+            msgs = [e["Message"] for e in await events(admin, tid)]
+            assert "relay instance ins-relay001 terminated" in msgs
+
+            # a user's own machine as the "relay": the image is made, the machine is left alone
+            await admin.call("DeleteTask", {"TaskId": tid})
+            tid2 = (await admin.call("CreateTask", task_params(src, TargetType="image", ImageName="web02",
+                                                               TargetInstanceId="ins-users001")))["TaskId"]
+            await run_to_success(agent, admin, src, tid2)
+            assert (await wait_image(admin, tid2))["ImageState"] == "NORMAL"
+            for _ in range(500):
+                warn = [e for e in await events(admin, tid2) if e["Level"] == "warning"]
+                if warn:
+                    break
+                await asyncio.sleep(0.02)
+            assert "not 'do_not_delete_csm_instance'" in warn[0]["Message"] and "left running" in warn[0]["Message"]
+            assert (R, "ins-users001") in fake.instances and fake.actions().count("TerminateInstances") == 1

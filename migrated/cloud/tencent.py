@@ -123,6 +123,7 @@ class InstanceInfo:
     security_group_ids: tuple[str, ...]
     private_ips: tuple[str, ...] = ()
     public_ips: tuple[str, ...] = ()
+    data_disk_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ class TencentCloud:
                     data_disks_gb=tuple(d.DiskSize or 0 for d in i.DataDisks or []),
                     security_group_ids=tuple(i.SecurityGroupIds or []),
                     private_ips=tuple(i.PrivateIpAddresses or []), public_ips=tuple(i.PublicIpAddresses or []),
+                    data_disk_ids=tuple(d.DiskId or "" for d in i.DataDisks or []),
                 )
         return None
 
@@ -388,11 +390,15 @@ class TencentCloud:
             return unique_name(name, task_id)
         return name
 
-    async def create_image(self, region: str, instance_id: str, name: str, description: str = "") -> str:
+    async def create_image(self, region: str, instance_id: str, name: str, description: str = "",
+                           data_disk_ids: Sequence[str] = ()) -> str:
+        """CreateImage from the instance's system disk, plus ``data_disk_ids`` (a full image)."""
         req = cvm.CreateImageRequest()
         req.InstanceId, req.ImageName = instance_id, name
         if description:
             req.ImageDescription = description[:256]
+        if data_disk_ids:
+            req.DataDiskIds = list(data_disk_ids)
         resp = await self._call("cvm", region, "CreateImage", req)
         return resp.ImageId
 

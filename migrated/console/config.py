@@ -75,6 +75,9 @@ class CloudConfig(_Model):
     api_timeout_seconds: float = Field(30.0, gt=0, le=300)
     image_timeout_seconds: float = Field(7200.0, gt=0, le=86400)  # CreateImage -> NORMAL deadline
     image_poll_seconds: float = Field(15.0, gt=0, le=600)
+    # after the image is NORMAL, terminate the image task's TargetInstanceId if (and only if) it is
+    # named do_not_delete_csm_instance, the relay naming convention
+    terminate_relay: bool = False
 
 
 class ConsoleConfig(_Model):

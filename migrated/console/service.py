@@ -62,7 +62,7 @@ from migrated.console.storage import (
     TaskRecord,
     new_id,
 )
-from migrated.errors import CloudError
+from migrated.errors import CloudError, TargetError
 from migrated.model.states import (
     Action,
     ActionDenied,
@@ -662,12 +662,18 @@ class ConsoleService:
                 ours = [i for i in same if i.description == marker]
                 if ours:
                     image_id = ours[0].image_id
+                    with_disks = " (found from an earlier attempt)"
                 else:
                     if same:  # someone took the name since CreateTask
                         name = unique_name(name, task_id)
-                    image_id = await cloud.create_image(t.region, t.target_instance_id, name, marker)
+                    data_disks: tuple[str, ...] = ()
+                    if len(t.disk_mapping) > 1:  # data disks were migrated too: a full image
+                        info = await cloud.describe_instance(t.region, t.target_instance_id)
+                        data_disks = info.data_disk_ids if info is not None else ()
+                    image_id = await cloud.create_image(t.region, t.target_instance_id, name, marker, data_disks)
+                    with_disks = f" with data disks {', '.join(data_disks)}" if data_disks else ""
                 await self._set_image(task_id, image_id=image_id, image_state="CREATING", event=(
-                    "info", "image", f"CreateImage from {t.target_instance_id}: image {image_id} ({name})"))
+                    "info", "image", f"CreateImage from {t.target_instance_id}{with_disks}: image {image_id} ({name})"))
 
             async def on_state(state: str) -> None:
                 await self._set_image(task_id, image_state=state)
@@ -677,7 +683,26 @@ class ConsoleService:
             await self._set_image(task_id, image_state=img.state, event=(
                 "info", "image", f"image {image_id} ({img.name}) is {img.state}"))
             log.info("image made", task_id=task_id, image_id=image_id)
+            if cfg.terminate_relay:
+                await self._terminate_relay(t)
         except CloudError as exc:
             log.warning("image creation failed", task_id=task_id, code=exc.code, request_id=exc.request_id)
             await self._set_image(task_id, image_state="FAILED", event=(
                 "error", "image", f"image creation failed: {exc}"))
+
+    async def _terminate_relay(self, t: TaskRecord) -> None:
+        """After the image is made: remove the relay (only an instance named RELAY_NAME; anything
+        else is left alone with a warning event)."""
+        assert self.cloud is not None
+        try:
+            gone = await self.cloud.terminate_relay(t.region, t.target_instance_id)
+            text = (f"relay instance {t.target_instance_id} terminated" if gone
+                    else f"relay instance {t.target_instance_id} was already gone")
+            await self.storage.add_event(t.task_id, t.source_id, "info", "image", text, self.clock())
+        except TargetError as exc:  # not our relay: never terminated
+            await self.storage.add_event(t.task_id, t.source_id, "warning", "image", f"{exc}; left running",
+                                         self.clock())
+        except CloudError as exc:
+            await self.storage.add_event(t.task_id, t.source_id, "error", "image",
+                                         f"could not terminate relay instance {t.target_instance_id}: {exc}",
+                                         self.clock())
