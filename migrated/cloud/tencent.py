@@ -350,6 +350,13 @@ class TencentCloud:
         check_disks_fit(info, disks)
         return info
 
+    async def probe_instances(self, region: str) -> int:
+        """DescribeInstances with no filter, Limit 1 (a permission check): the account's instance count."""
+        req = cvm.DescribeInstancesRequest()
+        req.Limit = 1
+        resp = await self._call("cvm", region, "DescribeInstances", req)
+        return resp.TotalCount or 0
+
     async def ssh_port_warnings(self, region: str, info: InstanceInfo, port: int) -> list[str]:
         """Warnings (empty when open to all) about inbound TCP ``port`` on the instance."""
         groups: dict[str, list[dict[str, Any]]] = {}
