@@ -689,6 +689,8 @@ class ConsoleService:
             log.warning("image creation failed", task_id=task_id, code=exc.code, request_id=exc.request_id)
             await self._set_image(task_id, image_state="FAILED", event=(
                 "error", "image", f"image creation failed: {exc}"))
+        except Exception:  # a bug must not vanish inside a background task; the job resumes at restart
+            log.exception("image job crashed", task_id=task_id)
 
     async def _terminate_relay(self, t: TaskRecord) -> None:
         """After the image is made: remove the relay (only an instance named RELAY_NAME; anything
