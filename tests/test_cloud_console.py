@@ -224,9 +224,10 @@ async def test_schema_1_database_is_upgraded(tmp_path: Path) -> None:
     try:
         t = await store.get_task("task-old")
         assert t is not None and (t.image_name, t.image_id, t.image_state) == ("web01", "", "")
+        assert t.continuous is None
     finally:
         await store.close()
-    assert sqlite3.connect(db).execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] == "2"
+    assert sqlite3.connect(db).execute("SELECT v FROM meta WHERE k='schema'").fetchone()[0] == "3"
 
 
 def test_cloud_config_errors_name_the_key() -> None:

@@ -306,7 +306,7 @@ async def test_task_rules(console):
         with pytest.raises(ConsoleError) as ei:
             await admin.call("PauseTask", {"TaskId": tid})
         assert ei.value.code == "FailedOperation.ActionDenied"
-        assert "cannot pause a task that is created; pause is allowed when transferring" in ei.value.message
+        assert "cannot pause a task that is created; pause is allowed when syncing, transferring" in ei.value.message
         with pytest.raises(ConsoleError) as ei:
             await admin.call("CreateTask", task_params(src, TaskName="second"))
         assert ei.value.code == "ResourceInUse.Source" and tid in ei.value.message
@@ -499,3 +499,55 @@ async def test_scheduled_start_fires_at_its_time_once(tmp_path):
             assert [x["CommandId"] for x in got2["Commands"]] == [early["CommandId"]]
             events = (await admin.call("DescribeTaskEvents", {"TaskId": t2}))["EventSet"]
             assert not any("by scheduler" in e["Message"] for e in events)
+
+
+async def test_continuous_task_cutover_only_while_syncing(console):
+    """ContinuousSync tasks: the agent gets the options; CutoverTask is refused until the task is
+    syncing (rounds running), then queues a `cutover` command; round/lag/forecast/downtime come back."""
+    sid, sk = await console.new_key("agent")
+    async with console.client(sid, sk) as agent, console.client(console.admin_id, console.admin_key) as admin:
+        src = await register(agent)
+        with pytest.raises(ConsoleError) as ei:
+            await admin.call("CreateTask", task_params(src, RoundIntervalSeconds=5))
+        assert ei.value.code == "InvalidParameterValue" and "ContinuousSync" in ei.value.message
+        tid = (await admin.call("CreateTask", task_params(src, ContinuousSync=True, RoundIntervalSeconds=5,
+                                                          ReadLimitKBps=2048)))["TaskId"]
+        for state in ("created", "starting", "transferring"):
+            if state == "starting":
+                await admin.call("StartTask", {"TaskId": tid})
+            if state == "transferring":
+                await agent.call("ReportTaskProgress", {"SourceId": src, "TaskId": tid, "State": "transferring"})
+            with pytest.raises(ConsoleError) as ei:
+                await admin.call("CutoverTask", {"TaskId": tid})
+            assert ei.value.code == "FailedOperation.ActionDenied"
+            assert f"cannot cutover a task that is {state}; cutover is allowed when syncing" in ei.value.message
+        polled = await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1})
+        (start,) = polled["Commands"]
+        assert start["Task"]["ContinuousSync"] is True
+        assert (start["Task"]["RoundIntervalSeconds"], start["Task"]["ReadLimitKBps"]) == (5, 2048)
+        await agent.call("AckCommand", {"SourceId": src, "CommandId": start["CommandId"], "Result": "ok"})
+
+        rounds = {"SourceId": src, "TaskId": tid, "State": "syncing", "Stage": "rounds", "Phase": "waiting",
+                  "Round": 3, "RoundChangedBytes": 4096, "LagSeconds": 7.5, "ForecastSeconds": 1.25,
+                  "Advice": "not-converging", "Convergence": "not converging: 4.1 MB/s changing, 1.0 MB/s sent"}
+        await agent.call("ReportTaskProgress", rounds)
+        (view,) = (await admin.call("DescribeTasks", {"TaskIds": [tid]}))["TaskSet"]
+        assert view["State"] == "syncing" and view["AllowedActions"] == ["pause", "cutover"]
+        p = view["Progress"]
+        assert (p["Round"], p["RoundChangedBytes"], p["LagSeconds"], p["ForecastSeconds"]) == (3, 4096, 7.5, 1.25)
+        assert p["Convergence"].startswith("not converging")
+
+        cut = await admin.call("CutoverTask", {"TaskId": tid})
+        assert cut["State"] == "syncing" and cut["CommandId"], "stays syncing until the agent reports verifying"
+        (cmd,) = (await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1}))["Commands"]
+        assert (cmd["Action"], cmd["TaskId"]) == ("cutover", tid)
+        await agent.call("ReportTaskProgress", {**rounds, "State": "verifying"})
+        await agent.call("ReportTaskProgress", {**rounds, "State": "success", "DowntimeSeconds": 0.42})
+        (view,) = (await admin.call("DescribeTasks", {"TaskIds": [tid]}))["TaskSet"]
+        assert view["State"] == "success" and view["Progress"]["DowntimeSeconds"] == 0.42
+        with pytest.raises(ConsoleError) as ei:
+            await admin.call("CutoverTask", {"TaskId": tid})
+        assert "cannot cutover a task that is success" in ei.value.message
+        with pytest.raises(ConsoleError) as ei:
+            await agent.call("ReportTaskProgress", {**rounds, "Advice": "maybe"})
+        assert ei.value.code == "InvalidParameterValue" and "Advice" in ei.value.message

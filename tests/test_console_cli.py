@@ -72,7 +72,9 @@ def test_admin_workflow(served, tmp_path):
     assert "20480 KB/s" in shown and "/dev/vda -> /dev/vda" in shown and "start, delete" in shown
 
     r = run_cli("tasks", "pause", tid, *c)
-    assert r.returncode == 2 and "pause is allowed when transferring" in r.stderr
+    assert r.returncode == 2 and "pause is allowed when syncing, transferring" in r.stderr
+    r = run_cli("tasks", "cutover", tid, *c)
+    assert r.returncode == 2 and "cutover is allowed when syncing" in r.stderr
     assert "queued" in ok("tasks", "start", tid, *c)
     assert "1024 KB/s" in ok("tasks", "set-bandwidth", tid, "1024", *c)
     events = ok("tasks", "events", tid, *c)

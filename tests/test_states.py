@@ -31,10 +31,23 @@ def test_illegal_edges(old, new):
         transition(old, new)
 
 
-def test_pause_only_while_transferring():
+def test_pause_only_while_transferring_or_syncing():
     assert allowed_actions(S.TRANSFERRING) == [Action.PAUSE]
-    with pytest.raises(ActionDenied, match="pause is allowed when transferring"):
+    assert allowed_actions(S.SYNCING) == [Action.PAUSE, Action.CUTOVER]
+    with pytest.raises(ActionDenied, match="pause is allowed when syncing, transferring"):
         check_action(Action.PAUSE, S.PAUSED)
+
+
+@pytest.mark.parametrize("state", [s for s in S if s is not S.SYNCING])
+def test_cutover_only_while_syncing(state):
+    with pytest.raises(ActionDenied, match="cutover is allowed when syncing"):
+        check_action(Action.CUTOVER, state)
+
+
+def test_continuous_path():
+    for old, new in [(S.STARTING, S.TRANSFERRING), (S.TRANSFERRING, S.SYNCING), (S.SYNCING, S.VERIFYING),
+                     (S.VERIFYING, S.SUCCESS), (S.SYNCING, S.PAUSED), (S.PAUSED, S.STARTING)]:
+        assert transition(old, new)
 
 
 def test_delete_refused_while_running_names_allowed_states():

@@ -75,6 +75,7 @@ ACTIONS: dict[str, ActionSpec] = {
     "PauseTask": _spec("admin", P.PauseTask, "pause_task"),
     "RetryTask": _spec("admin", P.RetryTask, "retry_task"),
     "DeleteTask": _spec("admin", P.DeleteTask, "delete_task"),
+    "CutoverTask": _spec("admin", P.CutoverTask, "cutover_task"),
     "ModifyTaskBandwidth": _spec("admin", P.ModifyTaskBandwidth, "modify_task_bandwidth"),
     "DescribeTaskEvents": _spec("admin", P.DescribeTaskEvents, "describe_task_events"),
 }

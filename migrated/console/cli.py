@@ -131,6 +131,16 @@ def _fmt_bytes(n: float) -> str:
     return format_bytes(n)
 
 
+def rounds_line(p: dict[str, Any]) -> str:
+    """The continuous-sync line of a task view's ``Progress`` ("" before the first round)."""
+    from migrated.model.status import TaskProgress, continuous_line
+
+    return continuous_line(TaskProgress(
+        task_id="", state="", round=p.get("Round"), round_changed_bytes=p.get("RoundChangedBytes"),
+        lag_seconds=p.get("LagSeconds"), forecast_seconds=p.get("ForecastSeconds"),
+        convergence=p.get("Convergence", ""), advice=p.get("Advice", ""), downtime_seconds=p.get("DowntimeSeconds")))
+
+
 def task_lines(t: dict[str, Any]) -> str:
     from migrated.model.status import format_duration
 
@@ -151,6 +161,14 @@ def task_lines(t: dict[str, Any]) -> str:
     if p["BytesTotal"]:
         lines.append(f"Progress      {p['Percent']:.1f}%  {_fmt_bytes(p['BytesDone'])} / {_fmt_bytes(p['BytesTotal'])}"
                      f"  {_fmt_bytes(p['RateBps'])}/s  ETA {format_duration(p['EtaSeconds'])}")
+    if t.get("ContinuousSync"):
+        every = t.get("RoundIntervalSeconds")
+        lines.append("Continuous    incremental rounds until cutover"
+                     + (f", every {every} s" if every is not None else "")
+                     + (f", source read limit {t['ReadLimitKBps']} KB/s" if t.get("ReadLimitKBps") else ""))
+        rounds = rounds_line(p)
+        if rounds:
+            lines.append(f"Rounds        {rounds}")
     if t["Message"]:
         lines.append(f"Message       {t['Message']}")
     lines.append(f"Actions       {', '.join(t['AllowedActions']) or '(none)'}")
@@ -313,6 +331,14 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         params["TargetInstanceId"] = args.target_instance
     if args.schedule:
         params["ScheduledStartTime"] = _schedule(args.schedule)
+    if args.continuous:
+        params["ContinuousSync"] = True
+        if args.round_interval is not None:
+            params["RoundIntervalSeconds"] = args.round_interval
+        if args.read_limit is not None:
+            params["ReadLimitKBps"] = args.read_limit
+    elif args.round_interval is not None or args.read_limit is not None:
+        raise UsageError("--round-interval and --read-limit need --continuous")
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -436,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", help="start time, ISO 8601 (local time unless an offset is given), >= 10 min ahead")
     t.add_argument("--disk", action="append", metavar="SRC=TGT",
                    help="disk mapping, repeatable (default: system disk and every mounted disk)")
+    t.add_argument("--continuous", action="store_true",
+                   help="incremental sync until cutover: rounds after the full pass until 'tasks cutover'")
+    t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (default 60)")
+    t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit during the rounds, KB/s")
     t.set_defaults(func=cmd_tasks_create)
     t = tasks.add_parser("list", parents=[api], help="list tasks")
     t.add_argument("--source")
@@ -446,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("task_id")
     t.set_defaults(func=cmd_tasks_show)
     for name, action, verb in [("start", "StartTask", "started"), ("pause", "PauseTask", "pause requested"),
-                               ("retry", "RetryTask", "retried"), ("delete", "DeleteTask", "deleted")]:
+                               ("retry", "RetryTask", "retried"), ("delete", "DeleteTask", "deleted"),
+                               ("cutover", "CutoverTask", "cutover requested")]:
         t = tasks.add_parser(name, parents=[api], help=f"{name} a task")
         t.add_argument("task_id")
         t.set_defaults(func=_task_action(action, verb))

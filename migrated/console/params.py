@@ -80,6 +80,14 @@ class ReportTaskProgress(_P):
     EtaSeconds: float | None = Field(None, ge=0)
     LagSeconds: float | None = Field(None, ge=0)  # incremental rounds: how far the target trails the source
     Message: Text = ""
+    # continuous tasks (all optional)
+    Phase: Annotated[str, Field(max_length=32)] = ""
+    Round: int | None = Field(None, ge=0)
+    RoundChangedBytes: int | None = Field(None, ge=0)
+    ForecastSeconds: float | None = Field(None, ge=0)
+    Convergence: Annotated[str, Field(max_length=512)] = ""
+    Advice: Literal["", "keep-going", "cutover", "not-converging"] = ""
+    DowntimeSeconds: float | None = Field(None, ge=0)
 
     @field_validator("State", mode="before")
     @classmethod
@@ -141,6 +149,9 @@ class CreateTask(_P):
     ScheduledStartTime: Annotated[str, Field(max_length=64)] = ""  # ISO 8601; no offset means UTC
     BandwidthLimitKBps: int = Field(0, ge=0, le=100 * 1024 * 1024)
     Checksum: bool = False
+    ContinuousSync: bool = False  # incremental rounds after the full pass until CutoverTask
+    RoundIntervalSeconds: int | None = Field(None, ge=0, le=86400)  # pause between rounds (default 60)
+    ReadLimitKBps: int | None = Field(None, ge=0, le=100 * 1024 * 1024)  # source read limit during the rounds
     TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
     TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
     DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
@@ -206,6 +217,10 @@ class RetryTask(TaskIdParam):
 
 
 class DeleteTask(TaskIdParam):
+    pass
+
+
+class CutoverTask(TaskIdParam):
     pass
 
 

@@ -80,6 +80,7 @@ UNFINISHED_STATES = tuple(s.value for s in TaskState if not s.finished)
 
 # command actions the agent understands (Action values plus set-bandwidth)
 CMD_START, CMD_PAUSE, CMD_RETRY, CMD_DELETE, CMD_SET_BANDWIDTH = "start", "pause", "retry", "delete", "set-bandwidth"
+CMD_CUTOVER = "cutover"
 
 
 class ApiError(Exception):
@@ -184,6 +185,9 @@ class ConsoleService:
             "Checksum": t.checksum,
             "DiskMapping": [{"Source": a, "Target": b} for a, b in t.disk_mapping],
             "State": t.state,
+            "ContinuousSync": t.continuous is not None,
+            "RoundIntervalSeconds": (t.continuous or {}).get("RoundIntervalSeconds"),
+            "ReadLimitKBps": (t.continuous or {}).get("ReadLimitKBps"),
         }
 
     @classmethod
@@ -208,6 +212,13 @@ class ConsoleService:
                 "RateBps": p.get("RateBps", 0.0),
                 "EtaSeconds": p.get("EtaSeconds"),
                 "LagSeconds": p.get("LagSeconds"),
+                "Phase": p.get("Phase", ""),
+                "Round": p.get("Round"),
+                "RoundChangedBytes": p.get("RoundChangedBytes"),
+                "ForecastSeconds": p.get("ForecastSeconds"),
+                "Convergence": p.get("Convergence", ""),
+                "Advice": p.get("Advice", ""),
+                "DowntimeSeconds": p.get("DowntimeSeconds"),
                 "UpdatedTime": iso(p.get("UpdatedAt")),
             },
             "CreatedTime": iso(t.created_at),
@@ -336,6 +347,10 @@ class ConsoleService:
                 "Disks": [d.model_dump() for d in p.Disks],
                 "RateBps": p.RateBps, "EtaSeconds": p.EtaSeconds, "LagSeconds": p.LagSeconds, "UpdatedAt": now,
             }
+            if p.Round is not None or p.DowntimeSeconds is not None:
+                progress.update({"Phase": p.Phase, "Round": p.Round, "RoundChangedBytes": p.RoundChangedBytes,
+                                 "ForecastSeconds": p.ForecastSeconds, "Convergence": p.Convergence,
+                                 "Advice": p.Advice, "DowntimeSeconds": p.DowntimeSeconds})
             changes: dict[str, Any] = {"state": new.value, "stage": p.Stage, "progress": progress}
             if p.Message or old != new:
                 changes["message"] = p.Message
@@ -427,6 +442,9 @@ class ConsoleService:
         s = await self.storage.get_source(p.SourceId)
         if s is None:
             raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
+        if not p.ContinuousSync and (p.RoundIntervalSeconds is not None or p.ReadLimitKBps is not None):
+            raise ApiError("InvalidParameterValue", "parameter RoundIntervalSeconds/ReadLimitKBps: only for a "
+                           "task with ContinuousSync true")
         if p.TargetType == "image" and not p.ImageName:
             raise ApiError("MissingParameter", "missing parameter ImageName (required when TargetType is image)")
         if p.TargetType == "instance" and not p.TargetInstanceId:
@@ -476,6 +494,8 @@ class ConsoleService:
             target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
             checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
             created_at=now, updated_at=now,
+            continuous=({"RoundIntervalSeconds": p.RoundIntervalSeconds, "ReadLimitKBps": p.ReadLimitKBps}
+                        if p.ContinuousSync else None),
         )
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
@@ -515,6 +535,9 @@ class ConsoleService:
             elif action == Action.PAUSE:
                 new = state  # the agent reports paused once it has flushed and checkpointed
                 command = NewCommand(CMD_PAUSE)
+            elif action == Action.CUTOVER:
+                new = state  # the agent reports verifying once the source is quiesced for the final pass
+                command = NewCommand(CMD_CUTOVER)
             else:  # delete
                 new = TaskState.DELETED
                 if state not in (TaskState.CREATED, TaskState.SCHEDULED):
@@ -545,6 +568,10 @@ class ConsoleService:
 
     async def delete_task(self, caller: Caller, p: P.DeleteTask) -> dict[str, Any]:
         return await self._act(p.TaskId, Action.DELETE, by=caller.key.name or caller.secret_id)
+
+    async def cutover_task(self, caller: Caller, p: P.CutoverTask) -> dict[str, Any]:
+        """Continuous tasks in ``syncing``: the agent cuts over after the round in progress."""
+        return await self._act(p.TaskId, Action.CUTOVER, by=caller.key.name or caller.secret_id)
 
     async def start_scheduled(self, task_id: str) -> dict[str, Any] | None:
         """The scheduler's start: None when the task is no longer scheduled (started, deleted)."""

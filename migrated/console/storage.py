@@ -124,6 +124,8 @@ class TaskRecord:
     updated_at: float = 0.0
     image_id: str = ""  # the cloud image made from the target (image tasks, cloud enabled)
     image_state: str = ""  # "" | PENDING | CREATING | NORMAL | FAILED | SKIPPED (Tencent states as reported)
+    # continuous sync ({} = one-shot): {"RoundIntervalSeconds": int|None, "ReadLimitKBps": int|None}
+    continuous: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     bandwidth_limit_kbps INTEGER NOT NULL, checksum INTEGER NOT NULL, disk_mapping TEXT NOT NULL,
     scheduled_at REAL, state TEXT NOT NULL, stage TEXT NOT NULL, message TEXT NOT NULL,
     progress TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
-    image_id TEXT NOT NULL DEFAULT '', image_state TEXT NOT NULL DEFAULT ''
+    image_id TEXT NOT NULL DEFAULT '', image_state TEXT NOT NULL DEFAULT '',
+    continuous TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source_id, state);
 CREATE INDEX IF NOT EXISTS tasks_sched ON tasks(state, scheduled_at);
@@ -331,19 +334,20 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_task ON events(task_id, event_id);
 """
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 # schema upgrades, applied in order to an older file: version -> the statements that lead to the next
 _MIGRATIONS = {
     "1": ("ALTER TABLE tasks ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
           "ALTER TABLE tasks ADD COLUMN image_state TEXT NOT NULL DEFAULT ''"),
+    "2": ("ALTER TABLE tasks ADD COLUMN continuous TEXT NOT NULL DEFAULT ''",),
 }
 
 _TASK_COLUMNS = (
     "task_id", "source_id", "name", "description", "region", "target_type", "image_name",
     "target_instance_id", "target_ssh", "target_host_key", "bandwidth_limit_kbps", "checksum",
     "disk_mapping", "scheduled_at", "state", "stage", "message", "progress", "created_at", "updated_at",
-    "image_id", "image_state",
+    "image_id", "image_state", "continuous",
 )
 
 
@@ -352,6 +356,7 @@ def _task_from_row(row: sqlite3.Row) -> TaskRecord:
     d["checksum"] = bool(d["checksum"])
     d["disk_mapping"] = tuple((a, b) for a, b in json.loads(d["disk_mapping"]))
     d["progress"] = json.loads(d["progress"])
+    d["continuous"] = json.loads(d["continuous"]) if d.get("continuous") else None
     return TaskRecord(**d)
 
 
@@ -365,6 +370,7 @@ def _task_to_row(t: TaskRecord) -> dict[str, Any]:
         "scheduled_at": t.scheduled_at, "state": t.state, "stage": t.stage, "message": t.message,
         "progress": json.dumps(t.progress), "created_at": t.created_at, "updated_at": t.updated_at,
         "image_id": t.image_id, "image_state": t.image_state,
+        "continuous": json.dumps(t.continuous) if t.continuous is not None else "",
     }
 
 

@@ -15,6 +15,7 @@ class TaskState(StrEnum):
     SCHEDULED = "scheduled"
     STARTING = "starting"
     TRANSFERRING = "transferring"
+    SYNCING = "syncing"  # continuous tasks: full pass done, incremental rounds until a cutover
     PAUSED = "paused"
     VERIFYING = "verifying"
     SUCCESS = "success"
@@ -29,7 +30,7 @@ class TaskState(StrEnum):
     @property
     def active(self) -> bool:
         """An agent is (or should be) working on it right now."""
-        return self in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.VERIFYING)
+        return self in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING, TaskState.VERIFYING)
 
 
 class Action(StrEnum):
@@ -37,6 +38,7 @@ class Action(StrEnum):
     PAUSE = "pause"
     RETRY = "retry"
     DELETE = "delete"
+    CUTOVER = "cutover"  # continuous tasks: quiesce the source for the final pass, verify, finish
 
 
 S = TaskState
@@ -55,6 +57,11 @@ _EDGES: dict[tuple[TaskState, TaskState], str] = {
     (S.TRANSFERRING, S.VERIFYING): "all blocks durable; checksum verification asked for",
     (S.TRANSFERRING, S.SUCCESS): "all blocks durable; no verification asked for",
     (S.VERIFYING, S.SUCCESS): "every target block matches the source",
+    (S.TRANSFERRING, S.SYNCING): "full pass done; incremental rounds until a cutover is asked for",
+    (S.SYNCING, S.PAUSED): "pause during the rounds: flushed and checkpointed",
+    (S.SYNCING, S.STARTING): "the agent restarted or reconnected during the rounds and re-initialises",
+    (S.SYNCING, S.VERIFYING): "cutover: source quiesced for the final pass; every target block is verified",
+    (S.SYNCING, S.FAILED): "a permanent error during the rounds, or temporary ones past their deadline",
     (S.STARTING, S.FAILED): "initialisation failed (unreachable target, too small, checks)",
     (S.TRANSFERRING, S.FAILED): "a permanent error, or temporary ones past their deadline",
     (S.VERIFYING, S.FAILED): "blocks still differ after re-sending",
@@ -70,8 +77,9 @@ _EDGES: dict[tuple[TaskState, TaskState], str] = {
 _ALLOWED: dict[Action, frozenset[TaskState]] = {
     Action.START: frozenset({S.CREATED, S.SCHEDULED, S.PAUSED, S.FAILED}),
     Action.RETRY: frozenset({S.PAUSED, S.FAILED}),
-    Action.PAUSE: frozenset({S.TRANSFERRING}),
+    Action.PAUSE: frozenset({S.TRANSFERRING, S.SYNCING}),
     Action.DELETE: frozenset({S.CREATED, S.SCHEDULED, S.PAUSED, S.FAILED, S.SUCCESS}),
+    Action.CUTOVER: frozenset({S.SYNCING}),
 }
 
 

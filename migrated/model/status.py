@@ -38,6 +38,15 @@ class TaskProgress:
     eta_seconds: float | None = None
     message: str = ""  # last event a person should read (e.g. the failure reason)
     updated_at: float = 0.0  # unix time
+    # continuous tasks (incremental rounds until a cutover); None/"" otherwise
+    phase: str = ""  # full-pass | round | waiting | cutover | final-pass | verifying | done
+    round: int | None = None  # rounds finished, the full pass included
+    round_changed_bytes: int | None = None  # bytes found changed by the last round
+    lag_seconds: float | None = None  # how far the target trails the source (since the last round began)
+    forecast_seconds: float | None = None  # forecast of the final pass (the downtime)
+    convergence: str = ""  # the advice's sentence, e.g. "not converging: 80 MB/s changing, 40 MB/s sent"
+    advice: str = ""  # keep-going | cutover | not-converging
+    downtime_seconds: float | None = None  # measured at the cutover
 
     @property
     def bytes_total(self) -> int:
@@ -59,6 +68,29 @@ class TaskProgress:
                  for x in d.get("disks", [])]
         fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "disks"}
         return cls(disks=disks, **fields)
+
+
+def continuous_line(p: TaskProgress) -> str:
+    """One line about the rounds of a continuous task ("" when it has none): what ``migratectl
+    status`` and the console show. Example: "round 3, changed 12.0 MiB per round, lag 00:41,
+    forecast of the final pass 00:02"."""
+    if p.round is None and p.downtime_seconds is None:
+        return ""
+    parts = []
+    if p.round is not None:
+        parts.append(f"round {p.round}")
+    if p.round_changed_bytes is not None:
+        parts.append(f"changed {format_bytes(p.round_changed_bytes)} per round")
+    if p.lag_seconds is not None:
+        parts.append(f"lag {format_duration(p.lag_seconds)}")
+    if p.forecast_seconds is not None:
+        parts.append(f"forecast of the final pass {p.forecast_seconds:.1f} s")
+    if p.downtime_seconds is not None:
+        parts.append(f"downtime {p.downtime_seconds:.2f} s")
+    line = ", ".join(parts)
+    if p.advice == "not-converging" and p.convergence:
+        line += f"; {p.convergence}"
+    return line
 
 
 def format_bytes(n: float) -> str:

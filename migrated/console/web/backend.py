@@ -28,6 +28,7 @@ _ACTION_CALL = {
     Action.PAUSE: ("pause_task", P.PauseTask),
     Action.RETRY: ("retry_task", P.RetryTask),
     Action.DELETE: ("delete_task", P.DeleteTask),
+    Action.CUTOVER: ("cutover_task", P.CutoverTask),
 }
 
 
