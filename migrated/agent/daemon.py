@@ -34,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from migrated.agent import continuous_task
 from migrated.agent.checks import SystemProbe, any_failed, migratable_disks, results_to_dict, run_checks
 from migrated.agent.console_api import AgentConsole
 from migrated.agent.notify import Notifier
@@ -148,6 +149,7 @@ class Agent:
         self.bandwidth_bps: int | None = None
         self.started_at = time.time()
         self._control: Any = None  # the engine's SyncControl of the running attempt
+        self._continuous: Any = None  # ContinuousControl of a running continuous task (continuous_task.py)
         self._stop_reason: str | None = None
         self._running = False
         self._runner_idle = asyncio.Event()
@@ -171,7 +173,7 @@ class Agent:
         if self.task is not None:
             self.bandwidth_bps = self.task.bandwidth_bps
             state = S(self.task.state)
-            if state is S.TRANSFERRING:
+            if state in (S.TRANSFERRING, S.SYNCING):
                 self.set_state(S.STARTING, "init", "the agent restarted; continuing from the checkpoint")
             if S(self.task.state) in (S.STARTING, S.VERIFYING):
                 log.info("continuing task after restart", task_id=self.task.task_id, state=self.task.state)
@@ -214,6 +216,7 @@ class Agent:
             return None
         p = self.task.progress_obj()
         p.updated_at = time.time()
+        continuous_task.fill(p, self.task.progress, p.updated_at)
         if S(self.task.state) is S.TRANSFERRING:
             p.rate_bps = self._rate.rate()
             remaining = p.bytes_total - p.bytes_done
@@ -431,6 +434,8 @@ class Agent:
             if not isinstance(kbps, int) or kbps < 0:
                 raise UsageError(f"set-bandwidth: BandwidthLimitKBps must be a whole number >= 0, got {kbps!r}")
             return self._set_bandwidth(kbps * 1024 or None)
+        if action == "cutover":
+            return continuous_task.cutover(self)
         raise UsageError(f"unknown command action {action!r}")
 
     def _start(self, task_id: str, spec: dict[str, Any], action: Action, by: str) -> str:
@@ -534,6 +539,9 @@ class Agent:
 
     async def set_bandwidth(self, bps: int | None) -> dict[str, Any]:
         return {"message": self._set_bandwidth(bps), "bandwidth_bps": bps}
+
+    async def cutover(self) -> dict[str, Any]:
+        return {"message": continuous_task.cutover(self), "task": self._task_dict()}
 
     def _task_dict(self) -> dict[str, Any] | None:
         p = self.progress()
@@ -668,12 +676,12 @@ class Agent:
                     self.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
                     await self._sleep(delay, self._interrupt)
                     continue
-                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
+                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
                     self.set_state(S.FAILED, t.stage, str(e))
                 return
             except Exception as e:
                 log.exception("task failed with an internal error", task_id=t.task_id)
-                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
+                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
                     self.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
                 return
 
@@ -683,7 +691,7 @@ class Agent:
 
     def _interrupted(self, t: TaskRecord) -> None:
         reason = self._stop_reason or "stopped"
-        if reason.startswith("pause") and S(t.state) is S.TRANSFERRING:
+        if reason.startswith("pause") and S(t.state) in (S.TRANSFERRING, S.SYNCING):
             self.set_state(S.PAUSED, "transfer", f"{reason} at {self._percent()}")
         else:
             log.info("task stopped at a checkpoint", task_id=t.task_id, reason=reason)
@@ -709,6 +717,10 @@ class Agent:
         async with opener(endpoint) as session:
             if S(t.state) is S.STARTING:
                 self.set_state(S.TRANSFERRING, "transfer", f"target {endpoint.label} ready")
+            if continuous_task.is_continuous(t.spec):
+                options = options_cls(checksum=False, state_dir=str(state_dir), bwlimit=self.bandwidth_bps)
+                await continuous_task.run(self, t, session, mapping, control, options, disks)
+                return
             for i, (src, dst) in enumerate(mapping):
                 if src in done:
                     continue
@@ -782,7 +794,7 @@ class Agent:
 
     def _store_progress(self, t: TaskRecord, disks: list[DiskProgress], done: set[str], persist: bool = True) -> None:
         p = TaskProgress(task_id=t.task_id, state=t.state, stage=t.stage, disks=list(disks))
-        d = p.to_dict()
+        d = continuous_task.carry(t.progress, p.to_dict())
         d["done_disks"] = sorted(done)
         t.progress = d
         if persist:

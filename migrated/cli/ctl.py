@@ -3,7 +3,7 @@
 ::
 
     migratectl status [--json] [--watch [SECONDS]]
-    migratectl pause | resume | retry
+    migratectl pause | resume | retry | cutover
     migratectl check [--json]
     migratectl bandwidth RATE        # 50M, 1.5G, 800K (bytes/s), 0 or unlimited
 
@@ -33,7 +33,7 @@ from rich.text import Text
 from migrated.config import DEFAULT_CONFIG_PATH, ControlConfig, load_config
 from migrated.control.client import ControlClient
 from migrated.errors import ExitCode, MigratedError, UsageError
-from migrated.model.status import TaskProgress, format_bytes, format_duration
+from migrated.model.status import TaskProgress, continuous_line, format_bytes, format_duration
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -84,6 +84,9 @@ def render_status(status: dict[str, Any], now: float | None = None) -> Group:
     head.add_row("task", f"{task.task_id}  {task.state}" + (f"  stage {task.stage}" if task.stage else ""))
     if task.message:
         head.add_row("", Text(task.message, style="red" if task.state == "failed" else ""))
+    rounds = continuous_line(task)
+    if rounds:
+        head.add_row("rounds", Text(rounds, style="yellow" if task.advice == "not-converging" else ""))
     for d in task.disks:
         head.add_row("disk", f"{d.name} -> {d.target}  (sent {format_bytes(d.bytes_sent)})")
     bars = Progress(
@@ -135,7 +138,7 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             out.print(render_status(status))
         return 0
-    if args.command in ("pause", "resume", "retry"):
+    if args.command in ("pause", "resume", "retry", "cutover"):
         result = await getattr(client, args.command)()
         if args.json:
             print(json.dumps(result, indent=2, sort_keys=True))
@@ -189,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "pause the transfer after a checkpoint"),
                        ("resume", "continue a paused task from its checkpoint"),
                        ("retry", "retry a failed task from its checkpoint"),
+                       ("cutover", "continuous task: quiesce the source for the final pass after the round "
+                                   "in progress, verify, finish"),
                        ("check", "run the pre-migration checks as the daemon sees them")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)

@@ -75,6 +75,9 @@ class ControlClient:
     async def check(self) -> dict[str, Any]:
         return await self.request("POST", "/v1/check")
 
+    async def cutover(self) -> dict[str, Any]:
+        return await self.request("POST", "/v1/cutover")
+
     async def set_bandwidth(self, bps: int | None) -> dict[str, Any]:
         return await self.request("POST", "/v1/bandwidth", {"bps": bps})
 

@@ -42,6 +42,7 @@ class ControlBackend(Protocol):
     async def retry(self) -> dict[str, Any]: ...
     async def check(self) -> dict[str, Any]: ...
     async def set_bandwidth(self, bps: int | None) -> dict[str, Any]: ...
+    async def cutover(self) -> dict[str, Any]: ...  # continuous tasks: cut over after the round in progress
 
 
 def _error(status: int, code: str, message: str, exit_code: int = 2) -> web.Response:
@@ -64,6 +65,7 @@ ROUTES: dict[str, str] = {
     "/v1/retry": "POST",
     "/v1/check": "POST",
     "/v1/bandwidth": "POST",
+    "/v1/cutover": "POST",
 }
 
 
@@ -125,6 +127,8 @@ def make_app(backend: ControlBackend) -> web.Application:
     app.router.add_post("/v1/retry", simple(backend.retry))
     app.router.add_post("/v1/check", simple(backend.check))
     app.router.add_post("/v1/bandwidth", bandwidth)
+    if hasattr(backend, "cutover"):
+        app.router.add_post("/v1/cutover", simple(backend.cutover))
     return app
 
 

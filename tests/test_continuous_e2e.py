@@ -1,0 +1,113 @@
+"""Continuous task end to end on loopback: a real console process, the daemon as a subprocess, a real
+OpenSSH target, an image-file source that keeps changing.
+
+create --continuous -> start -> full pass (transferring) -> rounds (syncing, the console and
+`migratectl status` show the round, the bytes changed and the forecast) -> pause/resume while
+syncing -> `migratectl cutover` -> verifying -> success with the downtime reported -> target ==
+source as it was at the cutover (nothing writes it after the cutover request here).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent_world import World, ctl_status, make_world, wait_for
+from tests.conftest import cli, repo_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+DISK_MIB = 8
+
+
+@pytest.fixture
+def world(tmp_path: Path, sshd) -> Iterator[World]:
+    w = make_world(tmp_path, sshd, DISK_MIB)
+    try:
+        yield w
+    finally:
+        w.console.stop()
+
+
+def ctl(w: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cli("migratectl"), "--socket", str(w.socket), *args], env=repo_env(COLUMNS="200"),
+                          capture_output=True, text=True, timeout=60)
+
+
+def scribble(path: Path, offset: int, n: int) -> bytes:
+    data = os.urandom(n)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    return data
+
+
+def test_continuous_rounds_then_cutover(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.admin_call("CreateTask", {
+            "SourceId": source_id, "TaskName": "rounds", "Region": "ap-guangzhou", "TargetType": "image",
+            "ImageName": "rounds-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
+            "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
+            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
+        })["TaskId"]
+        # not syncing yet: the console refuses a cutover, and so does the daemon (no task yet)
+        r = ctl(w, "cutover")
+        assert r.returncode == 2 and "no task on this agent" in r.stderr
+
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 1,
+                 "the full pass to finish and the rounds to begin")
+        view = w.task(task_id)
+        assert view["AllowedActions"] == ["pause", "cutover"]
+
+        # the source changes while the rounds run: a round finds and ships it
+        scribble(w.source, 3 << 20, 256 << 10)
+        def changed_rounds() -> list[str]:
+            evs = w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]
+            return [e["Message"] for e in evs if e["Message"].startswith("round ")
+                    and not e["Message"].startswith("round 1:") and " 0 B changed" not in e["Message"]]
+        found = wait_for(changed_rounds, "a round to find the 256 KiB written to the source")
+        assert "KiB changed" in found[0], found
+        local = ctl_status(w.socket)["task"]
+        assert local["state"] == "syncing" and local["round"] >= 2 and local["lag_seconds"] is not None
+        assert local["forecast_seconds"] is not None and local["advice"] in ("keep-going", "cutover")
+        shown = ctl(w, "status")
+        assert shown.returncode == 0, shown.stderr
+        assert "round " in shown.stdout
+        assert "per round" in shown.stdout and "forecast of the final pass" in shown.stdout, shown.stdout
+        assert w.task(task_id)["Progress"]["RoundChangedBytes"] is not None
+
+        # pause while syncing -> paused at a checkpoint; start -> rounds again
+        w.admin_call("PauseTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "paused", "paused")
+        r = ctl(w, "cutover")
+        assert r.returncode == 2 and "cutover is allowed when syncing" in r.stderr
+        w.admin_call("StartTask", {"TaskId": task_id})
+        before = w.task(task_id)["Progress"]["Round"]
+        scribble(w.source, 5 << 20, 64 << 10)
+        wait_for(lambda: w.task(task_id)["State"] == "syncing" and w.task(task_id)["Progress"]["Round"] > before,
+                 "the rounds to continue after the pause")
+
+        r = ctl(w, "cutover")
+        assert r.returncode == 0, r.stderr
+        assert "cutover after the round in progress" in r.stdout
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after the cutover", timeout=120)
+        final = w.task(task_id)
+        assert final["Progress"]["DowntimeSeconds"] is not None and final["Progress"]["DowntimeSeconds"] >= 0
+        assert w.target.read_bytes() == w.source.read_bytes()
+        events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
+        assert any("syncing" in m for m in events), events
+        assert any(m.startswith("cutover done: downtime") and "blocks verified" in m for m in events), events
+        assert any("verifying" in m for m in events), events
+        assert final["AllowedActions"] == ["delete"]
+    finally:
+        rc = daemon.stop()
+    assert rc == 0, w.daemon_log()[-3000:]
