@@ -113,3 +113,16 @@ def test_bandwidth_limits_refused(typed: str) -> None:
 def test_bandwidth_units_round_trip() -> None:
     for mbps in (1, 10, 80, 100, 1000):
         assert kbps_to_mbps(mbps_to_kbps(mbps)) == mbps
+
+
+def test_an_image_task_sends_its_relay_instance_and_continuous_options() -> None:
+    params, errors = form_to_params("src-1", good_form(target_instance="ins-abcd1234", continuous=True,
+                                                       round_interval="30"), "UTC")
+    assert errors == {}
+    p = P.CreateTask.model_validate(params)
+    assert p.TargetType == "image" and p.TargetInstanceId == "ins-abcd1234"  # the relay (docs/cloud.md)
+    assert p.ContinuousSync and p.RoundIntervalSeconds == 30
+    _, errors = form_to_params("src-1", good_form(continuous=True, round_interval="soon"), "UTC")
+    assert errors == {"round_interval": "must be a whole number of seconds"}
+    _, errors = form_to_params("src-1", good_form(round_interval="30"), "UTC")
+    assert "round_interval" in errors

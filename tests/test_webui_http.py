@@ -268,3 +268,43 @@ async def test_create_form_shows_the_consoles_refusals_beside_fields(console: Co
         assert m and "unfinished" in m.group(1), body[:3000]
     _, total = await console.service.storage.list_tasks()
     assert total == 1
+
+
+def _cutover_form(html: str, task_id: str) -> str:
+    i = html.index(f'action="/ui/tasks/{task_id}/cutover"')
+    return html[html.rindex("<form", 0, i):html.index(">", i) + 1]
+
+
+async def test_cutover_button_only_while_syncing(console: Console) -> None:
+    agent_id, agent_key = await console.new_key("agent", "a")
+    agent = console.client(agent_id, agent_key)
+    try:
+        src = await register(agent)
+        task_id = (await console.admin_call("CreateTask", {
+            "SourceId": src, "TaskName": "t1", "Region": "ap-guangzhou", "TargetType": "image", "ImageName": "i1",
+            "TargetSsh": "root@203.0.113.7", "TargetHostKey": HOST_KEY, "ContinuousSync": True}))["TaskId"]
+        async with http() as s:
+            await login(s, console.url, console.admin_id, console.admin_key)
+            async with s.get(f"{console.url}/ui/tasks/{task_id}") as r:
+                html = await r.text()
+            assert " hidden" in _cutover_form(html, task_id), "no cutover for a created task"
+            assert "Incremental sync until cutover" in html
+            await console.admin_call("StartTask", {"TaskId": task_id})
+            for state in ("transferring", "syncing"):
+                await agent.call("ReportTaskProgress", {
+                    "SourceId": src, "TaskId": task_id, "State": state, "Stage": "rounds", "Round": 2,
+                    "RoundChangedBytes": 3 << 20, "ForecastSeconds": 0.5, "LagSeconds": 12.0})
+            async with s.get(f"{console.url}/ui/tasks") as r:
+                html = await r.text()
+            assert " hidden" not in _cutover_form(html, task_id)
+            assert "Syncing (rounds)" in html and "round 2, changed 3.0 MiB per round, lag 00:12" in html
+            async with s.get(f"{console.url}/ui/api/tasks") as r:
+                row = (await r.json())["tasks"][0]
+            assert row["allowed"] == ["pause", "cutover"] and row["rounds"].startswith("round 2")
+            csrf = await page_csrf(s, f"{console.url}/ui/tasks")
+            async with s.post(f"{console.url}/ui/tasks/{task_id}/cutover", data={"csrf": csrf}) as r:
+                assert r.status == 200 and "Cutover: sent" in await r.text()
+        polled = await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1})
+        assert [c["Action"] for c in polled["Commands"]][-1] == "cutover"
+    finally:
+        await agent.close()

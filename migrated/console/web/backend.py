@@ -41,7 +41,11 @@ def _progress(t: TaskRecord) -> TaskProgress | None:
              for d in p.get("Disks", [])]
     return TaskProgress(task_id=t.task_id, state=t.state, stage=t.stage, disks=disks,
                         rate_bps=float(p.get("RateBps") or 0.0), eta_seconds=p.get("EtaSeconds"),
-                        message=t.message, updated_at=float(p.get("UpdatedAt") or 0.0))
+                        message=t.message, updated_at=float(p.get("UpdatedAt") or 0.0),
+                        phase=str(p.get("Phase") or ""), round=p.get("Round"),
+                        round_changed_bytes=p.get("RoundChangedBytes"), lag_seconds=p.get("LagSeconds"),
+                        forecast_seconds=p.get("ForecastSeconds"), convergence=str(p.get("Convergence") or ""),
+                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"))
 
 
 class ServiceBackend:
@@ -110,6 +114,7 @@ class ServiceBackend:
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,
+            continuous=t.continuous is not None, round_interval=(t.continuous or {}).get("RoundIntervalSeconds"),
         )
 
     async def list_tasks(self) -> list[TaskView]:

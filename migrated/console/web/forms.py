@@ -35,6 +35,8 @@ PARAM_FIELD = {
     "TargetSsh": "ssh_endpoint",
     "TargetHostKey": "host_key",
     "DiskMapping": "disks",
+    "ContinuousSync": "continuous",
+    "RoundIntervalSeconds": "round_interval",
 }
 
 # friendlier words for the API's pattern rules (the rule itself stays the API's)
@@ -91,11 +93,22 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
     if form.target_type == "image":
         if form.image_name:
             p["ImageName"] = form.image_name
+        if form.target_instance:  # the relay instance the image is made from (docs/cloud.md)
+            p["TargetInstanceId"] = form.target_instance
     elif form.target_type == "instance":
         if form.target_instance:
             p["TargetInstanceId"] = form.target_instance
     else:
         errors["target_type"] = "choose image or instance"
+    if form.continuous:
+        p["ContinuousSync"] = True
+        if form.round_interval:
+            try:
+                p["RoundIntervalSeconds"] = int(form.round_interval)
+            except ValueError:
+                errors["round_interval"] = "must be a whole number of seconds"
+    elif form.round_interval:
+        errors["round_interval"] = "only for incremental sync until cutover (tick it, or leave this empty)"
     if form.start_at:
         try:
             p["ScheduledStartTime"] = local_to_iso(form.start_at, tz)

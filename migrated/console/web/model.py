@@ -77,6 +77,8 @@ class TaskView:
     progress: TaskProgress | None = None
     message: str = ""  # the last thing a person should read (failure reason)
     source_online: bool = True
+    continuous: bool = False  # incremental sync until cutover
+    round_interval: int | None = None  # seconds between rounds (None: the agent's default, 60)
 
 
 @dataclass
@@ -95,6 +97,8 @@ class TaskForm:
     ssh_endpoint: str = ""
     host_key: str = ""
     disks: list[tuple[str, bool, str]] = field(default_factory=list)  # (source disk, migrate?, target device)
+    continuous: bool = False  # incremental sync until cutover
+    round_interval: str = ""  # seconds between rounds, "" = default (60)
 
 
 class FormErrors(Exception):

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from migrated.errors import MigratedError, StateError
 from migrated.model.states import Action, ActionDenied, TaskState, allowed_actions
-from migrated.model.status import format_bytes, format_duration
+from migrated.model.status import continuous_line, format_bytes, format_duration
 
 from .auth import (
     COOKIE_PATH,
@@ -56,12 +56,14 @@ REGIONS = ["ap-guangzhou", "ap-shanghai", "ap-beijing", "ap-chengdu", "ap-chongq
 
 STATE_LABEL = {
     TaskState.CREATED: "Created", TaskState.SCHEDULED: "Scheduled", TaskState.STARTING: "Starting",
-    TaskState.TRANSFERRING: "Transferring", TaskState.PAUSED: "Paused", TaskState.VERIFYING: "Verifying",
+    TaskState.TRANSFERRING: "Transferring", TaskState.SYNCING: "Syncing (rounds)", TaskState.PAUSED: "Paused",
+    TaskState.VERIFYING: "Verifying",
     TaskState.SUCCESS: "Success", TaskState.FAILED: "Failed", TaskState.DELETED: "Deleted",
 }
-ACTION_LABEL = {Action.START: "Start", Action.RETRY: "Retry", Action.PAUSE: "Pause", Action.DELETE: "Delete"}
+ACTION_LABEL = {Action.START: "Start", Action.RETRY: "Retry", Action.PAUSE: "Pause", Action.DELETE: "Delete",
+                Action.CUTOVER: "Cutover"}
 STAGE_LABEL = {"init": "Initialising target", "transfer": "Transferring data", "verify": "Verifying",
-               "release": "Releasing target"}
+               "release": "Releasing target", "rounds": "Incremental rounds", "cutover": "Cutover: final pass"}
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
@@ -135,6 +137,7 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
         "eta": format_duration(p.eta_seconds) if (p and running and p.eta_seconds is not None) else "—",
         "message": ("The source server is offline: no progress until its agent is back."
                     if stalled else t.message or (p.message if p else "")),
+        "rounds": continuous_line(p) if p else "",
         "allowed": allowed,
         "start_label": "Resume" if t.state == TaskState.PAUSED else "Start",
     }
@@ -349,7 +352,8 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     target_type=s("target_type") or "image", image_name=s("image_name"),
                     target_instance=s("target_instance"), start_at=s("start_at"), bandwidth_mbps=s("bandwidth_mbps"),
                     checksum=post.get("checksum") == "on", ssh_endpoint=s("ssh_endpoint"),
-                    host_key=s("host_key"), disks=disks)
+                    host_key=s("host_key"), disks=disks, continuous=post.get("continuous") == "on",
+                    round_interval=s("round_interval"))
 
 
 def _default_form(source: SourceView) -> TaskForm:

@@ -12,7 +12,7 @@
   }
 
   function applyTask(root, t) {
-    ["state_label", "stage", "percent", "bytes", "rate", "eta", "message", "start_label"].forEach(function (f) {
+    ["state_label", "stage", "rounds", "percent", "bytes", "rate", "eta", "message", "start_label"].forEach(function (f) {
       setText(root, f, t[f]);
     });
     setText(root, "fraction", t.fraction);
