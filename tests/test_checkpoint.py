@@ -55,6 +55,13 @@ def test_truncated_rejected():
             Checkpoint.decode(raw[:n])
 
 
+@pytest.mark.parametrize("fields", [dict(cursor=3 << 30, dirty_end=2 << 30), dict(dirty_end=11 << 30),
+                                    dict(block_size=1000), dict(generation="short"), dict(round=-1)])
+def test_inconsistent_fields_rejected(fields):
+    with pytest.raises(CheckpointError):
+        Checkpoint.decode(cp(**fields).encode())
+
+
 def test_foreign_checkpoint_named():
     c = cp()
     assert c.mismatch(source_id="blk:252:16", block_size=65536) is None
@@ -108,3 +115,24 @@ def test_token_bucket_long_run_rate(sizes, rate):
     for n in sizes:
         t += b.reserve(n, t)
     assert t == pytest.approx(sum(sizes) / rate, rel=1e-6)
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"a" * 16, b"b" * 16, b"z" * 16]), st.sampled_from([b"a" * 16, b"z" * 16])),
+                max_size=200), st.integers(1, 8))
+def test_plan_chunk_partitions_blocks_and_decides_each_right(blocks, cap):
+    src = [s for s, _ in blocks]
+    zero = [s == b"z" * 16 for s in src]
+    tgt = [t for _, t in blocks]
+    runs = plan_chunk(src, zero, tgt, max_data_blocks=cap)
+    pos = 0
+    for i, r in enumerate(runs):
+        assert r.first == pos and r.count >= 1
+        for b in range(r.first, r.first + r.count):
+            want = Kind.SAME if src[b] == tgt[b] else (Kind.ZERO if zero[b] else Kind.DATA)
+            assert r.kind is want
+        if r.kind is Kind.DATA:
+            assert r.count <= cap
+        if i and runs[i - 1].kind is r.kind:
+            assert r.kind is Kind.DATA and runs[i - 1].count == cap  # split only at the cap
+        pos += r.count
+    assert pos == len(blocks)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,9 @@ async def wait_cursor(state: Path, at_least: int, proc, timeout: float = 60) -> 
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while checkpoint_cursor(state) < at_least:
-        assert proc.returncode is None, "sync finished before the kill point"
+        if proc.returncode is not None:
+            err = (await proc.stderr.read()).decode()
+            raise AssertionError(f"sync finished before the kill point (exit {proc.returncode}): {err}")
         assert loop.time() < end, "no progress"
         await asyncio.sleep(0.05)
 
@@ -189,3 +192,123 @@ async def test_sigterm_checkpoints_and_exits_130(sshd, tmp_path):
     assert rc == 0, err
     assert_same(src, dst)
     assert s["resumed"]
+
+
+async def test_small_scattered_writes_cost_about_their_size(sshd, tmp_path):
+    """4 KiB changes inside 64 KiB blocks travel as 4 KiB pieces (sub-block hashes), not whole blocks."""
+    import random
+
+    src = make_image(tmp_path / "src.img", 16 * MiB, seed=12, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    state = tmp_path / "state"
+    rc, _, err = await run_sync(sshd, src, dst, state=state)
+    assert rc == 0, err
+    rng = random.Random(5)
+    for flags in ((), ("--state-dir", str(tmp_path / "other"))):  # checkpoint trusted, then unknown target
+        with open(src, "r+b") as f:
+            for _ in range(40):
+                f.seek(rng.randrange(0, 16 * MiB // 4096) * 4096)
+                f.write(rng.randbytes(4096))
+        rc, s, err = await run_sync(sshd, src, dst, *flags, state=state)
+        assert rc == 0, err
+        assert_same(src, dst)
+        assert s["blocks_sent"] >= 30
+        assert s["bytes_sent"] <= 40 * (4096 + 512) + 64 * 1024, s  # whole blocks would be ~2.5 MiB
+
+
+def run_in_pty(argv: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``argv`` with a terminal as stdin/stdout/stderr (so the progress display is on)."""
+    import os
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                            env=repo_env(TERM="xterm", COLUMNS="160"), close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(timeout), out.decode("utf-8", "replace")
+
+
+async def test_progress_on_a_terminal_starts_at_the_checkpoint_after_resume(sshd, tmp_path):
+    import re
+
+    src = make_image(tmp_path / "src.img", 32 * MiB, seed=13, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    state = tmp_path / "state"
+    proc = await start_sync(sshd, src, dst, *SLOW, state=state)
+    await wait_cursor(state, 16 * MiB, proc)
+    proc.kill()
+    await proc.wait()
+    await receivers_gone(sshd)
+    at = checkpoint_cursor(state) / MiB
+    argv = [*cli("migrated"), "sync", str(src), sshd.target(dst), *sshd.ssh_args(), "--state-dir", str(state),
+            "--recv-command", "upload", "--bwlimit", "8MiB", "--chunk-size", "1MiB"]
+    rc, screen = await asyncio.to_thread(run_in_pty, argv)
+    assert rc == 0, screen
+    assert_same(src, dst)
+    shown = [float(a) for a, _ in re.findall(r"(\d+\.\d)/(\d+\.\d) MiB", screen)]
+    assert shown, screen
+    assert shown[0] >= at - 0.1, (shown[:5], at)  # never restarts from zero
+    assert shown[-1] == 32.0
+    assert "32.0 MiB" in screen and "sent" in screen  # the closing summary line
+
+
+async def test_paced_delta_onto_unknown_target_keeps_frames_whole(sshd, tmp_path):
+    """HASH/SUBHASH/FLUSH requests from other tasks interleave with paced data only between frames."""
+    src = make_image(tmp_path / "src.img", 24 * MiB, seed=14, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    shutil.copyfile(src, dst)
+    mutate(src, regions=40, max_len=300 * 1024)
+    rc, s, err = await run_sync(sshd, src, dst, "--bwlimit", "12MiB", "--chunk-size", "1MiB",
+                                "--checkpoint-interval", "0.2", state=tmp_path / "state")
+    assert rc == 0, err
+    assert_same(src, dst)
+    assert s["blocks_sent"] > 40
+
+
+@pytest.mark.parametrize("block_size", ["4KiB", "64KiB", "4MiB"])
+async def test_odd_sized_source_any_block_size_onto_bigger_target(sshd, tmp_path, block_size):
+    """A source that is not a multiple of the block size (nor of 4 KiB), onto a larger existing target."""
+    src = tmp_path / "src.img"
+    make_image(src, 6 * MiB, seed=15, sparse_zero=False)
+    with open(src, "ab") as f:
+        f.write(b"tail!" * 155)  # 775 bytes
+    dst = tmp_path / "dst.img"
+    make_image(dst, 8 * MiB, seed=16)  # bigger, other content: asked for hashes
+    tail_before = dst.read_bytes()[src.stat().st_size:]
+    state = tmp_path / "state"
+    for _ in range(2):
+        rc, s, err = await run_sync(sshd, src, dst, "--block-size", block_size, "--checksum", state=state)
+        assert rc == 0, err
+        assert s["verified"] is True
+        assert dst.read_bytes()[:src.stat().st_size] == src.read_bytes()
+        assert dst.read_bytes()[src.stat().st_size:] == tail_before  # beyond the source: untouched
+        with open(src, "r+b") as f:  # change the very last bytes for the next round
+            f.seek(-3, 2)
+            f.write(b"END")
+
+
+async def test_zero_regions_travel_as_markers_and_become_holes(sshd, tmp_path):
+    import os
+
+    src = tmp_path / "src.img"
+    dst = tmp_path / "dst.img"
+    data = os.urandom(8 * MiB)
+    dst.write_bytes(data)  # the target holds data everywhere
+    src.write_bytes(data[:2 * MiB] + bytes(4 * MiB) + data[6 * MiB:])  # the source zeroed 4 MiB of it
+    allocated = os.stat(dst).st_blocks
+    rc, s, err = await run_sync(sshd, src, dst, state=tmp_path / "state")
+    assert rc == 0, err
+    assert_same(src, dst)
+    assert s["blocks_zero"] == 64 and s["blocks_sent"] == 0 and s["bytes_sent"] < 64 * 1024
+    assert os.stat(dst).st_blocks <= allocated - (4 * MiB // 512) * 9 // 10  # punched, not written

@@ -161,3 +161,60 @@ def test_bad_open_refused(tmp_path, req, words):
     peer.send(wire.pack_json(wire.T_OPEN, req))
     assert words in error_of(peer)["message"]
     peer.close()
+
+
+def test_target_locked_by_another_receiver(tmp_path):
+    import fcntl
+
+    target = tmp_path / "t.img"
+    target.write_bytes(bytes(65536))
+    with open(target, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        os.environ["MIGRATED_RECV_LOCK_WAIT"] = "0.5"
+        try:
+            peer = Peer(tmp_path)
+        finally:
+            del os.environ["MIGRATED_RECV_LOCK_WAIT"]
+        peer.hello()
+        peer.send(wire.pack_json(wire.T_OPEN, {"path": str(target), "size": 65536, "block_size": 65536,
+                                               "hash": "blake2b-128", "codec": "none"}))
+        assert "in use by another migrated-recv" in error_of(peer)["message"]
+        peer.close()
+    peer = Peer(tmp_path)  # released: a new receiver gets it
+    peer.hello()
+    assert peer.open(target, 65536)["size"] == 65536
+    peer.close()
+
+
+def test_hashes_of_a_sparse_target_match_its_bytes_after_writes(tmp_path):
+    target = tmp_path / "t.img"
+    size = 24 << 20
+    with open(target, "wb") as f:
+        f.truncate(size)
+        f.seek(5 << 20)
+        f.write(os.urandom(70000))
+    h = lambda b: hashlib.blake2b(b, digest_size=16).digest()  # noqa: E731
+
+    def expected() -> bytes:
+        data = target.read_bytes()
+        return b"".join(h(data[i:i + 65536]) for i in range(0, size, 65536))
+
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.open(target, size, codec="none")
+    _t, body = peer.ask(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, size)))
+    assert body[16:] == expected()
+    data = os.urandom(4096)  # fill a hole, then ask again: no stale view of the holes
+    peer.send(wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(20 << 20, len(data), 0) + data))
+    _t, body = peer.ask(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, size)))
+    peer.close()
+    assert body[16:] == expected()
+
+
+def test_device_in_use_sees_the_mounted_root_filesystem(tmp_path):
+    from migrated.source.mounts import device_in_use, in_use_reason
+
+    root_dev = os.stat("/").st_dev  # the device "/" is mounted from, as mountinfo lists it
+    assert device_in_use(root_dev) == "it is mounted"
+    assert in_use_reason(str(tmp_path)) is None  # not a block device
+    assert in_use_reason(str(tmp_path / "missing")) is None

@@ -137,7 +137,10 @@ async def _run(args, endpoint, path, options, control) -> int:
         print("migrated: stopped; the last checkpoint is kept; run the same command again to resume",
               file=sys.stderr)
         return 130
-    except MigratedError:
+    except MigratedError as e:
+        if args.json:  # a script reading stdout learns what failed, too
+            print(json.dumps({"error": str(e), "error_type": type(e).__name__, "exit_code": int(e.exit_code),
+                              "retryable": e.retryable}))
         raise
     finally:
         if progress is not None:

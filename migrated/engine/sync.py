@@ -30,7 +30,14 @@ from pathlib import Path
 
 import structlog
 
-from migrated.errors import CheckpointError, Interrupted, ProtocolError, TargetError, VerificationFailed
+from migrated.errors import (
+    CheckpointError,
+    ConnectionFailed,
+    Interrupted,
+    ProtocolError,
+    TargetError,
+    VerificationFailed,
+)
 from migrated.model.checkpoint import (
     HASHFILE_HEADER_SIZE,
     UNKNOWN,
@@ -49,6 +56,8 @@ from migrated.transport.ssh import RecvChannel
 log = structlog.get_logger(__name__)
 
 HASH_LEN = wire.HASH_LEN
+SUB_BLOCK = 4096  # changed blocks the target holds data for are patched in pieces of this size
+MAX_WRITE = 1024 * 1024  # raw bytes per WRITE frame
 
 
 def default_state_dir() -> Path:
@@ -68,11 +77,13 @@ class SyncOptions:
     checksum: bool = False  # verify every target block after the transfer, re-send what differs
     state_dir: str | os.PathLike[str] | None = None  # checkpoints; default_state_dir() when None
     compress: str = "auto"  # auto (zstd when both ends have it, else none) | zstd | zlib | none
-    window_chunks: int = 8  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
+    window_chunks: int = 6  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
     checkpoint_bytes: int = 64 * 1024 * 1024  # flush + checkpoint after this many bytes on the wire
     checkpoint_seconds: float = 5.0  # ... or after this long
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
     workers: int = 2
+    reply_timeout: float = 300.0  # seconds a receiver may take to answer (a flush of a slow disk included)
+    subblocks: bool = True  # patch changed blocks in 4 KiB pieces where the target holds data
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
     # Byte ranges [start, end) that may have changed since the checkpoint's last round; blocks outside
     # them are taken as unchanged from the hash file without reading the source. Only for a caller that
@@ -102,7 +113,6 @@ class SyncControl:
         self._bwlimit = bwlimit
         self._stop = False
         self._listeners: list[Callable[[int | None], None]] = []
-        self._read_listeners: list[Callable[[int | None], None]] = []
         self.stop_reason = "stop requested"
 
     @property
@@ -119,9 +129,8 @@ class SyncControl:
     read_limit: int | None = None
 
     def set_read_limit(self, bytes_per_s: int | None) -> None:
+        """Takes effect at the next chunk read (the engine compares before each read)."""
         self.read_limit = bytes_per_s if bytes_per_s else None
-        for cb in list(self._read_listeners):
-            cb(self.read_limit)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self._stop = True
@@ -151,6 +160,8 @@ class SyncResult:
     round: int = 1
     checkpoint: str = "none"  # trusted | none | fallback: <reason>
     target_created: bool = False
+    hash: str = ""  # negotiated block hash (xxh3-128, or blake2b-128 with a stdlib-only receiver)
+    codec: str = ""  # negotiated codec (zstd or none, zlib on request)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -274,9 +285,9 @@ class DiskSync:
         self.size = source.size
         self.stats = _Stats()
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
-        self.control._listeners.append(lambda r: self.bucket.set_rate(r, time.monotonic()))
+        self._listener = lambda r: self.bucket.set_rate(r, time.monotonic())
+        self.control._listeners.append(self._listener)
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
-        self.control._read_listeners.append(lambda r: self.read_bucket.set_rate(r, time.monotonic()))
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
@@ -311,20 +322,46 @@ class DiskSync:
             self._last_progress = now
             self.on_progress(self.progress)
 
-    async def _send(self, frame: bytes) -> None:
-        delay = self.bucket.reserve(len(frame), time.monotonic())
-        if delay > 0:
-            await self.chan.drain()
-            await asyncio.sleep(delay)
-        self.chan.send(frame)
-        self.stats.bytes_sent += len(frame)
+    async def _send_frames(self, frames: list[bytes]) -> int:
+        """Send a chunk's frames, paced by the token bucket in groups of about 256 KiB.
+
+        A frame is written whole and a group without any await in between: other tasks send
+        requests (HASH, FLUSH) on the same channel, and they must never land inside a frame.
+        """
+        total = 0
+        group: list[bytes] = []
+        size = 0
+        for frame in [*frames, None]:
+            if group and (frame is None or size + len(frame) > 256 * 1024):
+                delay = self.bucket.reserve(size, time.monotonic())
+                if delay > 0:
+                    await self.chan.drain()
+                    await asyncio.sleep(delay)
+                for g in group:
+                    self.chan.send(g)
+                total += size
+                group, size = [], 0
+            if frame is not None:
+                group.append(frame)
+                size += len(frame)
+        self.stats.bytes_sent += total
         self.progress.bytes_sent = self.stats.bytes_sent
+        return total
+
+    async def _reply(self, fut: asyncio.Future[bytes]) -> bytes:
+        """Await an answer; a receiver silent for ``reply_timeout`` s is a (retryable) failure."""
+        try:
+            return await asyncio.wait_for(fut, self.opt.reply_timeout)
+        except TimeoutError:
+            raise ConnectionFailed(f"receiver on {self.target_label} did not answer for "
+                                   f"{self.opt.reply_timeout:.0f} s (target disk stuck?)") from None
 
     # -- handshake ------------------------------------------------------------------------
     async def handshake(self) -> dict:
         hello = {"magic": wire.MAGIC, "versions": [wire.PROTOCOL_VERSION], "hashes": wire.available_hashes(),
                  "codecs": wire.available_codecs()}
-        reply = wire.parse_json(await self.chan.request(wire.pack_json(wire.T_HELLO, hello), wire.T_HELLO_OK))
+        fut = self.chan.request(wire.pack_json(wire.T_HELLO, hello), wire.T_HELLO_OK)
+        reply = wire.parse_json(await self._reply(fut))
         if reply.get("magic") != wire.MAGIC or reply.get("version") != wire.PROTOCOL_VERSION:
             raise ProtocolError(f"receiver on {self.target_label} speaks protocol {reply.get('version')!r}, "
                                 f"this agent {wire.PROTOCOL_VERSION}")
@@ -334,6 +371,7 @@ class DiskSync:
         if self.hash_name is None:
             raise ProtocolError(f"no common hash with the receiver on {self.target_label} ({theirs_h})")
         self.hash = wire.hasher(self.hash_name)
+        self.subhash = self.opt.subblocks and "subhash" in (reply.get("features") or []) and self.bs > SUB_BLOCK
         want = self.opt.compress
         if want == "auto":
             self.codec = "zstd" if "zstd" in theirs_c and "zstd" in wire.available_codecs() else "none"
@@ -346,7 +384,7 @@ class DiskSync:
     async def open_target(self) -> dict:
         req = {"path": self.target_path, "size": self.size, "create": True, "block_size": self.bs,
                "hash": self.hash_name, "codec": self.codec}
-        reply = wire.parse_json(await self.chan.request(wire.pack_json(wire.T_OPEN, req), wire.T_OPENED))
+        reply = wire.parse_json(await self._reply(self.chan.request(wire.pack_json(wire.T_OPEN, req), wire.T_OPENED)))
         try:
             tsize = int(reply["size"])
             self.target_id = f"{int(reply['dev'])}:{int(reply['ino'])}:{int(reply['rdev'])}"
@@ -393,7 +431,7 @@ class DiskSync:
         return self.chan.request(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(self.flush_seq)), wire.T_FLUSHED)
 
     async def _await_flush(self, fut: asyncio.Future[bytes], seq: int) -> None:
-        payload = await fut
+        payload = await self._reply(fut)
         if len(payload) != wire.SEQ.size or wire.SEQ.unpack(payload)[0] != seq:
             raise ProtocolError(f"receiver on {self.target_label} acknowledged the wrong flush")
 
@@ -412,7 +450,8 @@ class DiskSync:
         zeros: list[bool] = []
         for i in range(0, length, bs):
             blk = mv[i:i + bs]
-            if blk == zero_block[:len(blk)]:
+            # bytes == bytes is a memcmp; memoryview == bytes compares item by item (40x slower).
+            if data[i:i + bs] == (zero_block if len(blk) == bs else bytes(len(blk))):
                 hashes.append(self.zero_hash(len(blk)))
                 zeros.append(True)
             else:
@@ -420,10 +459,21 @@ class DiskSync:
                 zeros.append(False)
         return data, hashes, zeros
 
-    def _encode_runs(self, offset: int, data: bytes | None, runs, length: int) -> list[bytes]:
+    def _encode_runs(self, offset: int, data: bytes | None, runs, length: int,
+                     subs: dict[int, bytes] | None = None) -> list[bytes]:
+        """Frames for a chunk's ZERO and DATA runs. ``subs`` maps a block index to the target's
+        sub-block hashes: only the sub-blocks that differ from the source are sent for it."""
         frames: list[bytes] = []
-        bs = self.bs
+        bs, sub = self.bs, SUB_BLOCK
         mv = memoryview(data) if data is not None else None
+        ranges: list[list[int]] = []  # byte ranges [start, end) within the chunk to send as data
+
+        def add(start: int, end: int) -> None:
+            if ranges and ranges[-1][1] == start and end - ranges[-1][0] <= MAX_WRITE:
+                ranges[-1][1] = end
+            else:
+                ranges.append([start, end])
+
         for run in runs:
             start = run.first * bs
             end = min(length, (run.first + run.count) * bs)
@@ -431,8 +481,51 @@ class DiskSync:
                 frames.append(wire.pack_frame(wire.T_ZERO, wire.RANGE.pack(offset + start, end - start)))
             elif run.kind is Kind.DATA:
                 assert mv is not None
-                frames.append(_encode_write(offset + start, mv[start:end], self.codec))
+                for i in range(run.first, run.first + run.count):
+                    b0, b1 = i * bs, min(length, (i + 1) * bs)
+                    theirs = subs.get(i) if subs else None
+                    if theirs is None:
+                        add(b0, b1)
+                        continue
+                    for k, p in enumerate(range(b0, b1, sub)):
+                        q = min(b1, p + sub)
+                        if self.hash(mv[p:q]) != theirs[k * HASH_LEN:(k + 1) * HASH_LEN]:
+                            add(p, q)
+        assert mv is not None or not ranges
+        for a, b in ranges:
+            frames.append(_encode_write(offset + a, mv[a:b], self.codec))  # type: ignore[index]
         return frames
+
+    async def _ask_subhashes(self, offset: int, length: int, runs, tgt: list[bytes]) -> dict[int, bytes]:
+        """Ask the target for sub-block hashes of DATA blocks where it holds (non-zero) data."""
+        bs = self.bs
+        wanted = [i for r in runs if r.kind is Kind.DATA for i in range(r.first, r.first + r.count)
+                  if tgt[i] != self.zero_hash(min(bs, length - i * bs))]
+        groups: list[list[int]] = []  # [first block, count]
+        for i in wanted:
+            if groups and groups[-1][0] + groups[-1][1] == i and (groups[-1][1] + 1) * bs <= wire.MAX_SUBHASH_SPAN:
+                groups[-1][1] += 1
+            else:
+                groups.append([i, 1])
+        futs = []
+        for first, count in groups:
+            a, b = first * bs, min(length, (first + count) * bs)
+            req = wire.SUBRANGE.pack(offset + a, b - a, SUB_BLOCK)
+            futs.append((first, count, b - a, req, self.chan.request(wire.pack_frame(wire.T_SUBHASH, req),
+                                                                    wire.T_SUBHASHES)))
+            self.stats.bytes_sent += wire.HEADER.size + len(req)
+        subs: dict[int, bytes] = {}
+        per_block = bs // SUB_BLOCK * HASH_LEN
+        for first, count, nbytes, req, fut in futs:
+            reply = await self._reply(fut)
+            want = wire.SUBRANGE.size + wire.block_count(nbytes, SUB_BLOCK) * HASH_LEN
+            if len(reply) != want or reply[:wire.SUBRANGE.size] != req:
+                raise ProtocolError(f"receiver on {self.target_label} answered a sub-block hash request "
+                                    f"with {len(reply)} bytes that do not match it")
+            body = reply[wire.SUBRANGE.size:]
+            for j in range(count):
+                subs[first + j] = body[j * per_block:(j + 1) * per_block]
+        return subs
 
     def _is_hole(self, offset: int, length: int) -> bool:
         return not self.src.is_device and not self.src.data_ranges(offset, offset + length)
@@ -462,13 +555,15 @@ class DiskSync:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
             self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
         if not hole:
+            if self.read_bucket.rate != self.control.read_limit:
+                self.read_bucket.set_rate(self.control.read_limit, time.monotonic())
             read_delay = self.read_bucket.reserve(length, time.monotonic())
             if read_delay > 0:
                 await asyncio.sleep(read_delay)
         data, src_hashes, src_zero = await loop.run_in_executor(self.pool, self._read_and_hash, offset, length, hole)
         tgt = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)] if known is not None else [UNKNOWN] * n
         if hash_fut is not None:
-            reply = await hash_fut
+            reply = await self._reply(hash_fut)
             if len(reply) != wire.RANGE.size + n * HASH_LEN or wire.RANGE.unpack_from(reply) != (offset, length):
                 raise ProtocolError(f"receiver on {self.target_label} answered a hash request for {offset}+{length} "
                                     f"with {len(reply)} bytes that do not match it")
@@ -488,7 +583,8 @@ class DiskSync:
                 ch.data += r.count
                 ch.changed_bytes += nbytes
         if send and (ch.zero or ch.data):
-            ch.frames = await loop.run_in_executor(self.pool, self._encode_runs, offset, data, runs, length)
+            subs = await self._ask_subhashes(offset, length, runs, tgt) if self.subhash and ch.data else None
+            ch.frames = await loop.run_in_executor(self.pool, self._encode_runs, offset, data, runs, length, subs)
         # What the target holds once these frames are durable: the source's hashes, except blocks
         # that a check-only pass found different (their entries keep the target's hash).
         ch.entries = b"".join(src_hashes) if send else b"".join(tgt)
@@ -584,10 +680,8 @@ class DiskSync:
                     flight = None
                     sent_since, last_ck = 0, time.monotonic()
                 if send:
-                    for frame in ch.frames:
-                        await self._send(frame)
-                        sent_since += len(frame)
                     if ch.frames:
+                        sent_since += await self._send_frames(ch.frames)
                         await self.chan.drain()
                     committed_entries.append((off // bs, ch.entries))
                 differing += ch.zero + ch.data
@@ -639,7 +733,8 @@ class DiskSync:
         await self.handshake()
         await self.open_target()
         result = SyncResult(source=self.src.path, target=f"{self.target_label}:{self.target_path}",
-                            bytes_total=self.size, target_created=self.target_created)
+                            bytes_total=self.size, target_created=self.target_created, hash=self.hash_name,
+                            codec=self.codec)
         cp, how = self.load_checkpoint()
         result.checkpoint = how
         if how.startswith("fallback"):
@@ -659,7 +754,8 @@ class DiskSync:
                 untrusted = (cp.cursor, cp.dirty_end)
         else:
             generation = secrets.token_hex(16)
-            await self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}), wire.T_GENSET)
+            await self._reply(self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}),
+                                                wire.T_GENSET))
             self.hf = HashFile.open(self.hf_path, generation, self.bs, self.hash_name, fresh=True)
             cp = Checkpoint(source_path=self.src.path, source_id=self.src.identity, source_size=self.size,
                             target=f"{self.target_label}:{self.target_path}", target_id=self.target_id,
@@ -700,6 +796,8 @@ class DiskSync:
             result.throughput_bps = round(covered / result.seconds if result.seconds else 0.0, 1)
             self._emit_progress(force=True)
             self.last_result = result
+            with contextlib.suppress(ValueError):
+                self.control._listeners.remove(self._listener)
         return result
 
     async def verify(self, cp: Checkpoint) -> bool:

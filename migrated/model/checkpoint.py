@@ -96,8 +96,8 @@ class Checkpoint:
             raise CheckpointError("checkpoint field zero_from invalid")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise CheckpointError("checkpoint block size invalid")
-        if not (self.cursor <= self.source_size and self.cursor <= max(self.dirty_end, self.cursor)):
-            raise CheckpointError("checkpoint cursor past the end of the disk")
+        if not self.cursor <= self.dirty_end <= self.source_size:
+            raise CheckpointError("checkpoint cursor/dirty_end out of order or past the end of the disk")
         if not isinstance(self.generation, str) or len(self.generation) != 32:
             raise CheckpointError("checkpoint generation invalid")
 

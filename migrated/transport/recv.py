@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import sys
+import time
 import zlib
 
 try:  # optional fast paths, used when present on both ends
@@ -50,6 +51,7 @@ T_OPEN, T_OPENED = 0x03, 0x04
 T_SETGEN, T_GENSET = 0x05, 0x06
 T_WRITE, T_ZERO = 0x10, 0x11
 T_HASH, T_HASHES = 0x12, 0x13
+T_SUBHASH, T_SUBHASHES = 0x14, 0x15
 T_FLUSH, T_FLUSHED = 0x20, 0x21
 T_BYE, T_BYE_OK = 0x30, 0x31
 T_ERROR = 0x7F
@@ -57,6 +59,10 @@ T_ERROR = 0x7F
 WRITE_HDR = struct.Struct(">QIB")  # offset, raw length, codec id
 RANGE = struct.Struct(">QQ")  # offset, length (ZERO, HASH, HASHES header)
 SEQ = struct.Struct(">Q")  # FLUSH / FLUSHED
+SUBRANGE = struct.Struct(">QQI")  # offset, length, sub-block size (SUBHASH, SUBHASHES header)
+MAX_SUBHASH_SPAN = 4 * 1024 * 1024
+MIN_SUB = 512
+FEATURES = ["subhash"]  # optional requests this receiver answers (same protocol version)
 
 CODEC_IDS = {"none": 0, "zlib": 1, "zstd": 2}
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
@@ -265,6 +271,8 @@ class Receiver:
                 self.on_zero(payload)
             elif ftype == T_HASH:
                 self.on_hash(payload)
+            elif ftype == T_SUBHASH:
+                self.on_subhash(payload)
             elif ftype == T_FLUSH:
                 if len(payload) != SEQ.size:
                     raise Fail("protocol", "bad FLUSH length")
@@ -292,7 +300,7 @@ class Receiver:
             raise Fail("protocol", f"no common protocol version (agent {versions}, receiver {PROTOCOL_VERSION})")
         self.send(pack_json(T_HELLO_OK, {
             "magic": MAGIC, "version": PROTOCOL_VERSION, "hashes": available_hashes(),
-            "codecs": available_codecs(), "max_payload": MAX_PAYLOAD, "pid": os.getpid(),
+            "codecs": available_codecs(), "max_payload": MAX_PAYLOAD, "pid": os.getpid(), "features": FEATURES,
         }))
 
     def on_open(self, payload: bytes) -> None:
@@ -348,12 +356,9 @@ class Receiver:
                 flags = os.O_RDWR | os.O_CLOEXEC
             else:
                 raise Fail("target", f"{path} is neither a block device nor a regular file")
-            try:
-                self.fd = os.open(path, flags)
-            except OSError as e:
-                if e.errno == errno.EBUSY:
-                    raise Fail("target", f"refusing to write {path}: device is busy (mounted or in use)") from None
-                raise Fail("target", f"cannot open {path}: {e.strerror}") from None
+            self.fd = self._open_exclusive(path, flags, stat.S_ISBLK(st.st_mode))
+        else:
+            self._lock_or_wait(path)
         self.is_device = stat.S_ISBLK(st.st_mode)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         # The generation marker: which checkpoint lineage last wrote this target (see SETGEN).
@@ -372,6 +377,44 @@ class Receiver:
         self.send(pack_json(T_OPENED, dict(
             ident, size=self.size, created=created, device=self.is_device, previous_generation=previous,
         )))
+
+    def _open_exclusive(self, path: str, flags: int, is_blk: bool) -> int:
+        """Open the target for us alone. A receiver of a killed agent may still be draining its
+        input for a moment: wait for it (``MIGRATED_RECV_LOCK_WAIT`` seconds, default 30)."""
+        deadline = time.monotonic() + float(os.environ.get("MIGRATED_RECV_LOCK_WAIT", "30"))
+        while True:
+            try:
+                fd = os.open(path, flags)
+            except OSError as e:
+                if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                if e.errno == errno.EBUSY:
+                    raise Fail("target", f"refusing to write {path}: device is busy (mounted or in use)") from None
+                raise Fail("target", f"cannot open {path}: {e.strerror}") from None
+            if is_blk:
+                return fd
+            self.fd = fd
+            self._lock_or_wait(path, deadline)
+            return fd
+
+    def _lock_or_wait(self, path: str, deadline: float | None = None) -> None:
+        """flock the open target file exclusively (another migrated-recv holds it: wait, then fail)."""
+        import fcntl
+
+        if deadline is None:
+            deadline = time.monotonic() + float(os.environ.get("MIGRATED_RECV_LOCK_WAIT", "30"))
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise Fail("target", f"{path} is in use by another migrated-recv (another sync to the "
+                                         "same target is running)") from None
+                time.sleep(0.2)
 
     def on_setgen(self, payload: bytes) -> None:
         """Durably record which checkpoint lineage writes this target from now on."""
@@ -442,6 +485,35 @@ class Receiver:
                 self._pwrite(bytes(n), pos)
             pos += n
 
+    def on_subhash(self, payload: bytes) -> None:
+        """Hashes of ``sub``-byte pieces of a range: lets the agent send only the changed pieces."""
+        if len(payload) != SUBRANGE.size:
+            raise Fail("protocol", "bad SUBHASH length")
+        offset, length, sub = SUBRANGE.unpack(payload)
+        self._check_range(offset, length)
+        why = _subhash_check(offset, length, sub, self.block_size)
+        if why:
+            raise Fail("protocol", why)
+        buf = os.pread(self.fd, length, offset)
+        if len(buf) != length:
+            raise Fail("target", f"short read at {offset}")
+        mv = memoryview(buf)
+        out = [payload] + [self.hash(mv[i:i + sub]) for i in range(0, length, sub)]
+        self.send(pack_frame(T_SUBHASHES, b"".join(out)))
+
+    def _zero_hash(self, length: int) -> bytes:
+        cache = self.__dict__.setdefault("_zh", {})
+        if length not in cache:
+            cache[length] = self.hash(bytes(length))
+        return cache[length]
+
+    def _hole_until(self, pos: int) -> int:
+        """End of the hole starting at ``pos`` (``pos`` itself when data is there or unknown)."""
+        try:
+            return os.lseek(self.fd, pos, os.SEEK_DATA)  # no cache: every WRITE may fill a hole
+        except OSError as e:
+            return self.size if e.errno == errno.ENXIO else pos
+
     def on_hash(self, payload: bytes) -> None:
         if len(payload) != RANGE.size:
             raise Fail("protocol", "bad HASH length")
@@ -456,6 +528,12 @@ class Receiver:
         step = max(bs, (1 << 22) // bs * bs)
         while pos < end:
             n = min(step, end - pos)
+            if not self.is_device and self._hole_until(pos) >= pos + n:
+                # Holes of a sparse target read as zeros: hash them without reading.
+                for i in range(0, n, bs):
+                    out.append(self._zero_hash(min(bs, n - i)))
+                pos += n
+                continue
             buf = os.pread(self.fd, n, pos)
             if len(buf) != n:
                 raise Fail("target", f"short read at {pos}")
@@ -466,12 +544,27 @@ class Receiver:
         self.send(pack_frame(T_HASHES, b"".join(out)))
 
 
+def _subhash_check(offset: int, length: int, sub: int, block_size: int) -> str | None:
+    if sub < MIN_SUB or sub > block_size or sub & (sub - 1):
+        return f"sub-block size {sub} not a power of two in [{MIN_SUB}, {block_size}]"
+    if offset % sub or length > MAX_SUBHASH_SPAN:
+        return f"SUBHASH range {offset}+{length} not aligned to {sub} or too long"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("--version", "version"):
         print(f"migrated-recv protocol {PROTOCOL_VERSION}")
         return 0
-    rfile = sys.stdin.buffer
+    try:  # bigger pipes from/to sshd: fewer wake-ups per MiB (Linux F_SETPIPE_SZ)
+        import fcntl
+
+        for fd in (0, 1):
+            fcntl.fcntl(fd, 1031, 1 << 20)
+    except (OSError, ImportError):
+        pass
+    rfile = open(0, "rb", buffering=1 << 20, closefd=False)  # noqa: SIM115 - lives as long as the process
     wfile = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the agent's channel
     recv = Receiver(rfile, wfile)

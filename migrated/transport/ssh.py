@@ -280,8 +280,9 @@ class RecvChannel:
         if self._failure is not None:
             raise self._failure
 
-    def send(self, frame: bytes) -> None:
-        """Queue a frame that gets no answer (WRITE, ZERO)."""
+    def send(self, frame: bytes | memoryview) -> None:
+        """Queue whole frames that get no answer (WRITE, ZERO). Never a partial frame: requests
+        from other tasks may be queued between two calls."""
         self.check()
         try:
             self._proc.stdin.write(frame)
@@ -292,6 +293,7 @@ class RecvChannel:
     def request(self, frame: bytes, answer_type: int) -> asyncio.Future[bytes]:
         """Queue a frame whose answer (of ``answer_type``) resolves the returned future."""
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # an unawaited failure is not noise
         self.send(frame)
         self._pending.append((answer_type, fut))
         return fut
