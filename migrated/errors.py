@@ -28,7 +28,8 @@ to fix (the config key, the host, the disk), never a stack, and never a secret.
     ├── DaemonNotRunning               exit 7   migratectl cannot reach the daemon
     ├── ControlAccessDenied            exit 8   migratectl may not use the control socket
     ├── DaemonAlreadyRunning           exit 2   a live daemon already owns the control socket
-    └── ChecksFailed                   exit 9   a pre-migration check failed (message lists them)
+    ├── ChecksFailed                   exit 9   a pre-migration check failed (message lists them)
+    └── CloudError                     exit 3   Tencent Cloud refused a call (has .code, .request_id)
 """
 
 from __future__ import annotations
@@ -179,3 +180,22 @@ class ChecksFailed(MigratedError):
 class QuiesceError(SourceError):
     """The source could not be made quiet for the cutover: a filesystem freeze, a pre/post
     hook command or an LVM snapshot failed. The source is left running (thawed)."""
+
+
+class CloudError(MigratedError):
+    """A Tencent Cloud API call failed. ``code`` is Tencent's error code (``AuthFailure.SecretIdNotFound``,
+    ``RequestLimitExceeded``...), ``request_id`` the RequestId to quote to Tencent support.
+    Retryable for rate limits, Tencent's internal errors and network faults."""
+
+    exit_code = ExitCode.CONNECTION
+
+    def __init__(self, code: str, message: str, *, request_id: str = "", action: str = "",
+                 retryable: bool | None = None) -> None:
+        if retryable is None:
+            retryable = code.startswith(("RequestLimitExceeded", "InternalError")) or code == "NetworkError"
+        where = f"{action}: " if action else ""
+        rid = f" (RequestId {request_id})" if request_id else ""
+        super().__init__(f"Tencent Cloud {where}{code}: {message}{rid}", retryable=retryable)
+        self.code = code
+        self.request_id = request_id
+        self.action = action

@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from migrated.cloud.tencent import from_config
 from migrated.console import params as P
 from migrated.console.auth import Verifier
 from migrated.console.config import API_VERSION, ConsoleConfig
@@ -275,7 +276,8 @@ def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Cal
                ) -> web.Application:
     """The full console: opens storage and runs the scheduler for the app's lifetime."""
     store = storage or make_storage(cfg)
-    service = ConsoleService(store, cfg, clock=clock)
+    cloud = from_config(cfg.cloud) if cfg.cloud is not None else None  # docs/cloud.md
+    service = ConsoleService(store, cfg, clock=clock, cloud=cloud)
     app = build_app(service)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -285,6 +287,7 @@ def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Cal
         await store.open()
         sched = Scheduler(service, tick_seconds=cfg.scheduler.tick_seconds)
         sched.start()
+        await service.resume_image_jobs()
         lag = asyncio.create_task(metrics.watch_loop_lag())
         metrics.watch_gc()
         try:
@@ -295,6 +298,7 @@ def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Cal
             with contextlib.suppress(asyncio.CancelledError):
                 await lag
             await sched.stop()
+            await service.aclose()
             await store.close()
 
     async def on_shutdown(app: web.Application) -> None:

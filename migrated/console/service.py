@@ -20,7 +20,19 @@ Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
 ``FailedOperation.LastAdminKey``            revoking the last active admin key
 ``FailedOperation.MachineOwnedByOtherKey``  RegisterSource of a machine another live key owns
 ``InvalidParameterValue``                   a value that parses but is not acceptable
+``InvalidParameter.TargetInstance``         (cloud on) TargetInstanceId names no instance in
+                                            the task's Region
+``FailedOperation.TargetInstance``          (cloud on) the instance is not RUNNING, runs
+                                            Windows, or its disks are too small
+``FailedOperation.CloudApi``                (cloud on) Tencent Cloud refused a call; the
+                                            message has Tencent's code and RequestId
 ==========================================  ==============================================
+
+With a ``cloud:`` config section (docs/cloud.md) the service also talks to Tencent Cloud through
+:class:`migrated.cloud.tencent.TencentCloud`: CreateTask validates the target instance and takes
+an image name no image of the account has; an image task that reaches ``success`` gets its image
+made (CreateImage, polled to NORMAL) in a background job whose progress is the task's
+``ImageId`` / ``ImageState`` and its events. Without the section nothing here calls out.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from typing import Any
 
 import structlog
 
+from migrated.cloud.tencent import InstanceInvalid, SourceDisk, TencentCloud, unique_name
 from migrated.console import params as P
 from migrated.console.config import ConsoleConfig
 from migrated.console.storage import (
@@ -49,6 +62,7 @@ from migrated.console.storage import (
     TaskRecord,
     new_id,
 )
+from migrated.errors import CloudError, TargetError
 from migrated.model.states import (
     Action,
     ActionDenied,
@@ -105,9 +119,11 @@ class Caller:
 
 class ConsoleService:
     def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, cloud: TencentCloud | None = None) -> None:
         self.storage = storage
         self.config = config
+        self.cloud = cloud  # None: cloud features off
+        self._image_jobs: dict[str, asyncio.Task[None]] = {}
         self.clock = clock
         self.rng = rng or random.Random()
         self.polls_held = 0  # long-polls waiting right now (for /metrics)
@@ -117,6 +133,16 @@ class ConsoleService:
         """End every held long-poll now (with no commands); used on server shutdown."""
         self._closing.set()
         self.storage.wake_all()
+
+    async def aclose(self) -> None:
+        """Stop the image jobs (they resume at the next start: :meth:`resume_image_jobs`) and close
+        the cloud client. Call before closing storage."""
+        jobs = list(self._image_jobs.values())
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        if self.cloud is not None:
+            await self.cloud.close()
 
     # ------------------------------------------------------------ views
 
@@ -186,6 +212,8 @@ class ConsoleService:
             },
             "CreatedTime": iso(t.created_at),
             "UpdatedTime": iso(t.updated_at),
+            "ImageId": t.image_id,
+            "ImageState": t.image_state,
             "AllowedActions": [a.value for a in allowed_actions(state)],
             "DeniedActions": [a.value for a in denied_actions(state)],
         })
@@ -311,6 +339,10 @@ class ConsoleService:
             changes: dict[str, Any] = {"state": new.value, "stage": p.Stage, "progress": progress}
             if p.Message or old != new:
                 changes["message"] = p.Message
+            make_image = (self.cloud is not None and new == TaskState.SUCCESS and old != new
+                          and t.target_type == "image")
+            if make_image:
+                changes["image_state"] = "PENDING"  # durable with the success: a restart resumes the job
             try:
                 t, _ = await self.storage.update_task(t.task_id, expect_state=old.value, changes=changes,
                                                       event=event, now=now)
@@ -318,6 +350,8 @@ class ConsoleService:
                 continue  # an operator changed the task meanwhile: check again against its new state
             if event:
                 log.info("task state", task_id=t.task_id, old=old.value, new=new.value)
+            if make_image:
+                self._start_image_job(t.task_id)
             return {"TaskId": t.task_id, "State": t.state}
         raise ApiError("InternalError.Busy", "the task keeps changing; report again")
 
@@ -427,10 +461,18 @@ class ConsoleService:
                                f"parameter DiskMapping: source {s.source_id} reported no disks; give DiskMapping")
         task_id = new_id("task-")
         state = TaskState.SCHEDULED if scheduled_at is not None else TaskState.CREATED
+        image_name = p.ImageName if p.TargetType == "image" else ""
+        instance_id = p.TargetInstanceId if p.TargetType == "instance" else ""
+        warnings: list[str] = []
+        if self.cloud is not None:
+            # image tasks: TargetInstanceId is the relay instance the image is made from
+            instance_id = p.TargetInstanceId
+            sizes = {d.name: d for d in s.disks}
+            disks = [SourceDisk(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
+            warnings, image_name = await self._cloud_checks(p, task_id, disks, image_name)
         rec = TaskRecord(
             task_id=task_id, source_id=s.source_id, name=p.TaskName, description=p.Description, region=p.Region,
-            target_type=p.TargetType, image_name=p.ImageName if p.TargetType == "image" else "",
-            target_instance_id=p.TargetInstanceId if p.TargetType == "instance" else "",
+            target_type=p.TargetType, image_name=image_name, target_instance_id=instance_id,
             target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
             checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
             created_at=now, updated_at=now,
@@ -440,6 +482,8 @@ class ConsoleService:
         except StorageConflict as exc:
             raise ApiError("ResourceInUse.Source", str(exc)) from None
         await self.storage.add_event(task_id, s.source_id, "info", "", f"task created ({state.value})", now)
+        for w in warnings:
+            await self.storage.add_event(task_id, s.source_id, "warning", "check", w, now)
         log.info("task created", task_id=task_id, source_id=s.source_id, state=state.value)
         return {"TaskId": rec.task_id, "ImageName": rec.image_name, "State": rec.state}
 
@@ -538,3 +582,129 @@ class ConsoleService:
         await self._task(p.TaskId)
         events = await self.storage.list_events(p.TaskId, after_id=p.AfterEventId, limit=p.Limit)
         return {"EventSet": [self.event_view(e) for e in events]}
+
+    # ------------------------------------------------------------ Tencent Cloud
+
+    async def _cloud_checks(self, p: P.CreateTask, task_id: str, disks: list[SourceDisk], image_name: str
+                            ) -> tuple[list[str], str]:
+        """CreateTask's cloud side: validate the target (or relay) instance, warn about its SSH port,
+        pick an image name no image of the account has. Returns (warnings, image name)."""
+        assert self.cloud is not None
+        warnings: list[str] = []
+        try:
+            if p.TargetInstanceId:
+                try:
+                    info = await self.cloud.validate_instance(p.Region, p.TargetInstanceId, disks)
+                except InstanceInvalid as exc:
+                    code = "InvalidParameter.TargetInstance" if exc.kind == "not_found" else \
+                        "FailedOperation.TargetInstance"
+                    raise ApiError(code, f"parameter TargetInstanceId: {exc}") from None
+                cfg = self.config.cloud
+                if cfg is not None and cfg.check_security_groups:
+                    m = P._SSH_RE.match(p.TargetSsh)
+                    port = int(m.group("port")) if m and m.group("port") else 22
+                    warnings = await self.cloud.ssh_port_warnings(p.Region, info, port)
+            elif p.TargetType == "image":
+                warnings.append("no TargetInstanceId (relay instance) given: the console will not be able to make "
+                                f"image {image_name} when the task succeeds")
+            if p.TargetType == "image" and image_name:
+                image_name = await self.cloud.unique_image_name(p.Region, image_name, task_id)
+        except CloudError as exc:
+            again = " (temporary: try again)" if exc.retryable else ""
+            raise ApiError("FailedOperation.CloudApi", f"cannot check the target on Tencent Cloud: {exc}{again}"
+                           ) from None
+        return warnings, image_name
+
+    def _start_image_job(self, task_id: str) -> None:
+        if task_id in self._image_jobs or self.cloud is None:
+            return
+        job = asyncio.create_task(self._make_image(task_id), name=f"image-{task_id}")
+        self._image_jobs[task_id] = job
+        job.add_done_callback(lambda _j: self._image_jobs.pop(task_id, None))
+
+    async def resume_image_jobs(self) -> int:
+        """At start: carry on with the images of successful tasks that were still being made."""
+        if self.cloud is None:
+            return 0
+        tasks, _ = await self.storage.list_tasks(states=[TaskState.SUCCESS.value], limit=1_000_000)
+        todo = [t for t in tasks if t.target_type == "image" and t.image_state in ("PENDING", "CREATING")]
+        for t in todo:
+            self._start_image_job(t.task_id)
+        return len(todo)
+
+    async def _set_image(self, task_id: str, *, event: tuple[str, str, str] | None = None, **changes: str) -> None:
+        try:
+            await self.storage.update_task(task_id, expect_state=TaskState.SUCCESS.value, changes=changes,
+                                           event=event, now=self.clock())
+        except StorageConflict:
+            log.warning("task left success while its image was made", task_id=task_id)
+
+    async def _make_image(self, task_id: str) -> None:
+        """CreateImage from the task's relay/target instance and follow it to NORMAL or failure.
+        Idempotent across restarts: a recorded ImageId is followed, not made again, and an image
+        whose description names this task is taken as ours (a crash between CreateImage and the record)."""
+        cloud, cfg = self.cloud, self.config.cloud
+        assert cloud is not None and cfg is not None
+        t = await self.storage.get_task(task_id)
+        if t is None:
+            return
+        if not t.target_instance_id:
+            await self._set_image(task_id, image_state="SKIPPED", event=(
+                "warning", "image", f"image {t.image_name} not made: the task names no relay instance "
+                                    "(TargetInstanceId); make it in the Tencent Cloud console"))
+            return
+        marker = f"migrated {task_id}"
+        try:
+            image_id = t.image_id
+            if not image_id:
+                name = t.image_name or unique_name(t.name, task_id)
+                same = await cloud.find_images(t.region, name=name)
+                ours = [i for i in same if i.description == marker]
+                if ours:
+                    image_id = ours[0].image_id
+                    with_disks = " (found from an earlier attempt)"
+                else:
+                    if same:  # someone took the name since CreateTask
+                        name = unique_name(name, task_id)
+                    data_disks: tuple[str, ...] = ()
+                    if len(t.disk_mapping) > 1:  # data disks were migrated too: a full image
+                        info = await cloud.describe_instance(t.region, t.target_instance_id)
+                        data_disks = info.data_disk_ids if info is not None else ()
+                    image_id = await cloud.create_image(t.region, t.target_instance_id, name, marker, data_disks)
+                    with_disks = f" with data disks {', '.join(data_disks)}" if data_disks else ""
+                await self._set_image(task_id, image_id=image_id, image_state="CREATING", event=(
+                    "info", "image", f"CreateImage from {t.target_instance_id}{with_disks}: image {image_id} ({name})"))
+
+            async def on_state(state: str) -> None:
+                await self._set_image(task_id, image_state=state)
+
+            img = await cloud.wait_image(t.region, image_id, timeout=cfg.image_timeout_seconds,
+                                         interval=cfg.image_poll_seconds, on_state=on_state)
+            await self._set_image(task_id, image_state=img.state, event=(
+                "info", "image", f"image {image_id} ({img.name}) is {img.state}"))
+            log.info("image made", task_id=task_id, image_id=image_id)
+            if cfg.terminate_relay:
+                await self._terminate_relay(t)
+        except CloudError as exc:
+            log.warning("image creation failed", task_id=task_id, code=exc.code, request_id=exc.request_id)
+            await self._set_image(task_id, image_state="FAILED", event=(
+                "error", "image", f"image creation failed: {exc}"))
+        except Exception:  # a bug must not vanish inside a background task; the job resumes at restart
+            log.exception("image job crashed", task_id=task_id)
+
+    async def _terminate_relay(self, t: TaskRecord) -> None:
+        """After the image is made: remove the relay (only an instance named RELAY_NAME; anything
+        else is left alone with a warning event)."""
+        assert self.cloud is not None
+        try:
+            gone = await self.cloud.terminate_relay(t.region, t.target_instance_id)
+            text = (f"relay instance {t.target_instance_id} terminated" if gone
+                    else f"relay instance {t.target_instance_id} was already gone")
+            await self.storage.add_event(t.task_id, t.source_id, "info", "image", text, self.clock())
+        except TargetError as exc:  # not our relay: never terminated
+            await self.storage.add_event(t.task_id, t.source_id, "warning", "image", f"{exc}; left running",
+                                         self.clock())
+        except CloudError as exc:
+            await self.storage.add_event(t.task_id, t.source_id, "error", "image",
+                                         f"could not terminate relay instance {t.target_instance_id}: {exc}",
+                                         self.clock())

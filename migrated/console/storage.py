@@ -122,6 +122,8 @@ class TaskRecord:
     progress: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    image_id: str = ""  # the cloud image made from the target (image tasks, cloud enabled)
+    image_state: str = ""  # "" | PENDING | CREATING | NORMAL | FAILED | SKIPPED (Tencent states as reported)
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     target_instance_id TEXT NOT NULL, target_ssh TEXT NOT NULL, target_host_key TEXT NOT NULL,
     bandwidth_limit_kbps INTEGER NOT NULL, checksum INTEGER NOT NULL, disk_mapping TEXT NOT NULL,
     scheduled_at REAL, state TEXT NOT NULL, stage TEXT NOT NULL, message TEXT NOT NULL,
-    progress TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+    progress TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    image_id TEXT NOT NULL DEFAULT '', image_state TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source_id, state);
 CREATE INDEX IF NOT EXISTS tasks_sched ON tasks(state, scheduled_at);
@@ -328,12 +331,19 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_task ON events(task_id, event_id);
 """
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+
+# schema upgrades, applied in order to an older file: version -> the statements that lead to the next
+_MIGRATIONS = {
+    "1": ("ALTER TABLE tasks ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
+          "ALTER TABLE tasks ADD COLUMN image_state TEXT NOT NULL DEFAULT ''"),
+}
 
 _TASK_COLUMNS = (
     "task_id", "source_id", "name", "description", "region", "target_type", "image_name",
     "target_instance_id", "target_ssh", "target_host_key", "bandwidth_limit_kbps", "checksum",
     "disk_mapping", "scheduled_at", "state", "stage", "message", "progress", "created_at", "updated_at",
+    "image_id", "image_state",
 )
 
 
@@ -354,6 +364,7 @@ def _task_to_row(t: TaskRecord) -> dict[str, Any]:
         "checksum": int(t.checksum), "disk_mapping": json.dumps([list(p) for p in t.disk_mapping]),
         "scheduled_at": t.scheduled_at, "state": t.state, "stage": t.stage, "message": t.message,
         "progress": json.dumps(t.progress), "created_at": t.created_at, "updated_at": t.updated_at,
+        "image_id": t.image_id, "image_state": t.image_state,
     }
 
 
@@ -430,7 +441,21 @@ class SQLiteStorage(Storage):
         row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta(k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif row[0] != SCHEMA_VERSION:
+        elif row[0] in _MIGRATIONS:
+            version = row[0]
+            db.execute("BEGIN IMMEDIATE")  # one transaction: an upgrade lands whole or not at all
+            try:
+                while version in _MIGRATIONS:
+                    for stmt in _MIGRATIONS[version]:
+                        db.execute(stmt)
+                    version = str(int(version) + 1)
+                db.execute("UPDATE meta SET v=? WHERE k='schema'", (version,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            row = (version,)
+        if row is not None and row[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"{self.path}: schema version {row[0]}, this console knows {SCHEMA_VERSION}")
         self._db = db
 
