@@ -206,3 +206,26 @@ def test_a_skewed_clock_is_named_as_the_reason(world: World) -> None:
         wait_for(lambda: "console heartbeat failed; retrying" in w.daemon_log(), "the reason in the log")
     finally:
         daemon.stop()
+
+
+def test_failed_then_retried_from_the_console(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.create_task(source_id, 0)
+        hidden = w.source.with_suffix(".away")
+        w.source.rename(hidden)  # the source disk is gone when the task starts
+        w.admin_call("StartTask", {"TaskId": task_id})
+        t = wait_for(lambda: (t := w.task(task_id))["State"] == "failed" and t, "the start to fail")
+        assert "cannot open source disk" in t["Message"] and str(w.source) in t["Message"]
+        assert "retry" in t["AllowedActions"]
+
+        hidden.rename(w.source)
+        w.admin_call("RetryTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after the retry", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        assert ctl_status(w.socket)["task"]["state"] == "success"
+    finally:
+        daemon.stop()
