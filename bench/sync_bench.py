@@ -197,6 +197,7 @@ class Row:
     verified: bool = False
     time_vs_ref: float | None = None
     wire_vs_ref: float | None = None
+    cpu_vs_ref: float | None = None  # (sender + receiver CPU) / the same for rsync: robust to machine load
     argv: list[str] = field(default_factory=list)
     tool_report: dict | None = None
     error: str = ""
@@ -487,6 +488,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         if ref and ref.status == "ok" and r.status == "ok" and ref.wall_s > 0:
             r.time_vs_ref = round(r.wall_s / ref.wall_s, 3)
             r.wire_vs_ref = round(r.wire_bytes / ref.wire_bytes, 3) if ref.wire_bytes else None
+            ref_cpu = ref.sender_cpu_s + ref.recv_cpu_s
+            r.cpu_vs_ref = round((r.sender_cpu_s + r.recv_cpu_s) / ref_cpu, 3) if ref_cpu else None
     shutil.rmtree(tdir, ignore_errors=True)
     machine["load_after"] = os.getloadavg()
     return {
@@ -524,6 +527,18 @@ def check_targets(rows: list[Row], *, size: int, sparse: int) -> list[dict[str, 
     return out
 
 
+def recompute(result: dict[str, object]) -> dict[str, object]:
+    """Fill ratios that an older results.json lacks (from its own numbers)."""
+    rows = {(r["phase"], r["tool"]): r for r in result["rows"]}  # type: ignore[union-attr]
+    for r in rows.values():
+        ref = rows.get((r["phase"], "rsync --whole-file" if r["phase"] == "full" else "rsync --inplace"))
+        if r.get("cpu_vs_ref") is None and ref and r["status"] == "ok" and ref["status"] == "ok":
+            ref_cpu = ref["sender_cpu_s"] + ref.get("recv_cpu_s", 0)
+            if ref_cpu:
+                r["cpu_vs_ref"] = round((r["sender_cpu_s"] + r.get("recv_cpu_s", 0)) / ref_cpu, 3)
+    return result
+
+
 def render(result: dict[str, object]) -> str:
     def mib(b: int) -> str:
         return f"{b / MiB:.1f}"
@@ -533,13 +548,13 @@ def render(result: dict[str, object]) -> str:
 
     lines = [
         "| phase | tool | wall s (range) | MB/s | wire MiB | time vs rsync | wire vs rsync | CPU s send / recv "
-        "| sender RSS MiB (1 proc) | recv RSS MiB | ok |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU vs rsync | sender RSS MiB (1 proc) | recv RSS MiB | ok |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:  # type: ignore[union-attr]
         tool = r["tool"].replace("|", "\\|")
         if r["status"] == "not available" or r["status"].startswith("skipped"):
-            lines.append(f"| {r['phase']} | {tool} | {r['status']} | | | | | | | | |")
+            lines.append(f"| {r['phase']} | {tool} | {r['status']} | | | | | | | | | |")
             continue
         rate = r["source_bytes"] / r["wall_s"] / 1e6 if r["wall_s"] else 0
         walls = [run["wall_s"] for run in r["runs"]]
@@ -547,7 +562,8 @@ def render(result: dict[str, object]) -> str:
         ok = "yes" if r["verified"] else r["status"]
         lines.append(
             f"| {r['phase']} | {tool} | {r['wall_s']:.2f}{spread} | {rate:.0f} | {mib(r['wire_bytes'])} | "
-            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} / {r['recv_cpu_s']:.2f} | "
+            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} / {r.get('recv_cpu_s', 0):.2f} | "
+            f"{x(r.get('cpu_vs_ref'))} | "
             f"{mib(r['sender_rss'])} ({mib(r['sender_maxrss'])}) | {mib(r['recv_rss'])} | {ok} |"
         )
     lines += ["", "| issue-2 target | measured | met |", "|---|---:|---|"]
@@ -576,7 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="per-row timeout in seconds")
     p.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace")
     p.add_argument("--json", action="store_true", help="JSON result on stdout (table on stderr)")
+    p.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="only print the table of a saved run")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(recompute(json.loads(args.render.read_text()))))
+        return 0
     if os.geteuid() != 0:
         print("sync_bench: run as root (sshd needs /run/sshd and privilege separation)", file=sys.stderr)
         return 2

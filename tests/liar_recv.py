@@ -9,6 +9,7 @@ Usage: python3 liar_recv.py MODE, MODE one of
   extra-frame  an unsolicited frame after OPENED
   version      HELLO_OK with another protocol version
   garbage      random bytes instead of the first HASHES answer
+  hang         never answers a FLUSH (a stuck target disk)
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Liar(wire.Receiver):
             frame = wire.pack_json(ftype, {"size": "lots"})
         elif MODE == "extra-frame" and ftype == wire.T_OPENED:
             frame = frame + wire.pack_frame(wire.T_FLUSHED, wire.SEQ.pack(99))
+        elif MODE == "hang" and ftype == wire.T_FLUSHED:
+            import time
+
+            time.sleep(3600)
         elif MODE == "garbage" and ftype == wire.T_HASHES:
             import random
 

@@ -115,3 +115,24 @@ def test_token_bucket_long_run_rate(sizes, rate):
     for n in sizes:
         t += b.reserve(n, t)
     assert t == pytest.approx(sum(sizes) / rate, rel=1e-6)
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"a" * 16, b"b" * 16, b"z" * 16]), st.sampled_from([b"a" * 16, b"z" * 16])),
+                max_size=200), st.integers(1, 8))
+def test_plan_chunk_partitions_blocks_and_decides_each_right(blocks, cap):
+    src = [s for s, _ in blocks]
+    zero = [s == b"z" * 16 for s in src]
+    tgt = [t for _, t in blocks]
+    runs = plan_chunk(src, zero, tgt, max_data_blocks=cap)
+    pos = 0
+    for i, r in enumerate(runs):
+        assert r.first == pos and r.count >= 1
+        for b in range(r.first, r.first + r.count):
+            want = Kind.SAME if src[b] == tgt[b] else (Kind.ZERO if zero[b] else Kind.DATA)
+            assert r.kind is want
+        if r.kind is Kind.DATA:
+            assert r.count <= cap
+        if i and runs[i - 1].kind is r.kind:
+            assert r.kind is Kind.DATA and runs[i - 1].count == cap  # split only at the cap
+        pos += r.count
+    assert pos == len(blocks)

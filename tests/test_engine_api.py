@@ -78,3 +78,20 @@ async def test_unknown_host_key_is_auth_error(sshd, tmp_path):
     with pytest.raises(AuthError, match="not trusted"):
         async with open_session(other):
             pass
+
+
+async def test_silent_receiver_times_out_as_retryable_connection_failure(sshd, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from migrated.errors import ConnectionFailed
+
+    src = make_image(tmp_path / "s.img", 2 * MiB, seed=6)
+    liar = Path(__file__).resolve().parent / "liar_recv.py"
+    ep = endpoint(sshd)
+    ep = type(ep)(**{**ep.__dict__, "recv_command": f"{sys.executable} {liar} hang"})
+    async with open_session(ep) as s:
+        with pytest.raises(ConnectionFailed, match="did not answer for 1 s") as ei:
+            await s.sync_disk(str(src), str(tmp_path / "t.img"), SyncOptions(state_dir=tmp_path / "st",
+                                                                             reply_timeout=1.0))
+    assert ei.value.retryable

@@ -48,6 +48,18 @@ def test_full_delta_verify_over_openssh(sshd, tmp_path):
     assert rc == 0, err
     assert_same(src, dst)
     assert sha256(src) == before
+    # A receiver with nothing but the standard library (python3 -I -S: no site-packages at all):
+    # the stdlib fallbacks are negotiated and the result is the same.
+    import sys
+
+    from migrated.transport import recv
+
+    stdlib_dst = tmp_path / "stdlib.img"
+    rc, s2, err = run([*sync_argv(sshd, src, stdlib_dst, tmp_path / "state2"), "--recv-command",
+                       f"{sys.executable} -I -S {recv.__file__}"])
+    assert rc == 0, err
+    assert (s2["hash"], s2["codec"]) == ("blake2b-128", "none"), s2
+    assert_same(src, stdlib_dst)
     changed = mutate(src, regions=6, max_len=100 * 1024)
     rc, s, err = run(sync_argv(sshd, src, dst, state, "--checksum"))
     assert rc == 0, err

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import structlog
 
-from migrated.errors import CheckpointError, Interrupted, ProtocolError, TargetError, VerificationFailed
+from migrated.errors import (
+    CheckpointError,
+    ConnectionFailed,
+    Interrupted,
+    ProtocolError,
+    TargetError,
+    VerificationFailed,
+)
 from migrated.model.checkpoint import (
     HASHFILE_HEADER_SIZE,
     UNKNOWN,
@@ -75,6 +82,7 @@ class SyncOptions:
     checkpoint_seconds: float = 5.0  # ... or after this long
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
     workers: int = 2
+    reply_timeout: float = 300.0  # seconds a receiver may take to answer (a flush of a slow disk included)
     subblocks: bool = True  # patch changed blocks in 4 KiB pieces where the target holds data
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target
     # Byte ranges [start, end) that may have changed since the checkpoint's last round; blocks outside
@@ -152,6 +160,8 @@ class SyncResult:
     round: int = 1
     checkpoint: str = "none"  # trusted | none | fallback: <reason>
     target_created: bool = False
+    hash: str = ""  # negotiated block hash (xxh3-128, or blake2b-128 with a stdlib-only receiver)
+    codec: str = ""  # negotiated codec (zstd or none, zlib on request)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -338,11 +348,20 @@ class DiskSync:
         self.progress.bytes_sent = self.stats.bytes_sent
         return total
 
+    async def _reply(self, fut: asyncio.Future[bytes]) -> bytes:
+        """Await an answer; a receiver silent for ``reply_timeout`` s is a (retryable) failure."""
+        try:
+            return await asyncio.wait_for(fut, self.opt.reply_timeout)
+        except TimeoutError:
+            raise ConnectionFailed(f"receiver on {self.target_label} did not answer for "
+                                   f"{self.opt.reply_timeout:.0f} s (target disk stuck?)") from None
+
     # -- handshake ------------------------------------------------------------------------
     async def handshake(self) -> dict:
         hello = {"magic": wire.MAGIC, "versions": [wire.PROTOCOL_VERSION], "hashes": wire.available_hashes(),
                  "codecs": wire.available_codecs()}
-        reply = wire.parse_json(await self.chan.request(wire.pack_json(wire.T_HELLO, hello), wire.T_HELLO_OK))
+        fut = self.chan.request(wire.pack_json(wire.T_HELLO, hello), wire.T_HELLO_OK)
+        reply = wire.parse_json(await self._reply(fut))
         if reply.get("magic") != wire.MAGIC or reply.get("version") != wire.PROTOCOL_VERSION:
             raise ProtocolError(f"receiver on {self.target_label} speaks protocol {reply.get('version')!r}, "
                                 f"this agent {wire.PROTOCOL_VERSION}")
@@ -365,7 +384,7 @@ class DiskSync:
     async def open_target(self) -> dict:
         req = {"path": self.target_path, "size": self.size, "create": True, "block_size": self.bs,
                "hash": self.hash_name, "codec": self.codec}
-        reply = wire.parse_json(await self.chan.request(wire.pack_json(wire.T_OPEN, req), wire.T_OPENED))
+        reply = wire.parse_json(await self._reply(self.chan.request(wire.pack_json(wire.T_OPEN, req), wire.T_OPENED)))
         try:
             tsize = int(reply["size"])
             self.target_id = f"{int(reply['dev'])}:{int(reply['ino'])}:{int(reply['rdev'])}"
@@ -412,7 +431,7 @@ class DiskSync:
         return self.chan.request(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(self.flush_seq)), wire.T_FLUSHED)
 
     async def _await_flush(self, fut: asyncio.Future[bytes], seq: int) -> None:
-        payload = await fut
+        payload = await self._reply(fut)
         if len(payload) != wire.SEQ.size or wire.SEQ.unpack(payload)[0] != seq:
             raise ProtocolError(f"receiver on {self.target_label} acknowledged the wrong flush")
 
@@ -498,7 +517,7 @@ class DiskSync:
         subs: dict[int, bytes] = {}
         per_block = bs // SUB_BLOCK * HASH_LEN
         for first, count, nbytes, req, fut in futs:
-            reply = await fut
+            reply = await self._reply(fut)
             want = wire.SUBRANGE.size + wire.block_count(nbytes, SUB_BLOCK) * HASH_LEN
             if len(reply) != want or reply[:wire.SUBRANGE.size] != req:
                 raise ProtocolError(f"receiver on {self.target_label} answered a sub-block hash request "
@@ -544,7 +563,7 @@ class DiskSync:
         data, src_hashes, src_zero = await loop.run_in_executor(self.pool, self._read_and_hash, offset, length, hole)
         tgt = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)] if known is not None else [UNKNOWN] * n
         if hash_fut is not None:
-            reply = await hash_fut
+            reply = await self._reply(hash_fut)
             if len(reply) != wire.RANGE.size + n * HASH_LEN or wire.RANGE.unpack_from(reply) != (offset, length):
                 raise ProtocolError(f"receiver on {self.target_label} answered a hash request for {offset}+{length} "
                                     f"with {len(reply)} bytes that do not match it")
@@ -714,7 +733,8 @@ class DiskSync:
         await self.handshake()
         await self.open_target()
         result = SyncResult(source=self.src.path, target=f"{self.target_label}:{self.target_path}",
-                            bytes_total=self.size, target_created=self.target_created)
+                            bytes_total=self.size, target_created=self.target_created, hash=self.hash_name,
+                            codec=self.codec)
         cp, how = self.load_checkpoint()
         result.checkpoint = how
         if how.startswith("fallback"):
@@ -734,7 +754,8 @@ class DiskSync:
                 untrusted = (cp.cursor, cp.dirty_end)
         else:
             generation = secrets.token_hex(16)
-            await self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}), wire.T_GENSET)
+            await self._reply(self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}),
+                                                wire.T_GENSET))
             self.hf = HashFile.open(self.hf_path, generation, self.bs, self.hash_name, fresh=True)
             cp = Checkpoint(source_path=self.src.path, source_id=self.src.identity, source_size=self.size,
                             target=f"{self.target_label}:{self.target_path}", target_id=self.target_id,

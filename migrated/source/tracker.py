@@ -18,7 +18,8 @@ Contracts:
 * Call :meth:`drain` after the freeze and before :meth:`dirty`: FIFREEZE returns after the
   filesystem's writes were submitted, so their events are in the buffer; draining reads them all.
 * Everything lives in tracefs (memory): nothing is written to any disk. ``close()`` removes the
-  instance. Needs root and tracefs (mounted at /sys/kernel/tracing when it is not mounted).
+  instance; an instance left by a killed agent is removed by the next ``start()``. Needs root and
+  tracefs (mounted at /sys/kernel/tracing when it is not, and left mounted).
 * Writes are bios of any kind that change data: W (write), D (discard), E (secure erase),
   write-zeroes. A source that is a partition is tracked on its whole disk (partition bios are
   remapped before they are queued) and the ranges are shifted by the partition start.
@@ -131,9 +132,8 @@ class WriteTracker:
             with contextlib.suppress(OSError):
                 self.inst.rmdir()
             self.inst = None
-        if self._mounted and self.root is not None:
-            subprocess.run(["umount", str(self.root)], capture_output=True)
-            self._mounted = False
+        # tracefs stays mounted (as systemd's sys-kernel-tracing.mount leaves it): another agent's
+        # tracker may be using it, and unmounting under it would strand its instance
 
     def __enter__(self) -> WriteTracker:
         return self.start()
