@@ -114,7 +114,7 @@ class Console:
                                       str(self.config)], stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        m = re.search(r"listening on (http://\S+)", line)
+        m = re.search(r"listening on (https?://\S+)", line)
         if not m:
             raise SystemExit(f"console did not start: {(workdir / 'console.log').read_text()[-2000:]}")
         self.url = m.group(1)

@@ -42,6 +42,8 @@ How it measures (the same for every tool):
   (sshd session processes + the remote rsync / cat / receiver).
 * **sender CPU**: user + system seconds of the command's process tree (GNU ``time`` %U + %S): much less
   sensitive than wall time to other load on a shared machine.
+* **recv CPU**: user + system seconds of the sshd session tree (sampled: the last value seen per
+  process, so up to 0.1 s per process may be missed).
 * ``--repeat N``: every row runs N times (interleaved); the table shows the median wall time, wire bytes
   and CPU with the wall-time range, and the peak RSS over all runs. Every run is in the JSON.
 """
@@ -109,14 +111,27 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15 of stat)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 class TreeRssSampler(threading.Thread):
-    """Peak of the summed RSS of the descendants of each root pid (root included iff asked)."""
+    """Peak of the summed RSS of the descendants of each root pid (root included iff asked), and the CPU
+    seconds those processes used (last value seen per process: up to one interval per process is lost)."""
 
     def __init__(self, roots: dict[str, tuple[int, bool]], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.roots = roots
         self.interval = interval
         self.peaks = dict.fromkeys(roots, 0)
+        self._ticks: dict[str, dict[int, int]] = {name: {} for name in roots}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -135,6 +150,12 @@ class TreeRssSampler(threading.Thread):
             if include_root:
                 pids.append(root)
             self.peaks[name] = max(self.peaks[name], sum(_rss(p) for p in pids))
+            ticks = self._ticks[name]
+            for p in pids:
+                ticks[p] = max(ticks.get(p, 0), _cpu_ticks(p))
+
+    def cpu_seconds(self, name: str) -> float:
+        return round(sum(self._ticks[name].values()) / CLOCK_TICKS, 2)
 
     def stop(self) -> dict[str, int]:
         self._halt.set()
@@ -152,6 +173,7 @@ class Run:
     sender_maxrss: int = 0
     sender_cpu_s: float = 0.0
     recv_rss: int = 0
+    recv_cpu_s: float = 0.0
     status: str = "ok"
     error: str = ""
     tool_report: dict | None = None
@@ -170,10 +192,12 @@ class Row:
     sender_maxrss: int = 0
     sender_cpu_s: float = 0.0
     recv_rss: int = 0
+    recv_cpu_s: float = 0.0
     source_bytes: int = 0
     verified: bool = False
     time_vs_ref: float | None = None
     wire_vs_ref: float | None = None
+    cpu_vs_ref: float | None = None  # (sender + receiver CPU) / the same for rsync: robust to machine load
     argv: list[str] = field(default_factory=list)
     tool_report: dict | None = None
     error: str = ""
@@ -189,6 +213,7 @@ class Row:
         self.sender_rss = max(r.sender_rss for r in self.runs)
         self.sender_maxrss = max(r.sender_maxrss for r in self.runs)
         self.sender_cpu_s = statistics.median(r.sender_cpu_s for r in ok)
+        self.recv_cpu_s = statistics.median(r.recv_cpu_s for r in ok)
         self.recv_rss = max(r.recv_rss for r in self.runs)
         self.tool_report = run.tool_report
 
@@ -251,6 +276,7 @@ def run_measured(name: str, argv: list[str], *, sshd: LoopbackSshd, env: dict[st
     time.sleep(0.2)  # let the TCP teardown finish
     run.wire_bytes = lo_tx_bytes() - wire0
     run.sender_rss, run.recv_rss = peaks["sender"], peaks["recv"]
+    run.recv_cpu_s = sampler.cpu_seconds("recv")
     try:
         maxrss_kib, user_s, sys_s = time_out.read_text().split()[-3:]
         run.sender_maxrss = int(maxrss_kib) * 1024
@@ -462,6 +488,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, object]:
         if ref and ref.status == "ok" and r.status == "ok" and ref.wall_s > 0:
             r.time_vs_ref = round(r.wall_s / ref.wall_s, 3)
             r.wire_vs_ref = round(r.wire_bytes / ref.wire_bytes, 3) if ref.wire_bytes else None
+            ref_cpu = ref.sender_cpu_s + ref.recv_cpu_s
+            r.cpu_vs_ref = round((r.sender_cpu_s + r.recv_cpu_s) / ref_cpu, 3) if ref_cpu else None
     shutil.rmtree(tdir, ignore_errors=True)
     machine["load_after"] = os.getloadavg()
     return {
@@ -499,6 +527,18 @@ def check_targets(rows: list[Row], *, size: int, sparse: int) -> list[dict[str, 
     return out
 
 
+def recompute(result: dict[str, object]) -> dict[str, object]:
+    """Fill ratios that an older results.json lacks (from its own numbers)."""
+    rows = {(r["phase"], r["tool"]): r for r in result["rows"]}  # type: ignore[union-attr]
+    for r in rows.values():
+        ref = rows.get((r["phase"], "rsync --whole-file" if r["phase"] == "full" else "rsync --inplace"))
+        if r.get("cpu_vs_ref") is None and ref and r["status"] == "ok" and ref["status"] == "ok":
+            ref_cpu = ref["sender_cpu_s"] + ref.get("recv_cpu_s", 0)
+            if ref_cpu:
+                r["cpu_vs_ref"] = round((r["sender_cpu_s"] + r.get("recv_cpu_s", 0)) / ref_cpu, 3)
+    return result
+
+
 def render(result: dict[str, object]) -> str:
     def mib(b: int) -> str:
         return f"{b / MiB:.1f}"
@@ -507,14 +547,14 @@ def render(result: dict[str, object]) -> str:
         return "" if v is None else f"{v:.2f}x"
 
     lines = [
-        "| phase | tool | wall s (range) | MB/s | wire MiB | time vs rsync | wire vs rsync | sender CPU s "
-        "| sender RSS MiB (1 proc) | recv RSS MiB | ok |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| phase | tool | wall s (range) | MB/s | wire MiB | time vs rsync | wire vs rsync | CPU s send / recv "
+        "| CPU vs rsync | sender RSS MiB (1 proc) | recv RSS MiB | ok |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:  # type: ignore[union-attr]
         tool = r["tool"].replace("|", "\\|")
         if r["status"] == "not available" or r["status"].startswith("skipped"):
-            lines.append(f"| {r['phase']} | {tool} | {r['status']} | | | | | | | | |")
+            lines.append(f"| {r['phase']} | {tool} | {r['status']} | | | | | | | | | |")
             continue
         rate = r["source_bytes"] / r["wall_s"] / 1e6 if r["wall_s"] else 0
         walls = [run["wall_s"] for run in r["runs"]]
@@ -522,7 +562,8 @@ def render(result: dict[str, object]) -> str:
         ok = "yes" if r["verified"] else r["status"]
         lines.append(
             f"| {r['phase']} | {tool} | {r['wall_s']:.2f}{spread} | {rate:.0f} | {mib(r['wire_bytes'])} | "
-            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} | "
+            f"{x(r['time_vs_ref'])} | {x(r['wire_vs_ref'])} | {r['sender_cpu_s']:.2f} / {r.get('recv_cpu_s', 0):.2f} | "
+            f"{x(r.get('cpu_vs_ref'))} | "
             f"{mib(r['sender_rss'])} ({mib(r['sender_maxrss'])}) | {mib(r['recv_rss'])} | {ok} |"
         )
     lines += ["", "| issue-2 target | measured | met |", "|---|---:|---|"]
@@ -551,7 +592,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="per-row timeout in seconds")
     p.add_argument("--no-netns", action="store_true", help="do not enter a private network namespace")
     p.add_argument("--json", action="store_true", help="JSON result on stdout (table on stderr)")
+    p.add_argument("--render", type=Path, metavar="RESULTS_JSON", help="only print the table of a saved run")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(recompute(json.loads(args.render.read_text()))))
+        return 0
     if os.geteuid() != 0:
         print("sync_bench: run as root (sshd needs /run/sshd and privilege separation)", file=sys.stderr)
         return 2

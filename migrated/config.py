@@ -51,7 +51,6 @@ class ConsoleConfig:
     """Where the console is and how to talk to it."""
 
     endpoint: str | None = None  # https://console.example:8443 ; required by `migrated run`
-    region: str = "ap-guangzhou"  # X-TC-Region the agent signs with
     ca_file: str | None = None  # PEM bundle to verify the console's TLS certificate
     verify_tls: bool = True  # false only for a lab console with a self-signed cert and no ca_file
     timeout: float = 30.0  # seconds for one ordinary request

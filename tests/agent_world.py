@@ -43,13 +43,13 @@ def free_port() -> int:
 class Daemon:
     """``migrated run`` as a subprocess (logs appended to ``log``)."""
 
-    def __init__(self, config: Path, log: Path, **env: str) -> None:
-        self.config, self.log, self.env = config, log, env
+    def __init__(self, config: Path, log: Path, prefix: tuple[str, ...] = (), **env: str) -> None:
+        self.config, self.log, self.env, self.prefix = config, log, env, prefix
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([*cli("migrated"), "run", "--config", str(self.config),
+            self.proc = subprocess.Popen([*self.prefix, *cli("migrated"), "run", "--config", str(self.config),
                                           "--log-level", "debug"], stdout=log, stderr=log,
                                          env=repo_env(MIGRATED_RECV_COMMAND="upload", **self.env))
         return self
@@ -110,8 +110,8 @@ class World:
         assert self.agent_key["SecretKey"] not in r.stdout + r.stderr
         return r.stdout.split("(source ")[1].split(")")[0]
 
-    def daemon(self, **env: str) -> Daemon:
-        return Daemon(self.config, self.tmp / "daemon.log", **env).start()
+    def daemon(self, prefix: tuple[str, ...] = (), **env: str) -> Daemon:
+        return Daemon(self.config, self.tmp / "daemon.log", prefix, **env).start()
 
     def wait_daemon_online(self) -> None:
         wait_for(lambda: (ctl_status(self.socket, allow_down=True).get("console") or {}).get("online"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -43,13 +44,18 @@ class ConsoleProcess:
         assert self.proc.stdout is not None
         end = time.monotonic() + timeout
         while time.monotonic() < end:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                break
             line = self.proc.stdout.readline()
             if not line:
                 break
-            m = re.search(r"listening on (http://\S+)", line)
+            m = re.search(r"listening on (https?://\S+)", line)
             if m:
                 self.url = m.group(1)
                 return self
+        self.proc.kill()
+        self.proc.wait(5)
         raise AssertionError(f"console did not start: {self.log_path.read_text()[-2000:]}")
 
     def kill9(self) -> None:

@@ -5,12 +5,17 @@ recorder (tests/ only); the real console is exercised in test_agent_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from migrated.agent.daemon import Agent, _parse_ssh
 from migrated.agent.state import AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
+from migrated.errors import ConfigError
 from migrated.model.status import TaskProgress
 
 
@@ -109,3 +114,40 @@ def test_parse_ssh() -> None:
     assert _parse_ssh("root@10.0.0.5:2222") == ("root", "10.0.0.5", 2222)
     assert _parse_ssh("admin@host") == ("admin", "host", 22)
     assert _parse_ssh("u@[::1]:22") == ("u", "::1", 22)
+
+
+def test_a_damaged_task_file_is_named(tmp_path: Path) -> None:
+    store = AgentStore(tmp_path / "state")
+    store.save_source(SourceRecord("src-1", "http://console"))
+    (tmp_path / "state" / "task.json").write_text("{not json")
+    agent = Agent(Config(state_dir=str(tmp_path / "state")), None, store)
+    with pytest.raises(ConfigError, match=r"task\.json is damaged"):
+        agent.load()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_register_hands_its_files_to_the_daemon_user(tmp_path: Path) -> None:
+    from migrated.cli.agent_cmds import _give_to_state_dir_owner
+
+    state = tmp_path / "state"
+    AgentStore(state).save_source(SourceRecord("src-1", "http://console"))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    _give_to_state_dir_owner(str(state))
+    assert (state / "source.json").stat().st_uid == nobody.pw_uid
+
+
+def test_rate_and_eta_come_from_recent_progress(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path, RecordingConsole())
+    p = TaskProgress(task_id="task-1", state="transferring", disks=[])
+    d = p.to_dict()
+    d["disks"] = [{"name": "/dev/vdb", "target": "/dev/vdb", "bytes_total": 1000 << 20, "bytes_done": 400 << 20}]
+    agent.task = TaskRecord(task_id="task-1", spec=SPEC, state="transferring", progress=d)
+    for t, done in ((100.0, 200 << 20), (102.0, 300 << 20), (104.0, 400 << 20)):
+        agent._rate.add(t, done)
+    now = agent.progress()
+    assert now is not None
+    assert now.rate_bps == 50 << 20 and now.eta_seconds == 12.0  # 600 MiB left at 50 MiB/s
+    assert "task-1 transferring 40.0% 50.0 MiB/s ETA 00:12" in agent.status_line()
+    agent.task.state = "paused"
+    assert agent.progress().eta_seconds is None  # type: ignore[union-attr]

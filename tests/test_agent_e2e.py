@@ -48,13 +48,16 @@ def test_register_run_pause_resume_kill9_success(world: World) -> None:
         w.admin_call("PauseTask", {"TaskId": task_id})
         wait_for(lambda: w.task(task_id)["State"] == "paused", "paused")
         paused_at = w.task(task_id)["Progress"]["BytesDone"]
-        target_size = w.target.stat().st_size if w.target.exists() else 0
+        def target_state() -> tuple[int, int]:
+            st = w.target.stat()
+            return st.st_size, st.st_mtime_ns
+        target_before = target_state()
         local = ctl_status(w.socket)["task"]
         assert local["state"] == "paused"
         time.sleep(2)
         assert w.task(task_id)["Progress"]["BytesDone"] == paused_at
         assert ctl_status(w.socket)["task"]["bytes_done"] == local["bytes_done"]
-        assert (w.target.stat().st_size if w.target.exists() else 0) == target_size
+        assert target_state() == target_before  # nothing written to the target while paused
         assert 0 < paused_at < DISK_MIB << 20
 
         # resume, then kill -9 mid-transfer
@@ -81,6 +84,7 @@ def test_register_run_pause_resume_kill9_success(world: World) -> None:
         assert local["task"]["task_id"] == task_id and local["source_id"] == source_id
         events = w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]
         assert any("restarted" in e["Message"] for e in events), events
+        assert any(e["Message"].startswith(f"disk {w.source} -> {w.target} done") for e in events), events
         assert daemon.stop() == 0
     finally:
         daemon.stop()

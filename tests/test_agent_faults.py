@@ -3,14 +3,20 @@ systemd notify/watchdog, and a console that goes away while a transfer runs."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.agent_world import World, ctl_status, free_port, make_world, wait_for
+from tests.conftest import cli, repo_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -73,20 +79,35 @@ def test_sigterm_checkpoints_notifies_and_resumes(world: World, tmp_path: Path) 
         notify.close()
 
 
+def ctl(w: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cli("migratectl"), "--socket", str(w.socket), *args], env=repo_env(),
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_transfer_continues_while_the_console_is_away(world: World) -> None:
     w = world
     source_id = w.register()
     daemon = w.daemon()
     try:
         w.wait_daemon_online()
-        task_id = w.create_task(source_id, 3072)
+        task_id = w.create_task(source_id, 1024)
         w.admin_call("StartTask", {"TaskId": task_id})
         wait_for(lambda: w.task(task_id)["State"] == "transferring", "transferring")
         w.console.kill9()
 
-        # the daemon says why the console is away, keeps going, and finishes
+        # the daemon says why the console is away and keeps going
         status = wait_for(lambda: (s := ctl_status(w.socket))["console"]["online"] is False and s, "offline")
         assert status["console"]["last_error"]
+        assert status["task"]["state"] == "transferring"
+        # migratectl works without the console: pause, resume, a live bandwidth change
+        r = ctl(w, "pause")
+        assert r.returncode == 0 and "paused at" in r.stdout, r.stderr
+        assert ctl_status(w.socket)["task"]["state"] == "paused"
+        r = ctl(w, "pause")
+        assert r.returncode == 2 and "cannot pause a task that is paused" in r.stderr
+        r = ctl(w, "resume")
+        assert r.returncode == 0, r.stderr
+        assert ctl(w, "bandwidth", "unlimited").returncode == 0
         wait_for(lambda: ctl_status(w.socket)["task"]["state"] == "success", "local success", timeout=120)
         assert w.target.read_bytes() == w.source.read_bytes()
         assert "console heartbeat failed; retrying" in w.daemon_log()
@@ -97,7 +118,12 @@ def test_transfer_continues_while_the_console_is_away(world: World) -> None:
         final = w.task(task_id)
         assert final["Progress"]["BytesDone"] == DISK_MIB << 20
         events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
-        assert any("transferring -> verifying" in m for m in events), events
+        changes = [m.split(":")[0] for m in events if " -> " in m]
+        # every change the console missed arrives, in order
+        order = ["transferring -> paused", "paused -> starting", "starting -> transferring",
+                 "transferring -> verifying", "verifying -> success"]
+        found = [c for c in changes if c in order]
+        assert found[-5:] == order, changes
         wait_for(lambda: ctl_status(w.socket)["console"]["online"], "back online")
     finally:
         daemon.stop()
@@ -105,10 +131,30 @@ def test_transfer_continues_while_the_console_is_away(world: World) -> None:
 
 def test_wrong_pinned_host_key_fails_the_start_with_the_check(world: World) -> None:
     w = world
-    source_id = w.register()
+    # register asks for the credentials when there is no credentials file (stdin when not a terminal)
+    creds = yaml.safe_load((w.tmp / "credentials").read_text())
+    (w.tmp / "credentials").unlink()
+    r = subprocess.run([*cli("migrated"), "register", "--config", str(w.config), "--console", w.url],
+                       input=f"{creds['secret_id']}\n{creds['secret_key']}\n", env=repo_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((w.tmp / "credentials").stat().st_mode) == 0o600
+    assert yaml.safe_load((w.tmp / "credentials").read_text()) == creds
+    source_id = r.stdout.split("(source ")[1].split(")")[0]
+
+    # `migrated check` compares the clock with the console's
+    r = subprocess.run([*cli("migrated"), "check", "--json", "--config", str(w.config)], env=repo_env(),
+                       capture_output=True, text=True, timeout=60)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["clock_skew"]["result"] == "pass", checks["clock_skew"]
+
     daemon = w.daemon()
     try:
         w.wait_daemon_online()
+        # a second daemon on the same socket refuses to start
+        second = subprocess.run([*cli("migrated"), "run", "--config", str(w.config)], env=repo_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another migrated daemon is running" in second.stderr
         task_id = w.admin_call("CreateTask", {
             "SourceId": source_id, "TaskName": "bad-key", "Region": "ap-guangzhou", "TargetType": "image",
             "ImageName": "x", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
@@ -121,5 +167,42 @@ def test_wrong_pinned_host_key_fails_the_start_with_the_check(world: World) -> N
         assert not w.target.exists()
         local = ctl_status(w.socket)["task"]
         assert local["state"] == "failed" and "host key" in local["message"]
+    finally:
+        daemon.stop()
+
+
+def test_a_dropped_ssh_connection_is_retried_from_the_checkpoint(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.create_task(source_id, 2048)
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: ctl_status(w.socket)["task"]["bytes_done"] > (3 << 20), "transfer progress")
+        assert w.sshd.drop_connections() > 0  # the target's sshd kills our session mid-transfer
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after the retry", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        events = [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
+        assert any("retrying from the checkpoint" in m for m in events), events
+        assert not any("-> failed" in m for m in events), events
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime not installed (apt-get install faketime)")
+def test_a_skewed_clock_is_named_as_the_reason(world: World) -> None:
+    w = world
+    w.register()
+    # the daemon's clock runs 400 s ahead: the console refuses its signatures as expired
+    daemon = w.daemon(prefix=("faketime", "-f", "+400s"), FAKETIME_DONT_FAKE_MONOTONIC="1")
+    try:
+        status = wait_for(lambda: (s := ctl_status(w.socket, allow_down=True)).get("console", {}).get("last_error")
+                          and s, "the heartbeat to be refused")
+        assert status["console"]["online"] is False
+        assert "SignatureExpire" in status["console"]["last_error"]
+        assert "clock" in status["console"]["last_error"] and "NTP" in status["console"]["last_error"]
+        assert daemon.proc is not None and daemon.proc.poll() is None  # still running, still retrying
+        wait_for(lambda: "console heartbeat failed; retrying" in w.daemon_log(), "the reason in the log")
     finally:
         daemon.stop()

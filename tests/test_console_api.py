@@ -447,3 +447,55 @@ async def test_healthz_and_metrics(console):
     assert "migrate_console_longpolls_held 1.0" in text
     assert 'migrate_console_tasks{state="created"} 0.0' in text
     assert 'migrate_console_request_seconds_count{action="RegisterSource"}' in text
+
+
+async def test_concurrent_starts_queue_one_command(console):
+    sid, sk = await console.new_key("agent")
+    async with console.client(sid, sk) as agent, console.client(console.admin_id, console.admin_key) as admin:
+        src = await register(agent)
+        tid = (await admin.call("CreateTask", task_params(src)))["TaskId"]
+        results = await asyncio.gather(*(admin.call("StartTask", {"TaskId": tid}) for _ in range(8)),
+                                       return_exceptions=True)
+        ok = [r for r in results if isinstance(r, dict)]
+        refused = [r for r in results if isinstance(r, ConsoleError)]
+        assert len(ok) == 1 and len(refused) == 7
+        assert all(r.code == "FailedOperation.ActionDenied" for r in refused)
+        got = await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1})
+        assert [c["CommandId"] for c in got["Commands"]] == [ok[0]["CommandId"]]
+
+
+async def test_client_recovers_from_a_skewed_clock(console):
+    from migrated.console.client import ConsoleClient
+
+    skewed = ConsoleClient(console.url, console.admin_id, console.admin_key, clock=lambda: time.time() - 3600)
+    async with skewed:
+        r = await skewed.call("DescribeKeys", {})
+        assert r["TotalCount"] == 1
+        assert 3590 < skewed.clock_offset < 3610, "learnt from the console's Date header"
+        await skewed.call("DescribeSources", {})  # the offset is kept
+    wrong_key = ConsoleClient(console.url, console.admin_id, "wrong", clock=lambda: time.time() - 3600)
+    async with wrong_key:
+        with pytest.raises(ConsoleError) as ei:
+            await wrong_key.call("DescribeKeys", {})
+        assert ei.value.code == "AuthFailure.SignatureFailure"
+
+
+async def test_scheduled_start_fires_at_its_time_once(tmp_path):
+    async with running_console(tmp_path, scheduler={"min_lead_seconds": 1, "tick_seconds": 0.2}) as c:
+        sid, sk = await c.new_key("agent")
+        async with c.client(sid, sk) as agent, c.client(c.admin_id, c.admin_key) as admin:
+            s1, s2 = await register(agent, "m-1"), await register(agent, "m-2")
+            at = time.time() + 2.5
+            iso_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}Z"
+            t1 = (await admin.call("CreateTask", task_params(s1, ScheduledStartTime=iso_at)))["TaskId"]
+            t2 = (await admin.call("CreateTask", task_params(s2, ScheduledStartTime=iso_at)))["TaskId"]
+            # t2 is started by hand before its time: the scheduler must not start it again
+            early = await admin.call("StartTask", {"TaskId": t2})
+            got = await agent.call("PollCommands", {"SourceId": s1, "WaitSeconds": 15})
+            assert time.time() >= at - 0.01, "not before its time"
+            assert [(x["TaskId"], x["Action"]) for x in got["Commands"]] == [(t1, "start")]
+            await asyncio.sleep(1.0)  # a few scheduler ticks past the time
+            got2 = await agent.call("PollCommands", {"SourceId": s2, "WaitSeconds": 1})
+            assert [x["CommandId"] for x in got2["Commands"]] == [early["CommandId"]]
+            events = (await admin.call("DescribeTaskEvents", {"TaskId": t2}))["EventSet"]
+            assert not any("by scheduler" in e["Message"] for e in events)

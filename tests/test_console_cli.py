@@ -128,3 +128,69 @@ def test_serve_refuses_a_bad_config(tmp_path):
     bad.write_text("listen:\n  prot: 80\n")
     r = run_cli("serve", "--config", str(bad))
     assert r.returncode == 2 and "listen.prot: unknown key" in r.stderr
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "console.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_file, 0o600)
+    return cert_file, key_file
+
+
+def test_serve_https_with_our_client_and_the_sdk(tmp_path):
+    import ssl
+
+    import aiohttp
+    import yaml
+    from tencentcloud.common import credential
+    from tencentcloud.common.common_client import CommonClient
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+
+    cert_file, key_file = _self_signed(tmp_path)
+    cfg = write_config(tmp_path, tmp_path / "console.db",
+                       listen={"tls": {"cert_file": str(cert_file), "key_file": str(key_file)}})
+    creds = tmp_path / "admin.yaml"
+    assert run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
+                   "--save", str(creds)).returncode == 0
+    a = yaml.safe_load(creds.read_text())
+    proc = ConsoleProcess(cfg, tmp_path / "console.log").start()
+    try:
+        assert proc.url.startswith("https://127.0.0.1:")
+
+        async def ours() -> dict:
+            ctx = ssl.create_default_context(cafile=str(cert_file))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s, \
+                    ConsoleClient(proc.url, a["secret_id"], a["secret_key"], session=s) as c:
+                return await c.call("DescribeKeys", {})
+
+        assert asyncio.run(ours())["TotalCount"] == 1
+        hp = HttpProfile(protocol="https", endpoint=proc.url.removeprefix("https://"), certification=str(cert_file))
+        sdk = CommonClient("migrate", "2026-11-01", credential.Credential(a["secret_id"], a["secret_key"]),
+                           "ap-guangzhou", profile=ClientProfile(httpProfile=hp))
+        assert sdk.call_json("DescribeSources", {})["Response"]["TotalCount"] == 0
+        # without the CA the client refuses the console: a ConnectionFailed, not a silent downgrade
+        r = run_cli("keys", "list", "--credentials", str(creds), "--endpoint", proc.url)
+        assert r.returncode == 3 and "certificate" in r.stderr.lower()
+    finally:
+        assert proc.stop() == 0

@@ -290,3 +290,20 @@ def test_staged_dir_writes_back_only_what_changed_checkpoint_last(tmp_path: Path
     assert st.unstage() == ["a.hashes", "a.ckpt"]
     assert (real / "a.ckpt").read_bytes() == b"new" and (real / "a.hashes").read_bytes() == b"h2"
     assert (real / "other.ckpt").read_bytes() == b"keep" and not staged.exists()
+
+
+@pytest.mark.root
+@root_only
+def test_migrated_thaw_frees_a_disk_left_frozen(tmp_path: Path) -> None:
+    from tests.conftest import cli
+
+    with loop_ext4(tmp_path) as fs:
+        run("fsfreeze", "-f", str(fs.mountpoint))  # as if agent and guardian were both killed -9
+        r = subprocess.run([*cli("migrated"), "thaw", fs.loopdev, "--json"], capture_output=True, text=True,
+                           env=repo_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"thawed": [{"mountpoint": str(fs.mountpoint), "was_frozen": True}]}
+        assert can_write(fs.mountpoint)
+        r = subprocess.run([*cli("migrated"), "thaw", str(fs.mountpoint)], capture_output=True, text=True,
+                           env=repo_env(), timeout=60)
+        assert r.returncode == 0 and "was not frozen" in r.stderr

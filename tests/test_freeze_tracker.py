@@ -45,7 +45,7 @@ def test_writes_after_reset_are_reported_and_earlier_ones_are_not(tmp_path: Path
     dev = run("losetup", "-f", "--show", str(img)).stdout.strip()
     from migrated.source.tracker import _tracefs_root
 
-    root, we_mounted = _tracefs_root()
+    root, _ = _tracefs_root()
     stale = root / "instances" / "migrated-999999999-7-0"  # left by an agent killed with -9
     stale.mkdir(exist_ok=True)
     try:
@@ -62,9 +62,13 @@ def test_writes_after_reset_are_reported_and_earlier_ones_are_not(tmp_path: Path
                 f.read(4096)
             tr.drain()
             assert tr.dirty() == [(4 << 20, (4 << 20) + 12288), (9 << 20, (9 << 20) + 4096)]
+            tr.invalidate("the round resumed mid-disk")  # then the record vouches for nothing ...
+            assert tr.dirty() is None
+            tr.reset()  # ... until the next whole-disk round starts
+            _direct_write(dev, 2 << 20, 4096)
+            tr.drain()
+            assert tr.dirty() == [(2 << 20, (2 << 20) + 4096)]
     finally:
         run("losetup", "-d", dev, check=False)
-        if we_mounted:
-            run("umount", str(root), check=False)
     assert "migrated-" not in " ".join(os.listdir("/sys/kernel/tracing/instances")
                                        if os.path.isdir("/sys/kernel/tracing/instances") else [])

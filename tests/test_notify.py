@@ -79,3 +79,11 @@ async def test_watchdog_pings_from_the_event_loop(tmp_path: Path) -> None:
 
 def test_unreachable_socket_does_not_raise(tmp_path: Path) -> None:
     assert not Notifier(str(tmp_path / "nobody-listens")).ready()
+
+
+def test_a_full_queue_never_blocks(tmp_path: Path) -> None:
+    address = str(tmp_path / "notify")
+    with listen(address):  # bound but never read
+        n = Notifier(address)
+        results = [n.watchdog() for _ in range(5000)]  # would hang here if sends blocked
+        assert results[0] and not results[-1]

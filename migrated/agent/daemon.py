@@ -89,6 +89,18 @@ class RateMeter:
         self.samples.clear()
 
 
+def _disk_size(path: str) -> int:
+    """Size of a block device or image file (0 if it cannot be opened; the engine will say why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 def _parse_ssh(spec: str) -> tuple[str | None, str, int]:
     """``user@host[:port]`` -> (user, host, port)."""
     user, _, rest = spec.rpartition("@")
@@ -146,6 +158,7 @@ class Agent:
         self._interrupt = asyncio.Event()  # pause/delete/stop: end a retry wait early
         self._rate = RateMeter()
         self._last_reported: dict[str, Any] | None = None
+        self._last_refusal = ""
 
     # ------------------------------------------------------------------ state
 
@@ -186,6 +199,15 @@ class Agent:
         self._save_task()
         self._wake_reporter.set()
         self._notify_status()
+
+    def event(self, level: str, message: str) -> None:
+        """Queue a task event for the console, in order with the state changes (durable with the task)."""
+        t = self.task
+        if t is None:
+            return
+        t.unreported.append({"kind": "event", "level": level, "stage": t.stage, "message": message[:4000]})
+        self._save_task()
+        self._wake_reporter.set()
 
     def progress(self) -> TaskProgress | None:
         if self.task is None:
@@ -533,10 +555,14 @@ class Agent:
             try:
                 while t.unreported:
                     entry = t.unreported[0]
-                    p = self.progress()
-                    assert p is not None
-                    p.state, p.stage, p.message = entry["state"], entry["stage"], entry["message"]
-                    await self._report(p)
+                    if entry.get("kind") == "event":
+                        await self.console.report_event(self.source.source_id, t.task_id, entry["level"],
+                                                        entry["stage"], entry["message"])
+                    else:
+                        p = self.progress()
+                        assert p is not None
+                        p.state, p.stage, p.message = entry["state"], entry["stage"], entry["message"]
+                        await self._report(p)
                     t.unreported.pop(0)
                     self._save_task()
                 p = self.progress()
@@ -546,10 +572,12 @@ class Agent:
                 backoff.reset()
             except ConsoleError as e:
                 if e.code.startswith(("FailedOperation.IllegalStateTransition", "ResourceNotFound")):
-                    log.warning("the console refused a task report; dropping it", reason=str(e))
+                    if str(e) != self._last_refusal:  # once per distinct refusal, not every cycle
+                        log.warning("the console refused a task report; dropping it", reason=str(e))
+                    self._last_refusal = str(e)
                     if t.unreported:
                         t.unreported.pop(0)
-                        self._save_task()
+                    self._save_task()
                     continue
                 delay = backoff.next_delay()
                 self._console_failed("progress report", e, delay)
@@ -613,7 +641,7 @@ class Agent:
         while True:
             control = SyncControl(bwlimit=self.bandwidth_bps)
             self._control = control
-            done_before = self.progress().bytes_done if self.progress() else 0  # type: ignore[union-attr]
+            done_before = self._bytes_done()
             try:
                 if self._stop_reason:
                     raise Interrupted(self._stop_reason)
@@ -627,7 +655,7 @@ class Agent:
                     self._interrupted(t)
                     return
                 now = time.monotonic()
-                progressed = (self.progress().bytes_done if self.progress() else 0) > done_before  # type: ignore[union-attr]
+                progressed = self._bytes_done() > done_before
                 if progressed or first_failure is None:
                     first_failure = now
                     if progressed:
@@ -637,19 +665,21 @@ class Agent:
                     log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
                                 reason=str(e), retry_in=round(delay, 1))
                     t.message = f"retrying: {e}"
-                    self._save_task()
+                    self.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
                     await self._sleep(delay, self._interrupt)
                     continue
-                state = S(t.state)
-                stage = t.stage
-                if state is S.TRANSFERRING or state is S.STARTING or state is S.VERIFYING:
-                    self.set_state(S.FAILED, stage, str(e))
+                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
+                    self.set_state(S.FAILED, t.stage, str(e))
                 return
             except Exception as e:
                 log.exception("task failed with an internal error", task_id=t.task_id)
                 if S(t.state) in (S.STARTING, S.TRANSFERRING, S.VERIFYING):
                     self.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
                 return
+
+    def _bytes_done(self) -> int:
+        p = self.progress()
+        return p.bytes_done if p else 0
 
     def _interrupted(self, t: TaskRecord) -> None:
         reason = self._stop_reason or "stopped"
@@ -694,6 +724,9 @@ class Agent:
                 self._store_progress(t, disks, done)
                 log.info("disk done", task_id=t.task_id, source=src, target=dst,
                          sent=format_bytes(result.bytes_sent), verified=result.verified)
+                self.event("info", f"disk {src} -> {dst} done: {format_bytes(result.bytes_total)}, "
+                           f"sent {format_bytes(result.bytes_sent)} this run"
+                           + (", every block verified" if result.verified else ""))
         if t.spec.get("Checksum") and S(t.state) is S.TRANSFERRING:
             self.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
         self.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
@@ -723,6 +756,8 @@ class Agent:
         for r in results:
             if r.result.value in ("warn", "fail"):
                 log.warning("pre-migration check", check=r.name, result=r.result.value, detail=r.message)
+                self.event("warning" if r.result.value == "warn" else "error",
+                           f"check {r.name}: {r.result.value}: {r.message}")
         return results
 
     def _initial_disks(self, t: TaskRecord, mapping: list[tuple[str, str]]) -> list[DiskProgress]:
@@ -733,7 +768,7 @@ class Agent:
             if d:
                 out.append(DiskProgress(**{k: v for k, v in d.items() if k in DiskProgress.__dataclass_fields__}))
             else:
-                out.append(DiskProgress(name=src, target=dst, bytes_total=0))
+                out.append(DiskProgress(name=src, target=dst, bytes_total=_disk_size(src)))
         return out
 
     def _on_progress(self, t: TaskRecord, disks: list[DiskProgress], i: int, dp: DiskProgress) -> None:

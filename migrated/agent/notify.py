@@ -68,7 +68,11 @@ class Notifier:
             addr = "\0" + addr[1:]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.sendto(payload, addr)
+                # never block the event loop on a receiver that does not read (queue full)
+                s.sendto(payload, socket.MSG_DONTWAIT, addr)
+        except BlockingIOError:
+            log.debug("sd_notify dropped: the notify socket's queue is full", notify_socket=self.address)
+            return False
         except OSError as e:
             log.warning("sd_notify failed", notify_socket=self.address, error=str(e))
             return False

@@ -43,7 +43,9 @@ class TaskRecord:
     stage: str = ""
     message: str = ""
     progress: dict[str, Any] | None = None  # TaskProgress.to_dict()
-    unreported: list[dict[str, str]] = field(default_factory=list)  # [{state, stage, message}] in order
+    # what the console has not taken yet, oldest first: state changes {state, stage, message}
+    # and events {kind: "event", level, stage, message}
+    unreported: list[dict[str, str]] = field(default_factory=list)
     bandwidth_bps: int | None = None
 
     def progress_obj(self) -> TaskProgress:

@@ -215,6 +215,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     if typed:
         atomic_write(cfg.credentials_file, dump_credentials(creds), mode=0o600)
     pub = _ensure_ssh_identity(cfg, store)
+    _give_to_state_dir_owner(cfg.state_dir)
     print(f"Import source server successfully (source {source_id})")
     print(f"Credentials: {cfg.credentials_file}; state: {cfg.state_dir}")
     print(f"Authorize this key on migration targets (~/.ssh/authorized_keys):\n{pub}")
@@ -237,6 +238,16 @@ def configured_disks(cfg: Config) -> list[Any]:
             os.close(fd)
         out.append(Disk(path=path, size=size))
     return out
+
+
+def _give_to_state_dir_owner(state_dir: str) -> None:
+    """Run as root while the daemon runs as ``migrated``: hand the new files to the state dir's owner."""
+    st = os.stat(state_dir)
+    if os.geteuid() != 0 or st.st_uid == 0:
+        return
+    for root, dirs, files in os.walk(state_dir):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _version() -> str:

@@ -84,22 +84,28 @@ def render_status(status: dict[str, Any], now: float | None = None) -> Group:
     head.add_row("task", f"{task.task_id}  {task.state}" + (f"  stage {task.stage}" if task.stage else ""))
     if task.message:
         head.add_row("", Text(task.message, style="red" if task.state == "failed" else ""))
+    for d in task.disks:
+        head.add_row("disk", f"{d.name} -> {d.target}  (sent {format_bytes(d.bytes_sent)})")
     bars = Progress(
         TextColumn("{task.description}"),
-        BarColumn(bar_width=30),
+        BarColumn(bar_width=24),
         TaskProgressColumn(),
         TextColumn("{task.fields[amount]}"),
         TextColumn("{task.fields[extra]}"),
         auto_refresh=False,
     )
     for d in task.disks:
-        bars.add_task(f"{d.name} -> {d.target}", total=max(d.bytes_total, 1), completed=d.bytes_done,
-                      amount=f"{format_bytes(d.bytes_done)} / {format_bytes(d.bytes_total)}",
-                      extra=f"sent {format_bytes(d.bytes_sent)}")
+        bars.add_task(_short(d.name), total=max(d.bytes_total, 1), completed=d.bytes_done,
+                      amount=f"{format_bytes(d.bytes_done)} / {format_bytes(d.bytes_total)}", extra="")
     bars.add_task("total", total=max(task.bytes_total, 1), completed=task.bytes_done,
                   amount=f"{format_bytes(task.bytes_done)} / {format_bytes(task.bytes_total)}",
                   extra=f"{format_bytes(task.rate_bps)}/s  ETA {format_duration(task.eta_seconds)}")
     return Group(head, bars)
+
+
+def _short(path: str, width: int = 16) -> str:
+    """A disk's name for its progress bar: the path's tail when it is long."""
+    return path if len(path) <= width else "…" + path[-(width - 1):]
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -167,7 +173,11 @@ def render_checks(out: Console, checks: list[dict[str, Any]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="migratectl", description="Control the running migrated daemon.")
+    p = argparse.ArgumentParser(
+        prog="migratectl", description="Control the running migrated daemon.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 done, 2 bad arguments or not allowed in the task's state, 3 connection problem,\n"
+               "7 daemon not running, 8 not allowed to use the socket, 9 a check failed, 1 other (docs/agent.md)")
     p.add_argument("--socket", help="control socket (default: control.socket from the config)")
     p.add_argument("--config", help=f"daemon config file to read the socket path from (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")

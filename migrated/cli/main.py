@@ -17,6 +17,7 @@ SUBCOMMANDS: list[str] = [
     "migrated.cli.sync_cmd",
     "migrated.cli.version_cmd",
     "migrated.cli.agent_cmds",
+    "migrated.cli.thaw_cmd",
 ]
 
 

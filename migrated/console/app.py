@@ -210,6 +210,8 @@ async def api_handler(request: web.Request) -> web.Response:
             data = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError("InvalidParameter", f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError("InvalidParameter", "the body is nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiError("InvalidParameter", "the body must be a JSON object of parameters")
         try:

@@ -26,6 +26,8 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +51,7 @@ class ConsoleClient:
         timeout: float = 40,
         service: str = SERVICE,
         version: str = API_VERSION,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -64,6 +67,9 @@ class ConsoleClient:
         self.timeout = timeout
         self.service = service
         self.version = version
+        self._clock = clock
+        self._server_date: float | None = None
+        self.clock_offset = 0.0  # server time - our time, learnt from a SignatureExpire answer
 
     def __repr__(self) -> str:  # never the key
         return f"ConsoleClient({self.url!r}, secret_id={self.secret_id!r})"
@@ -90,19 +96,38 @@ class ConsoleClient:
         body = json.dumps(params, separators=(",", ":")).encode()
         headers = tc3.sign_headers(
             secret_id=self.secret_id, secret_key=self._secret_key, service=self.service, host=self.host,
-            action=action, version=self.version, timestamp=int(time.time()) if timestamp is None else timestamp,
+            action=action, version=self.version,
+            timestamp=int(self._clock() + self.clock_offset) if timestamp is None else timestamp,
             body=body, nonce=secrets.token_hex(8),
         )
         return headers, body
 
     async def call(self, action: str, params: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-        """Call ``action``; returns the ``Response`` object without ``RequestId``."""
+        """Call ``action``; returns the ``Response`` object without ``RequestId``.
+
+        When the console answers ``AuthFailure.SignatureExpire`` (this machine's clock is off by
+        more than the signature window), the call is signed again once with the console's time
+        taken from the reply's ``Date`` header; the offset is kept for later calls."""
+        try:
+            return await self._call_once(action, params, timeout)
+        except ConsoleError as exc:
+            if exc.code != "AuthFailure.SignatureExpire" or self._server_date is None:
+                raise
+            offset = self._server_date - self._clock()
+            if abs(offset - self.clock_offset) < 2:
+                raise
+            self.clock_offset = offset
+            return await self._call_once(action, params, timeout)
+
+    async def _call_once(self, action: str, params: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        self._server_date = None
         headers, body = self.signed_request(action, params)
         t = aiohttp.ClientTimeout(total=self.timeout if timeout is None else timeout)
         try:
             async with self._get_session().post(self.url, data=body, headers=headers, timeout=t) as resp:
                 raw = await resp.read()
                 status = resp.status
+                date = resp.headers.get("Date")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             what = "timed out" if isinstance(exc, asyncio.TimeoutError) else (str(exc) or type(exc).__name__)
             raise ConnectionFailed(f"console {self.url} {action}: {what}") from None
@@ -115,6 +140,11 @@ class ConsoleClient:
             raise ConnectionFailed(
                 f"console {self.url} {action}: HTTP {status}, not a console reply (wrong endpoint or a proxy error?)"
             ) from None
+        if date:
+            try:
+                self._server_date = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                self._server_date = None
         rid = str(response.pop("RequestId", ""))
         err = response.get("Error")
         if err is not None:

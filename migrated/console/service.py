@@ -26,6 +26,7 @@ Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,10 +104,12 @@ class Caller:
 
 
 class ConsoleService:
-    def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None) -> None:
         self.storage = storage
         self.config = config
         self.clock = clock
+        self.rng = rng or random.Random()
         self.polls_held = 0  # long-polls waiting right now (for /metrics)
         self._closing = asyncio.Event()
 
@@ -248,7 +251,12 @@ class ConsoleService:
         s = await self._own_source(caller, p.SourceId)
         a = self.config.agents
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(p.WaitSeconds, a.max_wait_seconds)
+        wait = min(p.WaitSeconds, a.max_wait_seconds)
+        if wait >= 5:
+            # answer an idle poll a little early, at random, so that a fleet whose polls happen to
+            # line up (all agents restarted together, a console restart) spreads out again
+            wait *= self.rng.uniform(0.75, 1.0)
+        deadline = loop.time() + wait
         await self.storage.record_heartbeat(s.source_id, s.agent_version, self.clock())
         self.polls_held += 1
         try:
@@ -322,7 +330,7 @@ class ConsoleService:
 
     async def create_key(self, caller: Caller | None, p: P.CreateKey) -> dict[str, Any]:
         k = await self.storage.create_key(p.Role, p.Name, self.clock())
-        log.info("key created", secret_id=k.secret_id, role=k.role, name=k.name,
+        log.info("key created", key_id=k.secret_id, role=k.role, name=k.name,
                  by=caller.secret_id if caller else "local")
         return {"SecretId": k.secret_id, "SecretKey": k.secret_key, "Role": k.role, "Name": k.name}
 
@@ -346,7 +354,7 @@ class ConsoleService:
                                "this is the last active admin key; create another admin key first")
         k = await self.storage.revoke_key(p.SecretId, self.clock())
         assert k is not None
-        log.info("key revoked", secret_id=k.secret_id, by=caller.secret_id)
+        log.info("key revoked", key_id=k.secret_id, by=caller.secret_id)
         return self.key_view(k)
 
     # ------------------------------------------------------------ sources
@@ -357,11 +365,12 @@ class ConsoleService:
             wanted = set(p.SourceIds)
             srcs = [s for s in srcs if s.source_id in wanted]
         now = self.clock()
+        unfinished, _ = await self.storage.list_tasks(states=UNFINISHED_STATES, limit=1_000_000)
+        current = {t.source_id: t.task_id for t in unfinished}
         out = []
         for s in srcs:
             v = self.source_view(s, now)
-            tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
-            v["CurrentTaskId"] = tasks[0].task_id if tasks else None
+            v["CurrentTaskId"] = current.get(s.source_id)
             out.append(v)
         return {"SourceSet": out, "TotalCount": len(out)}
 

@@ -749,12 +749,14 @@ class SQLiteStorage(Storage):
                 if event is not None:
                     db.execute("INSERT INTO events(task_id, source_id, time, level, stage, message) "
                                "VALUES (?,?,?,?,?,?)", (task_id, cur.source_id, now, *event))
+            if cmd is not None:
+                # wake the source's polls from here, right after the commit: this runs even when
+                # the request that queued the command was cancelled (client gone) meanwhile
+                loop.call_soon_threadsafe(self._notify, cur.source_id)
             return new, cmd
 
-        new, cmd = await self._run(go)
-        if cmd is not None:
-            self._notify(new.source_id)
-        return new, cmd
+        loop = asyncio.get_running_loop()
+        return await self._run(go)
 
     async def due_scheduled_tasks(self, now: float) -> list[TaskRecord]:
         def go() -> list[TaskRecord]:

@@ -183,7 +183,7 @@ def bind_control_socket(path: str, group: str | None) -> socket.socket:
     finally:
         os.umask(old)
     try:
-        if gid is not None:
+        if gid is not None and os.stat(tmp).st_gid != gid:  # under systemd Group= makes it ours already
             os.chown(tmp, -1, gid)
         sock.listen(64)
         os.rename(tmp, path)

@@ -20,9 +20,13 @@ same checkpoint (the engine re-reads the source and sends what changed). The pie
 * **Cutover** (:func:`cutover`): pre hook -> quiesce -> final pass -> make durable ->
   un-quiesce -> post hook -> verify every target block against the hashes the final pass
   recorded (the source has moved on after the thaw, so it cannot be re-read for that).
-  Quiesce methods: ``freeze`` (FIFREEZE of every mounted filesystem of the disk, through
-  the guardian process, within ``freeze_budget``), ``lvm`` (final pass reads an LVM
-  snapshot), ``hooks`` (only the pre/post commands), ``none`` (crash-consistent only).
+  Quiesce methods: ``freeze`` (FIFREEZE of every mounted filesystem of the disks, through
+  the guardian process, within ``freeze_budget``; the final pass reads only the writes
+  traced since the last round, ``migrated.source.tracker``), ``hooks`` (only the pre/post
+  commands), ``none`` (crash-consistent only); ``lvm`` is refused until the engine can
+  read a snapshot with the origin's checkpoint (``migrated.source.snapshot`` is ready).
+* **Several disks** (:func:`run_continuous_disks`): a round syncs each once; the cutover
+  freezes the filesystems of all of them at once, so the target is consistent across them.
 * **Nothing is written to a frozen filesystem** by this process during the freeze: the
   engine's state dir is staged in tmpfs (``StagedDir``) and written back after the
   thaw; log events are held in memory and printed after the thaw; no bytecode is
@@ -51,7 +55,7 @@ from typing import Any
 import structlog
 
 from migrated.engine.sync import DiskSync, HashFile, SyncControl, SyncOptions, SyncResult, default_state_dir
-from migrated.errors import MigratedError, QuiesceError, UsageError, VerificationFailed
+from migrated.errors import MigratedError, UsageError, VerificationFailed
 from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
 from migrated.source.freeze import (
     FreezeBudgetExceeded,
@@ -106,6 +110,9 @@ class ContinuousOptions:
     def validate(self) -> None:
         if self.quiesce not in QUIESCE_METHODS:
             raise UsageError(f"--quiesce {self.quiesce!r}: choose one of {', '.join(QUIESCE_METHODS)}")
+        if self.quiesce == "lvm":
+            raise UsageError("--quiesce lvm is not available yet (the engine cannot read the final pass from a "
+                             "snapshot device with the origin's checkpoint); use --quiesce freeze")
         if self.interval < 0:
             raise UsageError("--interval must be zero or more seconds")
         if self.freeze_budget <= 0 or self.downtime_target <= 0:
@@ -311,35 +318,56 @@ async def verify_against_checkpoint(session: Any, source_path: str, target_path:
 
 # ------------------------------------------------------------ rounds
 
+Disk = tuple[str, str]  # (source path, target path on the target host)
+
 
 async def run_continuous(session: Any, source: str, target_path: str, options: SyncOptions,
                          copts: ContinuousOptions, control: ContinuousControl,
                          on_event: Callable[[Event], None] | None = None,
                          on_progress: Callable[..., None] | None = None) -> ContinuousResult:
-    """Full pass, rounds, cutover (module doc). Raises Interrupted when stopped (resumable: the next
-    run continues from the checkpoint), QuiesceError / FreezeBudgetExceeded when the cutover could not
-    be done within its limits (the source is running, thawed), VerificationFailed."""
+    """One disk: see :func:`run_continuous_disks`."""
+    return await run_continuous_disks(session, [(source, target_path)], options, copts, control, on_event,
+                                      on_progress)
+
+
+async def run_continuous_disks(session: Any, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
+                               control: ContinuousControl, on_event: Callable[[Event], None] | None = None,
+                               on_progress: Callable[..., None] | None = None) -> ContinuousResult:
+    """Full pass, rounds, cutover (module doc) for the disks of one task, over one session. A round
+    syncs every disk once (its numbers are the disks' sums); the cutover freezes the mounted
+    filesystems of *all* the disks at once, so the target is consistent across disks (a database on
+    one disk and its log on another). ``on_progress`` gets the engine's DiskProgress (``.name`` is
+    the source). Raises Interrupted when stopped (resumable: the next run continues from the
+    checkpoints), QuiesceError / FreezeBudgetExceeded when the cutover could not be done within its
+    limits (the sources are running, thawed), VerificationFailed."""
     copts.validate()
+    if not disks:
+        raise UsageError("no disk to migrate")
+    # rounds never verify by re-reading (the cutover verifies every block against the frozen image)
+    options = dataclasses.replace(options, checksum=False)
     emit = on_event or (lambda _e: None)
     if control.interval is None:
         control.interval = copts.interval
     if control.read_limit is None and copts.read_limit:
         control.set_read_limit(copts.read_limit)
     sys.dont_write_bytecode = True  # a lazy import during the freeze must not write next to our code
-    tracker = _start_tracker(source) if copts.quiesce == "freeze" and copts.track_writes else None
-    policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget,
-                    tracked=tracker is not None)
-    poller = asyncio.create_task(_poll_tracker(tracker)) if tracker is not None else None
+    trackers: dict[str, WriteTracker | None] = {}
+    if copts.quiesce == "freeze" and copts.track_writes:
+        trackers = {src: _start_tracker(src) for src, _ in disks}
+    tracked = bool(trackers) and all(t is not None for t in trackers.values())
+    policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget, tracked=tracked)
+    live = [t for t in trackers.values() if t is not None]
+    poller = asyncio.create_task(_poll_trackers(live)) if live else None
     try:
-        return await _run_rounds_and_cutover(session, source, target_path, options, copts, control, emit, policy,
-                                             tracker, on_progress)
+        return await _run_rounds_and_cutover(session, disks, options, copts, control, emit, policy, trackers,
+                                             on_progress)
     finally:
         if poller is not None:
             poller.cancel()
             with contextlib.suppress(BaseException):
                 await poller
-        if tracker is not None:
-            tracker.close()
+        for t in live:
+            t.close()
 
 
 def _start_tracker(source: str) -> WriteTracker | None:
@@ -350,39 +378,53 @@ def _start_tracker(source: str) -> WriteTracker | None:
         return None
 
 
-async def _poll_tracker(tracker: WriteTracker | None) -> None:
-    while tracker is not None:
-        await asyncio.to_thread(tracker.poll)
+async def _poll_trackers(trackers: list[WriteTracker]) -> None:
+    while True:
+        for t in trackers:
+            await asyncio.to_thread(t.poll)
         await asyncio.sleep(0.5)
 
 
-async def _run_rounds_and_cutover(session: Any, source: str, target_path: str, options: SyncOptions,
+async def _run_rounds_and_cutover(session: Any, disks: list[Disk], options: SyncOptions,
                                   copts: ContinuousOptions, control: ContinuousControl,
                                   emit: Callable[[Event], None], policy: Policy,
-                                  tracker: WriteTracker | None,
+                                  trackers: dict[str, WriteTracker | None],
                                   on_progress: Callable[..., None] | None) -> ContinuousResult:
     rounds = control.rounds
     bytes_total = 0
     said_not_converging = False
+    names = ", ".join(src for src, _ in disks)
 
     async def one_round() -> None:
         nonlocal bytes_total, said_not_converging
         control.phase = Phase.FULL_PASS if not rounds else Phase.ROUND
-        if tracker is not None:
-            tracker.reset()  # the final pass re-reads what is written from now on
+        for t in trackers.values():
+            if t is not None:
+                t.reset()  # the final pass re-reads what is written from now on
         started = time.monotonic()
-        res = await session.sync_disk(source, target_path, options, control.sync, on_progress)
-        bytes_total = res.bytes_total
-        rounds.append(_stats(len(rounds), started, res))
+        results = [await session.sync_disk(src, dst, options, control.sync, on_progress) for src, dst in disks]
+        for (src, _), r in zip(disks, results, strict=True):
+            t = trackers.get(src)
+            if t is not None and r.resumed:
+                # blocks before the resume point were read before the reset: their later writes are unknown
+                t.invalidate("the last round resumed from a checkpoint and did not read the whole disk")
+        bytes_total = sum(r.bytes_total for r in results)
+        stats = RoundStats(index=len(rounds), started_at=started, duration=time.monotonic() - started,
+                           bytes_scanned=sum(r.bytes_read for r in results),
+                           bytes_changed=sum(r.bytes_changed for r in results),
+                           bytes_sent=sum(r.bytes_sent for r in results))
+        rounds.append(stats)
         control.summary = summarize(rounds, bytes_total, policy)
         s = control.summary
-        emit({"event": "round", "round": len(rounds) - 1, "seconds": res.seconds, "bytes_read": res.bytes_read,
-              "bytes_changed": res.bytes_changed, "bytes_sent": res.bytes_sent, "advice": s.advice.value,
+        emit({"event": "round", "round": stats.index, "seconds": stats.duration, "bytes_read": stats.bytes_scanned,
+              "bytes_changed": stats.bytes_changed, "bytes_sent": stats.bytes_sent, "advice": s.advice.value,
               "message": s.message, "forecast_final": s.forecast_final, "change_rate": s.change_rate,
-              "send_rate": s.send_rate})
+              "send_rate": s.send_rate,
+              "disks": [{"source": r.source, "seconds": r.seconds, "bytes_changed": r.bytes_changed,
+                         "bytes_sent": r.bytes_sent} for r in results]})
         if s.advice is Advice.NOT_CONVERGING:
             if not said_not_converging:
-                log.warning("not_converging", disk=source, message=s.message)
+                log.warning("not_converging", disks=names, message=s.message)
             said_not_converging = True
         else:
             said_not_converging = False
@@ -405,7 +447,7 @@ async def _run_rounds_and_cutover(session: Any, source: str, target_path: str, o
         if control.sync.stop_requested:
             from migrated.errors import Interrupted
 
-            raise Interrupted(f"{control.sync.stop_reason}: {source} is synced up to round {len(rounds) - 1}; "
+            raise Interrupted(f"{control.sync.stop_reason}: {names} synced up to round {len(rounds) - 1}; "
                               "run again to continue")
         if cutover_due():
             break
@@ -413,41 +455,48 @@ async def _run_rounds_and_cutover(session: Any, source: str, target_path: str, o
             continue  # the interval changed: wait again with the new one
         await one_round()
 
-    report = await cutover(session, source, target_path, options, copts, control, emit, one_round, tracker)
+    report = await cutover(session, disks, options, copts, control, emit, one_round, trackers)
     control.phase = Phase.DONE
-    return ContinuousResult(source=source, target=f"{session.endpoint.label}:{target_path}", bytes_total=bytes_total,
-                            rounds=list(rounds), summary=control.summary, cutover=report)
+    targets = ", ".join(f"{session.endpoint.label}:{dst}" for _, dst in disks)
+    return ContinuousResult(source=names, target=targets, bytes_total=bytes_total, rounds=list(rounds),
+                            summary=control.summary, cutover=report)
 
 
 # ------------------------------------------------------------ cutover
 
 
-def _state_files(source: str, session: Any, target_path: str) -> set[str] | None:
-    """Names of the engine's checkpoint files for this disk (None: stage the whole state dir)."""
+def _state_files(source: str, session: Any, target_path: str) -> set[str]:
+    """Names of the engine's checkpoint files for this disk (``DiskSync.cp_path`` / ``hf_path``)."""
     import hashlib
 
-    try:
-        ident = f"{os.path.realpath(source)}\0{session.endpoint.label}\0{target_path}"
-        key = hashlib.sha256(ident.encode()).hexdigest()
-    except AttributeError:
-        return None
+    ident = f"{os.path.realpath(source)}\0{session.endpoint.label}\0{target_path}"
+    key = hashlib.sha256(ident.encode()).hexdigest()
     return {f"{key[:24]}.ckpt", f"{key[:24]}.hashes"}
 
 
-async def cutover(session: Any, source: str, target_path: str, options: SyncOptions, copts: ContinuousOptions,
+def _mounts_of(disks: list[Disk]) -> list[MountedFs]:
+    seen: dict[str, MountedFs] = {}
+    for src, _ in disks:
+        for m in mounted_filesystems(src):
+            seen.setdefault(m.device, m)
+    return sorted(seen.values(), key=lambda m: (m.mountpoint.count("/"), m.mountpoint))
+
+
+async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
                   control: ContinuousControl, emit: Callable[[Event], None],
                   another_round: Callable[[], Any] | None = None,
-                  tracker: WriteTracker | None = None) -> CutoverReport:
-    """Quiesce, final pass, un-quiesce, verify (module doc). The source is running when this returns or raises."""
+                  trackers: dict[str, WriteTracker | None] | None = None) -> CutoverReport:
+    """Quiesce, final pass of every disk, un-quiesce, verify (module doc). The sources are running when
+    this returns or raises."""
     control.phase = Phase.CUTOVER
     report = CutoverReport(quiesce=copts.quiesce)
     hook_results: list[HookResult] = []
     mounts: list[MountedFs] = []
     if copts.quiesce == "freeze":
-        mounts = mounted_filesystems(source)
+        mounts = _mounts_of(disks)
         report.mountpoints = [m.mountpoint for m in mounts]
         if not mounts:
-            report.notes.append(f"no filesystem of {source} is mounted: nothing to freeze")
+            report.notes.append("no filesystem of the disks is mounted: nothing to freeze")
     state_dir = options.state_dir or default_state_dir()
     final_opts = dataclasses.replace(options, checksum=False)
     emit({"event": "cutover", "quiesce": copts.quiesce, "mountpoints": report.mountpoints})
@@ -457,21 +506,18 @@ async def cutover(session: Any, source: str, target_path: str, options: SyncOpti
             for attempt in range(1, copts.final_attempts + 1):
                 report.attempts = attempt
                 try:
-                    if copts.quiesce == "lvm":
-                        res = await _final_pass_lvm(session, source, target_path, final_opts, copts, control, report)
-                    else:
-                        res = await _final_pass_frozen(session, source, target_path, final_opts, copts, control,
-                                                       report, mounts, state_dir, tracker)
+                    results = await _final_pass_frozen(session, disks, final_opts, copts, control, report, mounts,
+                                                       state_dir, trackers or {})
                 except FreezeBudgetExceeded as e:
                     last_error = e
                     emit({"event": "freeze-budget-exceeded", "attempt": attempt, "message": str(e)})
-                    log.warning("freeze_budget_exceeded", disk=source, attempt=attempt, budget=copts.freeze_budget)
+                    log.warning("freeze_budget_exceeded", attempt=attempt, budget=copts.freeze_budget)
                     if attempt < copts.final_attempts and another_round is not None:
                         await another_round()  # shrink what the next final pass has to send
                     continue
-                report.final_changed = res.bytes_changed
-                report.final_sent = res.bytes_sent
-                report.final_seconds = res.seconds
+                report.final_changed = sum(r.bytes_changed for r in results)
+                report.final_sent = sum(r.bytes_sent for r in results)
+                report.final_seconds = sum(r.seconds for r in results)
                 last_error = None
                 break
             if last_error is not None:
@@ -482,47 +528,59 @@ async def cutover(session: Any, source: str, target_path: str, options: SyncOpti
           "traced_bytes": report.traced_bytes})
     if copts.verify:
         control.phase = Phase.VERIFYING
-        report.blocks_verified = await verify_against_checkpoint(session, source, target_path, final_opts)
+        for src, dst in disks:
+            report.blocks_verified += await verify_against_checkpoint(session, src, dst, final_opts)
         report.verified = True
     emit({"event": "verified" if report.verified else "done", "blocks": report.blocks_verified})
     return report
 
 
-async def _final_pass_frozen(session: Any, source: str, target_path: str, final_opts: SyncOptions,
-                             copts: ContinuousOptions, control: ContinuousControl, report: CutoverReport,
-                             mounts: list[MountedFs], state_dir: Any,
-                             tracker: WriteTracker | None = None) -> SyncResult:
-    """One final pass with ``mounts`` frozen (or none, for quiesce hooks/none)."""
+async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
+                             control: ContinuousControl, report: CutoverReport, mounts: list[MountedFs],
+                             state_dir: Any, trackers: dict[str, WriteTracker | None]) -> list[SyncResult]:
+    """One final pass of every disk with ``mounts`` frozen (or nothing frozen: quiesce hooks/none)."""
     from migrated.source.freeze import drop_block_cache
 
     staged: StagedDir | None = None
     if mounts and path_on_filesystems(state_dir, mounts):
-        staged = StagedDir(state_dir, mounts, _state_files(source, session, target_path))
+        files: set[str] = set()
+        for src, dst in disks:
+            files |= _state_files(src, session, dst)
+        staged = StagedDir(state_dir, mounts, files)
         final_opts = dataclasses.replace(final_opts, state_dir=str(await asyncio.to_thread(staged.stage)))
     control.phase = Phase.FINAL_PASS
     saved_limit = control.read_limit
     control.set_read_limit(None)  # the server is waiting: read as fast as we can
     fz = GuardedFreeze([m.mountpoint for m in mounts], copts.freeze_budget) if mounts else None
     started = time.monotonic()
+    results: list[SyncResult] = []
     try:
         with held_output() as held:
             if fz is not None:
                 await asyncio.to_thread(fz.freeze)
             try:
-                drop_block_cache(source)
-                if tracker is not None and fz is not None:
-                    # frozen: every write the filesystem made is queued, so its event is in the buffer
-                    await asyncio.to_thread(tracker.drain)
-                    ranges = tracker.dirty()
-                    if ranges is not None:
-                        final_opts = dataclasses.replace(final_opts, only_ranges=ranges)
-                        report.traced_bytes = sum(e - s for s, e in ranges)
-                    report.notes.append("final pass read only the traced writes" if ranges is not None else
-                                        "write tracking incomplete: the final pass read the whole disk")
                 # stop before the guardian's deadline: what we read after a thaw is not consistent
-                timeout = None if fz is None else max(0.1, fz.remaining() - 0.5)
-                res = await asyncio.wait_for(
-                    session.sync_disk(source, target_path, final_opts, control.sync, None), timeout)
+                deadline = None if fz is None else time.monotonic() + fz.remaining() - 0.5
+                traced: list[int] = []
+                for src, dst in disks:
+                    drop_block_cache(src)
+                    opts = final_opts
+                    tracker = trackers.get(src)
+                    ranges = None
+                    if tracker is not None and fz is not None:
+                        # frozen: every write the filesystems made is queued, so its event is in the buffer
+                        await asyncio.to_thread(tracker.drain)
+                        ranges = tracker.dirty()
+                    if ranges is not None:
+                        opts = dataclasses.replace(final_opts, only_ranges=ranges)
+                        traced.append(sum(e - s for s, e in ranges))
+                    elif fz is not None:
+                        report.notes.append(f"{src}: no complete write record; the final pass read the whole disk")
+                    timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
+                    results.append(await asyncio.wait_for(
+                        session.sync_disk(src, dst, opts, control.sync, None), timeout))
+                if traced and len(traced) == len(disks):
+                    report.traced_bytes = sum(traced)
             except TimeoutError:
                 raise FreezeBudgetExceeded(
                     f"the final pass did not finish within the freeze budget of {copts.freeze_budget:g} s; "
@@ -544,11 +602,4 @@ async def _final_pass_frozen(session: Any, source: str, target_path: str, final_
             # back is safe even after a failed pass, and forgetting it would not be
             written = await asyncio.to_thread(staged.unstage)
             log.info("state_written_after_thaw", files=written)
-    return res
-
-
-async def _final_pass_lvm(session: Any, source: str, target_path: str, final_opts: SyncOptions,
-                          copts: ContinuousOptions, control: ContinuousControl, report: CutoverReport) -> SyncResult:
-    raise QuiesceError("--quiesce lvm is not wired to the engine yet: the engine keys its checkpoint by source "
-                       "path, so a final pass from the snapshot device needs an engine option; use --quiesce freeze")
-
+    return results

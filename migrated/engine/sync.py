@@ -113,7 +113,6 @@ class SyncControl:
         self._bwlimit = bwlimit
         self._stop = False
         self._listeners: list[Callable[[int | None], None]] = []
-        self._read_listeners: list[Callable[[int | None], None]] = []
         self.stop_reason = "stop requested"
 
     @property
@@ -130,9 +129,8 @@ class SyncControl:
     read_limit: int | None = None
 
     def set_read_limit(self, bytes_per_s: int | None) -> None:
+        """Takes effect at the next chunk read (the engine compares before each read)."""
         self.read_limit = bytes_per_s if bytes_per_s else None
-        for cb in list(self._read_listeners):
-            cb(self.read_limit)
 
     def request_stop(self, reason: str = "stop requested") -> None:
         self._stop = True
@@ -290,8 +288,6 @@ class DiskSync:
         self._listener = lambda r: self.bucket.set_rate(r, time.monotonic())
         self.control._listeners.append(self._listener)
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
-        self._read_listener = lambda r: self.read_bucket.set_rate(r, time.monotonic())
-        self.control._read_listeners.append(self._read_listener)
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
@@ -559,6 +555,8 @@ class DiskSync:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
             self.stats.bytes_sent += wire.HEADER.size + wire.RANGE.size
         if not hole:
+            if self.read_bucket.rate != self.control.read_limit:
+                self.read_bucket.set_rate(self.control.read_limit, time.monotonic())
             read_delay = self.read_bucket.reserve(length, time.monotonic())
             if read_delay > 0:
                 await asyncio.sleep(read_delay)
@@ -800,8 +798,6 @@ class DiskSync:
             self.last_result = result
             with contextlib.suppress(ValueError):
                 self.control._listeners.remove(self._listener)
-            with contextlib.suppress(ValueError):
-                self.control._read_listeners.remove(self._read_listener)
         return result
 
     async def verify(self, cp: Checkpoint) -> bool:

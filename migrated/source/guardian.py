@@ -30,7 +30,7 @@ Rules this process keeps (see docs/consistency.md):
   stdout pipe, and writes one line to stderr only after everything is thawed.
 * SIGKILL of the guardian itself cannot be caught: the parent notices (its
   pipe closes) and thaws itself. Both killed at once leaves the filesystems
-  frozen; ``migrated thaw`` (or ``fsfreeze -u``) is the manual way out.
+  frozen; ``migrated thaw DISK`` (or ``fsfreeze -u``) is the manual way out.
 * Before freezing it syncs the filesystems while they are still writable, so
   FIFREEZE has little left to flush and the frozen window stays short.
 """

@@ -12,11 +12,14 @@ Contracts:
 * :meth:`WriteTracker.reset` is called right before a round starts reading; :meth:`dirty`
   returns the merged byte ranges written since (a superset: events queued before the reset
   but read after it are kept), or **None when the record cannot be trusted** (events lost to a
-  full trace buffer, the reader failed, tracing unavailable): the caller then reads everything.
+  full trace buffer, the reader failed, tracing unavailable, or :meth:`invalidate` was called
+  because the round did not read the whole disk — a resumed round): the caller then reads
+  everything.
 * Call :meth:`drain` after the freeze and before :meth:`dirty`: FIFREEZE returns after the
   filesystem's writes were submitted, so their events are in the buffer; draining reads them all.
 * Everything lives in tracefs (memory): nothing is written to any disk. ``close()`` removes the
-  instance. Needs root and tracefs (mounted at /sys/kernel/tracing when it is not mounted).
+  instance; an instance left by a killed agent is removed by the next ``start()``. Needs root and
+  tracefs (mounted at /sys/kernel/tracing when it is not, and left mounted).
 * Writes are bios of any kind that change data: W (write), D (discard), E (secure erase),
   write-zeroes. A source that is a partition is tracked on its whole disk (partition bios are
   remapped before they are queued) and the ranges are shifted by the partition start.
@@ -93,6 +96,7 @@ class WriteTracker:
         self._partial = b""
         self._ranges: list[tuple[int, int]] = []
         self._broken: str | None = None
+        self._lost_base = 0
         self.events = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -128,9 +132,8 @@ class WriteTracker:
             with contextlib.suppress(OSError):
                 self.inst.rmdir()
             self.inst = None
-        if self._mounted and self.root is not None:
-            subprocess.run(["umount", str(self.root)], capture_output=True)
-            self._mounted = False
+        # tracefs stays mounted (as systemd's sys-kernel-tracing.mount leaves it): another agent's
+        # tracker may be using it, and unmounting under it would strand its instance
 
     def __enter__(self) -> WriteTracker:
         return self.start()
@@ -187,10 +190,19 @@ class WriteTracker:
         return lost
 
     def reset(self) -> None:
-        """Start a new record (right before a round starts reading)."""
+        """Start a new record (right before a round starts reading the *whole* disk)."""
         self.poll()
         self._ranges = []
         self._partial = b""
+        if self._broken and not self._broken.startswith("reading trace_pipe"):
+            self._broken = None  # a new record: what was lost or skipped before no longer matters
+        if self.inst is not None:
+            self._lost_base = self._lost()
+
+    def invalidate(self, reason: str) -> None:
+        """The current record cannot vouch for the disk (e.g. the round resumed mid-disk, so blocks
+        before its start were read before the reset): dirty() returns None until the next reset."""
+        self._broken = reason
 
     def drain(self) -> None:
         self.poll()
@@ -203,7 +215,7 @@ class WriteTracker:
         if self._broken:
             log.warning("write_tracker_broken", device=self.device, reason=self._broken)
             return None
-        if self._lost():
+        if self._lost() > self._lost_base:
             log.warning("write_tracker_lost_events", device=self.device)
             self._broken = "trace buffer overrun"
             return None
