@@ -321,6 +321,18 @@ def migrated_argv(sshd: LoopbackSshd, src: Path, target: Path, state_dir: Path) 
             str(src), sshd.target(str(target))]  # fmt: skip
 
 
+def git_commit() -> str:
+    """The checkout's commit (with "+dirty" when it has uncommitted changes): which engine was measured."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, object]:
     cpu = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -340,7 +352,7 @@ def machine_info() -> dict[str, object]:
         "cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem / GiB, 1), "kernel": platform.release(),
         "python": platform.python_version(), "rsync": version(["rsync", "--version"]),
         "ssh": version(["ssh", "-V"]), "load_before": os.getloadavg(),
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
     }  # fmt: skip
 
 

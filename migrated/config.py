@@ -363,6 +363,10 @@ def load_credentials(cfg: Config, environ: typing.Mapping[str, str] | None = Non
     from migrated.store import read_private_file
 
     p = credentials_path(cfg, environ)
+    if not p.exists():
+        raise ConfigError(f"credentials file {p} not found: run migrated register (it asks for SecretId/SecretKey "
+                          "and writes it), or write secret_id/secret_key there with mode 0600",
+                          path="credentials_file")
     raw = read_private_file(p)
     try:
         text = raw.decode("utf-8")

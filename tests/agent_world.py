@@ -4,6 +4,7 @@ subprocess, a source disk image, and small clients for the console API and migra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -51,19 +52,27 @@ class Daemon:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([*self.prefix, *cli("migrated"), "run", "--config", str(self.config),
                                           "--log-level", "debug"], stdout=log, stderr=log,
-                                         env=repo_env(MIGRATED_RECV_COMMAND="upload", **self.env))
+                                         env=repo_env(MIGRATED_RECV_COMMAND="upload", **self.env),
+                                         start_new_session=True)
         return self
 
+    # Signals go to the daemon's whole process group, as systemd signals the unit's cgroup: a
+    # ``prefix`` such as faketime forks the daemon as its child, and signalling only the wrapper
+    # would leave the daemon running after the test.
     def kill9(self) -> None:
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self, timeout: float = 15) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):  # nothing of the group may outlive the test
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode
 
 
 def call(url: str, key: dict[str, str], action: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -151,3 +151,43 @@ def test_rate_and_eta_come_from_recent_progress(tmp_path: Path) -> None:
     assert "task-1 transferring 40.0% 50.0 MiB/s ETA 00:12" in agent.status_line()
     agent.task.state = "paused"
     assert agent.progress().eta_seconds is None  # type: ignore[union-attr]
+
+
+async def test_daemon_logs_carry_journal_fields_and_stop_cleanly(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    from migrated import logs
+    from migrated.config import ControlConfig
+
+    journal_path = str(tmp_path / "journal.sock")
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(journal_path)
+    journal.setblocking(False)
+    store = AgentStore(tmp_path / "state")
+    store.save_source(SourceRecord("src-77", "http://console"))
+    cfg = Config(state_dir=str(tmp_path / "state"), control=ControlConfig(socket=str(tmp_path / "run" / "c.sock"),
+                                                                          group=None))
+    logs.configure("info", "journald", journal_socket=journal_path)
+    try:
+        agent = Agent(cfg, None, store)
+        running = asyncio.create_task(agent.run())
+        for _ in range(200):
+            if (tmp_path / "run" / "c.sock").exists():
+                break
+            await asyncio.sleep(0.02)
+        agent.stop()
+        await asyncio.wait_for(running, 10)
+    finally:
+        logs.configure("info", "console")
+    entries = []
+    while True:
+        try:
+            entries.append(logs.decode_journal_datagram(journal.recv(1 << 16)))
+        except BlockingIOError:
+            break
+    journal.close()
+    started = next(e for e in entries if e["MESSAGE"].startswith("migrated running"))
+    assert started["SOURCE_ID"] == "src-77" and started["PRIORITY"] == "6"
+    assert any(e["MESSAGE"].startswith("migrated stopped") for e in entries)
+    assert not (tmp_path / "run" / "c.sock").exists()

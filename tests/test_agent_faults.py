@@ -191,18 +191,46 @@ def test_a_dropped_ssh_connection_is_retried_from_the_checkpoint(world: World) -
 
 
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime not installed (apt-get install faketime)")
-def test_a_skewed_clock_is_named_as_the_reason(world: World) -> None:
+def test_a_skewed_clock_is_measured_named_and_survived(world: World) -> None:
     w = world
-    w.register()
-    # the daemon's clock runs 400 s ahead: the console refuses its signatures as expired
+    source_id = w.register()
+    # the daemon's clock runs 400 s ahead: past the console's signature window
     daemon = w.daemon(prefix=("faketime", "-f", "+400s"), FAKETIME_DONT_FAKE_MONOTONIC="1")
     try:
-        status = wait_for(lambda: (s := ctl_status(w.socket, allow_down=True)).get("console", {}).get("last_error")
-                          and s, "the heartbeat to be refused")
-        assert status["console"]["online"] is False
-        assert "SignatureExpire" in status["console"]["last_error"]
-        assert "clock" in status["console"]["last_error"] and "NTP" in status["console"]["last_error"]
-        assert daemon.proc is not None and daemon.proc.poll() is None  # still running, still retrying
-        wait_for(lambda: "console heartbeat failed; retrying" in w.daemon_log(), "the reason in the log")
+        status = wait_for(lambda: (s := ctl_status(w.socket, allow_down=True)).get("console", {}).get("online")
+                          and s, "the heartbeat to be answered")
+        assert -405 < status["console"]["clock_skew"] < -395
+        wait_for(lambda: "clock differs from the console" in w.daemon_log(), "the reason in the log")
+        r = subprocess.run([*cli("migratectl"), "--socket", str(w.socket), "check", "--json"], env=repo_env(),
+                           capture_output=True, text=True, timeout=60)
+        skew = next(c for c in json.loads(r.stdout)["checks"] if c["name"] == "clock_skew")
+        assert skew["result"] == "warn" and "ahead of the console" in skew["message"], skew
+        # and it still works: a task runs
+        task_id = w.create_task(source_id, 0)
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success", timeout=120)
+    finally:
+        daemon.stop()
+
+
+def test_failed_then_retried_from_the_console(world: World) -> None:
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    try:
+        w.wait_daemon_online()
+        task_id = w.create_task(source_id, 0)
+        hidden = w.source.with_suffix(".away")
+        w.source.rename(hidden)  # the source disk is gone when the task starts
+        w.admin_call("StartTask", {"TaskId": task_id})
+        t = wait_for(lambda: (t := w.task(task_id))["State"] == "failed" and t, "the start to fail")
+        assert "cannot open source disk" in t["Message"] and str(w.source) in t["Message"]
+        assert "retry" in t["AllowedActions"]
+
+        hidden.rename(w.source)
+        w.admin_call("RetryTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "success", "success after the retry", timeout=120)
+        assert w.target.read_bytes() == w.source.read_bytes()
+        assert ctl_status(w.socket)["task"]["state"] == "success"
     finally:
         daemon.stop()

@@ -124,3 +124,9 @@ def test_check_config_command(name: str) -> None:
                           env=repo_env(), capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout
+
+
+def test_missing_credentials_say_how_to_get_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="run migrated register") as info:
+        load_credentials(Config(credentials_file=str(tmp_path / "none")), environ={})
+    assert info.value.path == "credentials_file"

@@ -1,4 +1,4 @@
-"""The README's first command works: scripts/demo migrates a generated disk over a real sshd."""
+"""The tool-mode demo works: scripts/demo-sync migrates a generated disk over a real sshd."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/demo starts its own sshd, which needs root")
+@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/demo-sync starts its own sshd, which needs root")
 def test_demo_migrates_and_the_image_matches(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     env = dict(os.environ, DEMO_SIZE="64MiB", DEMO_WORKDIR=str(work))
-    run = subprocess.run([str(REPO / "scripts/demo")], env=env, capture_output=True, text=True, timeout=600,
+    run = subprocess.run([str(REPO / "scripts/demo-sync")], env=env, capture_output=True, text=True, timeout=600,
                          check=False)  # fmt: skip
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]

@@ -1,4 +1,5 @@
-"""scripts/demo-agent: console + daemon + SSH target on this machine; the task succeeds and the image matches."""
+"""The README's first command, scripts/demo: console + daemon + SSH target on this machine;
+the task succeeds and the image matches."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/demo-agent starts its own sshd, which needs root")
+@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/demo starts its own sshd, which needs root")
 def test_demo_agent_migrates_through_the_console(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     env = dict(os.environ, DEMO_SIZE="32MiB", DEMO_WORKDIR=str(work))
-    run = subprocess.run([str(REPO / "scripts/demo-agent")], env=env, capture_output=True, text=True,
+    run = subprocess.run([str(REPO / "scripts/demo")], env=env, capture_output=True, text=True,
                          timeout=600, check=False)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-3000:]

@@ -73,6 +73,21 @@ async def test_missing_known_hosts_file(sshd, images, tmp_path):
     assert rc == 3 and "known_hosts" in err and "does not exist" in err, err
 
 
+async def test_nothing_listening_is_a_retryable_connection_error(sshd, images):
+    import socket
+
+    src, dst, state = images
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from tests.conftest import cli, repo_env
+
+    p = subprocess.run([*cli("migrated"), "sync", str(src), f"127.0.0.1:{port}:{dst}", *sshd.ssh_args(),
+                        "--state-dir", str(state), "--json"], capture_output=True, text=True, env=repo_env())
+    assert p.returncode == 3 and "connection refused" in p.stderr, p.stderr
+    assert '"retryable": true' in p.stdout
+
+
 async def test_wrong_client_key(sshd, images):
     src, dst, state = images
     rc, _, err = await run_sync(sshd, src, dst, state=state, json_out=False,

@@ -312,3 +312,23 @@ async def test_zero_regions_travel_as_markers_and_become_holes(sshd, tmp_path):
     assert_same(src, dst)
     assert s["blocks_zero"] == 64 and s["blocks_sent"] == 0 and s["bytes_sent"] < 64 * 1024
     assert os.stat(dst).st_blocks <= allocated - (4 * MiB // 512) * 9 // 10  # punched, not written
+
+
+async def test_two_ctrl_c_exit_at_once_and_the_checkpoint_still_resumes(sshd, tmp_path):
+    import signal
+
+    src = make_image(tmp_path / "src.img", 32 * MiB, seed=17, sparse_zero=False)
+    dst = tmp_path / "dst.img"
+    state = tmp_path / "state"
+    proc = await start_sync(sshd, src, dst, *SLOW, state=state)
+    await wait_cursor(state, 4 * MiB, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    assert proc.returncode == 130, err
+    assert b"run the same command again to resume" in err and b"Traceback" not in err
+    await receivers_gone(sshd)
+    rc, s, err2 = await run_sync(sshd, src, dst, state=state)
+    assert rc == 0, err2
+    assert_same(src, dst)
+    assert s["resumed"]

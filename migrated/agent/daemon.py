@@ -354,7 +354,8 @@ class Agent:
                 was_bad = self.link.clock_skew is not None and abs(self.link.clock_skew) > limit
                 self.link.clock_skew = skew
                 if abs(skew) > self.cfg.heartbeat.max_clock_skew and not was_bad:
-                    log.warning("clock skew against the console; signed requests fail past 300 s: enable NTP",
+                    log.warning("this server's clock differs from the console's; requests are re-signed with "
+                                "the console's time, but fix the clock (timedatectl set-ntp true)",
                                 skew_seconds=round(skew, 1))
             self._notify_status()
             interval = r.get("HeartbeatIntervalSeconds")

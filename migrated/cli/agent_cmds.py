@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from migrated.agent.console_api import AgentConsole
@@ -109,8 +110,9 @@ def _console_clock_skew(cfg: Config) -> float | None:
     return asyncio.run(beat())
 
 
-def console_client(cfg: Config, endpoint: str, creds: Credentials) -> Any:
-    """The console's async client, with TLS as configured (ca_file / verify_tls)."""
+@contextlib.asynccontextmanager
+async def console_client(cfg: Config, endpoint: str, creds: Credentials) -> AsyncIterator[Any]:
+    """The console's async client, with TLS as configured (ca_file / verify_tls); closed on exit."""
     import ssl
 
     import aiohttp
@@ -122,18 +124,9 @@ def console_client(cfg: Config, endpoint: str, creds: Credentials) -> Any:
         ssl_ctx = ssl.create_default_context(cafile=cfg.console.ca_file)
     elif not cfg.console.verify_tls:
         ssl_ctx = False
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx))
-    client = ConsoleClient(endpoint, creds.secret_id, creds.secret_key, session=session, timeout=cfg.console.timeout)
-
-    class _Owned:
-        async def __aenter__(self) -> Any:
-            return client
-
-        async def __aexit__(self, *_exc: object) -> None:
-            await client.close()
-            await session.close()
-
-    return _Owned()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx)) as session:
+        yield ConsoleClient(endpoint, creds.secret_id, creds.secret_key, session=session,
+                            timeout=cfg.console.timeout)
 
 
 def _machine_facts() -> tuple[str, str, str]:
@@ -276,21 +269,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main_async() -> None:
         loop = asyncio.get_running_loop()
-        if source is not None and endpoint:
-            creds = load_credentials(cfg)
-            owned = console_client(cfg, endpoint, creds)
-        else:
-            owned = None
-        client = await owned.__aenter__() if owned else None
-        try:
-            agent = Agent(cfg, AgentConsole(client, agent_version=_version()) if client else None, store, notifier,
-                          ssh_identity=cfg.ssh_identity, recv_command=os.environ.get("MIGRATED_RECV_COMMAND"))
+        async with contextlib.AsyncExitStack() as stack:
+            console = None
+            if source is not None and endpoint:
+                client = await stack.enter_async_context(console_client(cfg, endpoint, load_credentials(cfg)))
+                console = AgentConsole(client, agent_version=_version())
+            agent = Agent(cfg, console, store, notifier, ssh_identity=cfg.ssh_identity,
+                          recv_command=os.environ.get("MIGRATED_RECV_COMMAND"))
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, agent.stop)
             await agent.run()
-        finally:
-            if owned:
-                await owned.__aexit__(None, None, None)
 
     asyncio.run(main_async())
     return 0

@@ -494,8 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from migrated.logs import configure
+
     args = build_parser().parse_args(argv)
     try:
+        # Log lines go to stderr from the start, so stdout carries only the command's output
+        # (`--json` included); `serve` configures again from its config file.
+        configure(level=getattr(args, "log_level", None) or "info", fmt="console")
         return int(args.func(args))
     except MigratedError as exc:
         print(f"migrate-console: {exc}", file=sys.stderr)

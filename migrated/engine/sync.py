@@ -81,7 +81,6 @@ class SyncOptions:
     checkpoint_bytes: int = 64 * 1024 * 1024  # flush + checkpoint after this many bytes on the wire
     checkpoint_seconds: float = 5.0  # ... or after this long
     dirty_span: int = 1024 * 1024 * 1024  # how far past the checkpoint cursor frames may be in flight
-    workers: int = 2
     reply_timeout: float = 300.0  # seconds a receiver may take to answer (a flush of a slow disk included)
     subblocks: bool = True  # patch changed blocks in 4 KiB pieces where the target holds data
     trust_checkpoint: bool = True  # False: ignore the checkpoint and compare hashes with the target

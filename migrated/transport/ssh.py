@@ -143,7 +143,12 @@ async def connect(ep: SshEndpoint) -> asyncssh.SSHClientConnection:
     except asyncssh.DisconnectError as e:
         raise ConnectionFailed(f"SSH to {ep.label} failed: {e.reason}") from None
     except (TimeoutError, OSError) as e:
-        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        if isinstance(e, ConnectionRefusedError):
+            reason = f"connection refused (is sshd listening on port {ep.port}?)"
+        elif isinstance(e, TimeoutError):
+            reason = f"no answer within {ep.connect_timeout:.0f} s"
+        else:
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise ConnectionFailed(f"cannot connect to {ep.label}: {reason}") from None
 
 
