@@ -125,6 +125,7 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
     agent._continuous = cc
     agent._control = Steer(cc)
     index = {src: i for i, (src, _) in enumerate(mapping)}
+    base = int((t.progress or {}).get("round") or 0)  # rounds of earlier runs: the numbering goes on
 
     def on_progress(dp: DiskProgress) -> None:
         agent._on_progress(t, disks, index[dp.name], dp)
@@ -136,7 +137,7 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
     def on_event(e: dict[str, Any]) -> None:
         kind = e.get("event")
         if kind == "round":
-            n = int(e["round"]) + 1  # rounds finished, the full pass included
+            n = base + int(e["round"]) + 1  # rounds finished, the full pass included
             keep(phase="waiting", round=n, round_changed_bytes=int(e["bytes_changed"]),
                  forecast_seconds=e.get("forecast_final"), convergence=str(e.get("message") or ""),
                  advice=str(e.get("advice") or ""), lag_since=time.time() - float(e["seconds"]))
@@ -144,7 +145,8 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
                     f"in {e['seconds']:.1f} s" + (f"; {e['message']}" if e.get("message") else ""))
             log.info("round done", task_id=t.task_id, round=n, changed=e["bytes_changed"], advice=e.get("advice"))
             if S(t.state) is S.TRANSFERRING:
-                agent.set_state(S.SYNCING, "rounds", f"full pass done; {text}")
+                agent.set_state(S.SYNCING, "rounds", ("rounds resumed from the checkpoint; " if base
+                                                      else "full pass done; ") + text)
             else:
                 agent._save_task()
                 agent._wake_reporter.set()

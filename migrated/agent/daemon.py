@@ -44,7 +44,7 @@ from migrated.control.server import ControlServer
 from migrated.errors import ConsoleError, Interrupted, MigratedError, SourceError, StateError, UsageError
 from migrated.model.backoff import Backoff
 from migrated.model.states import Action, ActionDenied, TaskState, check_action, transition
-from migrated.model.status import DiskProgress, TaskProgress, format_bytes, format_duration
+from migrated.model.status import DiskProgress, TaskProgress, continuous_line, format_bytes, format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -244,6 +244,8 @@ class Agent:
         line = f"{p.task_id} {p.state} {pct:.1f}%"
         if p.state == S.TRANSFERRING:
             line += f" {format_bytes(p.rate_bps)}/s ETA {format_duration(p.eta_seconds)}"
+        elif p.state == S.SYNCING:
+            line = f"{p.task_id} syncing, {continuous_line(p)}"
         return f"{line}, {link}"
 
     def _notify_status(self) -> None:
