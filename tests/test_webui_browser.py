@@ -124,7 +124,9 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await expect(page.get_by_label("Image name")).to_be_hidden()
     await page.locator("input[name=target_type][value=image]").check()
     await expect(page.get_by_label("Image name")).to_be_visible()
-    await expect(page.get_by_label("Target instance ID")).to_be_hidden()
+    # an image task may name its relay instance (docs/cloud.md): the field stays, labelled as such
+    await expect(page.get_by_label("Target instance ID")).to_be_visible()
+    await expect(page.get_by_text("the relay instance the image is made from")).to_be_visible()
     # default disk mapping: the system disk and disks with a mounted filesystem
     assert await page.locator("#disk-0-migrate").is_checked()  # /dev/vda, system
     assert await page.locator("#disk-1-migrate").is_checked()  # /dev/vdb, /data
@@ -368,3 +370,36 @@ async def test_failure_reason_retry_and_a_source_going_offline(tmp_path: Path) -
             await expect(page.locator('#task > p[data-f="message"]')).to_contain_text("source server is offline")
             await expect(page.locator('#task [data-f="rate"]')).to_have_text("—")
             await browser.close()
+
+
+async def test_cutover_button_appears_only_while_syncing(console: Console, agent, page) -> None:
+    client, source_id = agent
+    task_id = (await console.admin_call("CreateTask", {
+        "SourceId": source_id, "TaskName": "rounds", "Region": "ap-guangzhou", "TargetType": "image",
+        "ImageName": "rounds-img", "TargetSsh": "root@203.0.113.7", "TargetHostKey": HOST_KEY,
+        "ContinuousSync": True}))["TaskId"]
+    await log_in(page, console)
+    trow = page.locator(f'tr[data-task-id="{task_id}"]')
+    cutover = trow.get_by_role("button", name="Cutover task rounds")
+    await expect(trow.get_by_role("button", name="Start task rounds")).to_be_visible()
+    await expect(cutover).to_be_hidden()
+    await console.admin_call("StartTask", {"TaskId": task_id})
+    await agent_takes(client, source_id, "start")
+    await report(client, source_id, task_id, "transferring", 5)
+    await expect(trow.locator('[data-f="state_label"]')).to_have_text("Transferring")
+    await expect(cutover).to_be_hidden()
+    # the full pass is done: rounds; the live list shows the round line and offers the cutover
+    await client.call("ReportTaskProgress", {
+        "SourceId": source_id, "TaskId": task_id, "State": "syncing", "Stage": "rounds", "Round": 3,
+        "RoundChangedBytes": 12 << 20, "LagSeconds": 41.0, "ForecastSeconds": 1.5, "Advice": "keep-going"})
+    await expect(trow.locator('[data-f="state_label"]')).to_have_text("Syncing (rounds)")
+    await expect(trow.locator('[data-f="rounds"]')).to_have_text(
+        "round 3, changed 12.0 MiB per round, lag 00:41, forecast of the final pass 1.5 s")
+    await expect(cutover).to_be_visible()
+    await cutover.click()
+    await expect(page.locator("main")).to_contain_text(f"Cutover: sent to task {task_id}")
+    await agent_takes(client, source_id, "cutover")
+    await client.call("ReportTaskProgress", {"SourceId": source_id, "TaskId": task_id, "State": "verifying",
+                                             "Stage": "cutover"})
+    await expect(trow.locator('[data-f="state_label"]')).to_have_text("Verifying")
+    await expect(cutover).to_be_hidden()
