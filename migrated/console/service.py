@@ -592,8 +592,8 @@ class ConsoleService:
                                f"task {t.task_id}: cannot change the bandwidth of a task that is {state.value}; "
                                "allowed while it is not success or deleted")
             command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
-                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.VERIFYING,
-                                    TaskState.PAUSED) else None)
+                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
+                                    TaskState.VERIFYING, TaskState.PAUSED) else None)
             event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
             try:
                 t, cmd = await self.storage.update_task(
