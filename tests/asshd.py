@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,3 +145,17 @@ class AsyncSSHD:
 
     def target(self, path: str | os.PathLike[str]) -> str:
         return f"127.0.0.1:{self.port}:{path}"
+
+
+@pytest.fixture(name="sshd")
+async def asyncssh_server(tmp_path):
+    """An in-process asyncssh server on 127.0.0.1 port 0 with fresh keys; stopped after the test.
+    A module that imports it gets it as ``sshd`` (in place of the OpenSSH fixture of tests/sshd.py)."""
+    keys, host_key = make_keys(tmp_path / "keys")
+    home = tmp_path / "home"
+    home.mkdir()
+    server = await AsyncSSHD(home=home, keys=keys, host_key=host_key).start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.asshd import AsyncSSHD, make_keys
+from tests.asshd import (
+    AsyncSSHD,
+    asyncssh_server,  # noqa: F401 - the `sshd` fixture of this module
+)
 from tests.conftest import cli, repo_env
 from tests.loopfs import can_write, loop_ext4, root_only, run
 
@@ -101,16 +104,6 @@ def tracefs_cleanup():
     _remove_stale_instances(Path(TRACEFS))
 
 
-@pytest.fixture
-async def sshd(tmp_path):
-    keys, host_key = make_keys(tmp_path / "keys")
-    home = tmp_path / "home"
-    home.mkdir()
-    server = await AsyncSSHD(home=home, keys=keys, host_key=host_key).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, *extra: str, state: Path,

@@ -8,20 +8,11 @@ import pytest
 
 from migrated.engine import SshEndpoint, SyncControl, SyncOptions, open_session
 from migrated.errors import AuthError, Interrupted
-from tests.asshd import AsyncSSHD, make_keys
+from tests.asshd import (
+    AsyncSSHD,
+    asyncssh_server,  # noqa: F401 - the `sshd` fixture of this module
+)
 from tests.diskimg import MiB, assert_same, make_image, mutate
-
-
-@pytest.fixture
-async def sshd(tmp_path):
-    keys, host_key = make_keys(tmp_path / "keys")
-    home = tmp_path / "home"
-    home.mkdir()
-    server = await AsyncSSHD(home=home, keys=keys, host_key=host_key).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def endpoint(sshd: AsyncSSHD, **kw) -> SshEndpoint:

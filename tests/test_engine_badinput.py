@@ -10,23 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.asshd import AsyncSSHD, make_keys
+from tests.asshd import asyncssh_server  # noqa: F401 - the `sshd` fixture of this module
 from tests.diskimg import MiB, assert_same, make_image, mutate, sha256
 from tests.test_engine_sync import run_sync
 
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-async def sshd(tmp_path):
-    keys, host_key = make_keys(tmp_path / "keys")
-    home = tmp_path / "home"
-    home.mkdir()
-    server = await AsyncSSHD(home=home, keys=keys, host_key=host_key).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

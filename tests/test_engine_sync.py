@@ -9,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.asshd import AsyncSSHD, make_keys
+from tests.asshd import (
+    AsyncSSHD,
+    asyncssh_server,  # noqa: F401 - the `sshd` fixture of this module
+)
 from tests.conftest import cli, repo_env
 from tests.diskimg import MiB, assert_same, differing_bytes, make_image, mutate, sha256
-
-
-@pytest.fixture
-async def sshd(tmp_path):
-    keys, host_key = make_keys(tmp_path / "keys")
-    home = tmp_path / "home"
-    home.mkdir()
-    server = await AsyncSSHD(home=home, keys=keys, host_key=host_key).start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def run_sync(sshd: AsyncSSHD, src: Path, dst: Path, *extra: str, state: Path, json_out: bool = True,
