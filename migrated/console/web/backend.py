@@ -45,7 +45,9 @@ def _progress(t: TaskRecord) -> TaskProgress | None:
                         phase=str(p.get("Phase") or ""), round=p.get("Round"),
                         round_changed_bytes=p.get("RoundChangedBytes"), lag_seconds=p.get("LagSeconds"),
                         forecast_seconds=p.get("ForecastSeconds"), convergence=str(p.get("Convergence") or ""),
-                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"))
+                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"),
+                        round_interval_seconds=p.get("RoundIntervalSeconds"),
+                        read_limit_bps=int(p.get("ReadLimitKBps") or 0) * 1024 or None)
 
 
 class ServiceBackend:
