@@ -172,3 +172,57 @@ async def test_api_cutover_options_and_live_rounds(console):
         assert "not a continuous task (created without ContinuousSync)" in ei.value.message
         (view,) = (await admin.call("DescribeTasks", {"TaskIds": [one]}))["TaskSet"]
         assert view["Quiesce"] is None and view["PreHook"] is None and view["ContinuousSync"] is False
+
+
+def test_console_cli_cutover_options_and_set_rounds(tmp_path):
+    """`migrate-console tasks create --continuous --quiesce ... --pre-hook @FILE`, `tasks show`,
+    `tasks set-rounds` as real processes against a real console process."""
+    import asyncio
+    import json
+
+    from migrated.console.client import ConsoleClient
+    from tests.console_proc import ConsoleProcess, run_cli, write_config
+
+    cfg = write_config(tmp_path, tmp_path / "console.db")
+    proc = ConsoleProcess(cfg, tmp_path / "console.log").start()
+    try:
+        creds = tmp_path / "admin.yaml"
+        r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
+                    "--save", str(creds), "--endpoint", proc.url)
+        assert r.returncode == 0, r.stderr
+        c = ["--credentials", str(creds)]
+        agent_key = json.loads(run_cli("keys", "create", "--role", "agent", "--name", "a", "--json", *c).stdout)
+
+        async def registers() -> str:
+            async with ConsoleClient(proc.url, agent_key["SecretId"], agent_key["SecretKey"]) as a:
+                return await register(a, "web01")
+
+        src = asyncio.run(registers())
+        hook = tmp_path / "pre-hook"
+        hook.write_text("mysql -p'$ecret' -e 'FLUSH TABLES WITH READ LOCK'\n")
+        create = ["tasks", "create", "--source", src, "--name", "t", "--region", "ap-guangzhou", "--target-type",
+                  "image", "--image-name", "img", "--target-ssh", "root@203.0.113.7", "--target-host-key", HOST_KEY,
+                  *c]
+        r = run_cli(*create, "--quiesce", "hooks")
+        assert r.returncode == 2 and "--quiesce" in r.stderr and "need --continuous" in r.stderr, r.stderr
+        r = run_cli(*create, "--continuous", "--quiesce", "hooks")
+        assert r.returncode != 0 and "parameter PreHook: required when Quiesce is hooks" in r.stderr, r.stderr
+        r = run_cli(*create, "--continuous", "--pre-hook", f"@{tmp_path / 'missing'}")
+        assert r.returncode == 2 and "--pre-hook @" in r.stderr and "cannot read" in r.stderr, r.stderr
+        r = run_cli(*create, "--continuous", "--quiesce", "hooks", "--pre-hook", f"@{hook}", "--post-hook",
+                    "systemctl start app", "--freeze-budget", "90", "--round-interval", "30", "--json")
+        assert r.returncode == 0, r.stderr
+        task_id = json.loads(r.stdout)["TaskId"]
+        shown = run_cli("tasks", "show", task_id, *c).stdout
+        assert "every 30 s" in shown and "quiesce hooks, freeze budget 90 s, pre hook set, post hook set" in shown
+        assert "$ecret" not in shown, "the plain view does not print hook commands"
+        view = json.loads(run_cli("tasks", "show", task_id, "--json", *c).stdout)
+        assert view["PreHook"] == "mysql -p'$ecret' -e 'FLUSH TABLES WITH READ LOCK'"
+        r = run_cli("tasks", "set-rounds", task_id, *c)
+        assert r.returncode == 2 and "give --round-interval and/or --read-limit" in r.stderr
+        r = run_cli("tasks", "set-rounds", task_id, "--round-interval", "5", "--read-limit", "1024", *c)
+        assert r.returncode == 0, r.stderr
+        assert f"task {task_id}: a round every 5 s, source read limit 1024 KB/s" in r.stdout
+        assert "every 5 s, source read limit 1024 KB/s" in run_cli("tasks", "show", task_id, *c).stdout
+    finally:
+        assert proc.stop() == 0
