@@ -123,3 +123,38 @@ def test_cutover_options_and_live_round_changes(world: World) -> None:
     assert SECRET not in w.daemon_log()
     assert SECRET not in (w.tmp / "console.log").read_text(errors="replace")
     assert not any(SECRET in m for m in events(w, task_id))
+
+
+def test_a_failing_hook_fails_the_cutover_without_telling_its_secret(world: World) -> None:
+    """A pre hook that prints a password and fails: the cutover fails with the hook and its exit
+    status named, the post hook still ran, and the password is nowhere the console or the log shows."""
+    w = world
+    source_id = w.register()
+    daemon = w.daemon()
+    post = w.tmp / "post-hook-ran"
+    try:
+        w.wait_daemon_online()
+        task_id = w.admin_call("CreateTask", {
+            "SourceId": source_id, "TaskName": "badhook", "Region": "ap-guangzhou", "TargetType": "image",
+            "ImageName": "badhook-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
+            "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
+            "Quiesce": "hooks", "PreHook": f"echo 'login failed for {SECRET}' >&2; exit 3",
+            "PostHook": f"echo {SECRET}; touch {post}; exit 4",
+            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
+        })["TaskId"]
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "syncing", "the rounds")
+        w.admin_call("CutoverTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "failed", "the cutover to fail on its pre hook", timeout=120)
+        view = w.task(task_id)
+        assert view["Message"].startswith("cutover: pre hook exited with status 3 after"), view["Message"]
+        assert "; the post hook failed too; the source is running" in view["Message"], view["Message"]
+        assert post.exists(), "the post hook runs even when the pre hook failed"
+        assert view["AllowedActions"] == ["start", "retry", "delete"]
+    finally:
+        rc = daemon.stop()
+    assert rc == 0, w.daemon_log()[-3000:]
+    assert SECRET not in w.daemon_log()
+    assert SECRET not in (w.tmp / "console.log").read_text(errors="replace")
+    shown = [view["Message"], *events(w, task_id)]
+    assert not any(SECRET in m for m in shown), shown

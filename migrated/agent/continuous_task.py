@@ -264,9 +264,10 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
     try:
         result = await run_continuous_disks(session, mapping, options, copts, cc, on_event, on_progress)
     except HookFailed as e:
-        raise QuiesceError(f"cutover: {hook_summary(e.result)}; the source is running. Run the hook by hand on "
-                           "the source to see its output (the agent does not report a hook's command or "
-                           "output: they may hold secrets)") from None
+        post_too = e.result.name == "pre" and any(n.startswith("post hook") for n in getattr(e, "__notes__", ()))
+        raise QuiesceError(f"cutover: {hook_summary(e.result)}" + ("; the post hook failed too" if post_too else "")
+                           + "; the source is running. Run the hook by hand on the source to see its output (the "
+                           "agent does not report a hook's command or output: they may hold secrets)") from None
     except BaseException as e:
         _scrub_notes(e, copts)
         raise
