@@ -25,7 +25,7 @@ SECRET = "hunter2-do-not-log"
 
 @pytest.fixture
 def world(tmp_path: Path, sshd) -> Iterator[World]:
-    w = make_world(tmp_path, sshd, 8)
+    w = make_world(tmp_path, sshd, 8, agent_config={"allow_console_hooks": True})
     try:
         yield w
     finally:
@@ -158,3 +158,31 @@ def test_a_failing_hook_fails_the_cutover_without_telling_its_secret(world: Worl
     assert SECRET not in (w.tmp / "console.log").read_text(errors="replace")
     shown = [view["Message"], *events(w, task_id)]
     assert not any(SECRET in m for m in shown), shown
+
+
+def test_hooks_are_refused_unless_the_agent_allows_them(tmp_path: Path, sshd) -> None:
+    """An agent with the default config (allow_console_hooks: false) fails a task that carries hooks
+    at start, says how to allow them, and never runs the command."""
+    w = make_world(tmp_path, sshd, 4)
+    ran = w.tmp / "hook-ran"
+    try:
+        source_id = w.register()
+        daemon = w.daemon()
+        try:
+            w.wait_daemon_online()
+            task_id = w.admin_call("CreateTask", {
+                "SourceId": source_id, "TaskName": "nohooks", "Region": "ap-guangzhou", "TargetType": "image",
+                "ImageName": "nohooks-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
+                "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
+                "Quiesce": "hooks", "PreHook": f"touch {ran}",
+                "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
+            })["TaskId"]
+            w.admin_call("StartTask", {"TaskId": task_id})
+            wait_for(lambda: w.task(task_id)["State"] == "failed", "the task to be refused")
+            msg = w.task(task_id)["Message"]
+            assert "does not run hooks from the console" in msg and "allow_console_hooks: true" in msg, msg
+            assert not ran.exists()
+        finally:
+            assert daemon.stop() == 0, w.daemon_log()[-3000:]
+    finally:
+        w.console.stop()

@@ -715,6 +715,12 @@ class Agent:
             self._save_task()
 
     async def _attempt(self, t: TaskRecord, opener: Any, control: Any, options_cls: Any) -> None:
+        hooks = [k for k in ("PreHook", "PostHook") if t.spec.get(k)]
+        if hooks and not self.cfg.allow_console_hooks:
+            raise UsageError(f"task {t.task_id} asks this server to run {' and '.join(hooks)} commands as root at "
+                             "cutover, and this agent does not run hooks from the console: set "
+                             "`allow_console_hooks: true` in migrated.yaml and restart it, or create the task "
+                             "without hooks")
         mapping = self._disk_mapping(t)
         if not mapping:
             raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
