@@ -75,6 +75,7 @@ SEEN: set[str] = set()
 # Always tried, whatever the random draws (which change when actions are added): one request each
 # validator must refuse, so test_the_fuzzer_reached_the_validators checks the validators, not luck.
 @example(action="DescribeTasks", params={"Limit": 0}, real_source=False)
+@example(action="DescribeTasks", params={"Limit": "many"}, real_source=False)
 @example(action="StartTask", params={}, real_source=False)
 def test_random_parameters_never_make_an_internal_error(live, action, params, real_source):
     c, agent_id, agent_key, src = live
@@ -92,7 +93,7 @@ def test_random_parameters_never_make_an_internal_error(live, action, params, re
 
 
 def test_the_fuzzer_reached_the_validators():
-    assert {"MissingParameter", "InvalidParameter"} <= SEEN, SEEN
+    assert {"MissingParameter", "InvalidParameter", "InvalidParameterValue"} <= SEEN, SEEN
 
 
 def test_an_empty_body_means_no_parameters(live):
