@@ -3,6 +3,11 @@
 Reading does not evict the server's page cache of hot data: after each chunk the engine calls
 ``drop_cache`` (posix_fadvise DONTNEED) for the range it read. Regular files are read
 hole-aware (SEEK_DATA/SEEK_HOLE), so a 200 GiB sparse image costs what its data costs.
+
+:func:`open_source_via` reads the blocks of another device that is a point-in-time copy of the
+source (an LVM snapshot, ``--quiesce lvm``) while the disk keeps the source's path, identity and
+size: the engine's checkpoint is keyed on those, so the snapshot's pass continues the origin's
+rounds. Both are opened read-only.
 """
 
 from __future__ import annotations
@@ -25,15 +30,21 @@ class SourceDisk:
     size: int
     identity: str  # "blk:<major>:<minor>" or "file:<dev>:<ino>"
     is_device: bool
+    read_path: str | None = None  # the blocks come from this copy of ``path`` (open_source_via)
+
+    @property
+    def where(self) -> str:
+        """The path the blocks are read from, for messages."""
+        return self.path if self.read_path is None else f"{self.read_path} (snapshot of {self.path})"
 
     def read(self, offset: int, length: int) -> bytes:
         """Read exactly ``length`` bytes at ``offset`` (short only past the end: SourceError)."""
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as e:
-            raise SourceError(f"cannot read {self.path} at offset {offset}: {e.strerror}") from None
+            raise SourceError(f"cannot read {self.where} at offset {offset}: {e.strerror}") from None
         if len(data) != length:
-            raise SourceError(f"{self.path} shrank while reading: short read at offset {offset}")
+            raise SourceError(f"{self.where} shrank while reading: short read at offset {offset}")
         return data
 
     def drop_cache(self, offset: int, length: int) -> None:
@@ -106,3 +117,19 @@ def open_source(path: str) -> SourceDisk:
         os.close(fd)
         raise
     return SourceDisk(path=path, fd=fd, size=size, identity=identity, is_device=is_device)
+
+
+def open_source_via(path: str, read_path: str) -> SourceDisk:
+    """The source ``path`` (identity, size: what the checkpoint is keyed on) whose blocks are read
+    from ``read_path``, a point-in-time copy of it (an LVM snapshot). Both are opened read-only;
+    ``path`` is closed again at once (only its identity and size are taken). SourceError if the
+    copy's size differs from the source's (it is not a copy of it)."""
+    origin = open_source(path)
+    origin.close()
+    copy = open_source(read_path)
+    if copy.size != origin.size:
+        copy.close()
+        raise SourceError(f"{read_path} has {copy.size} bytes but its origin {path} has {origin.size}: "
+                          "it is not a snapshot of it")
+    return SourceDisk(path=origin.path, fd=copy.fd, size=origin.size, identity=origin.identity,
+                      is_device=copy.is_device, read_path=read_path)
