@@ -68,7 +68,8 @@ def entries(log: list[dict], cmd: str) -> list[dict]:
 
 
 async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, env: dict[str, str], *extra: str, state: Path,
-                  until_stderr: str | None = None, timeout: float = 240) -> tuple[int, dict | None, str]:
+                  until_stderr: str | None = None, then_signal: int = signal.SIGTERM,
+                  timeout: float = 240) -> tuple[int, dict | None, str]:
     args = [*cli("migrated"), "sync", src, sshd.target(dst), *sshd.ssh_args(), "--state-dir", str(state),
             "--recv-command", "upload", "--json", "--continuous", "--quiesce", "lvm", *extra]
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
@@ -83,7 +84,7 @@ async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, env: dict[str, str], *ex
             err_lines.append(text)
             if until_stderr and until_stderr in text and not signalled:
                 signalled = True
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(then_signal)
 
     async def collect() -> bytes:
         assert proc.stdout is not None
@@ -265,6 +266,29 @@ async def test_sigterm_during_the_final_pass_removes_the_snapshot_and_is_resumab
         assert sha256_file(tmp_path / "t.img") == sha256_file(lvm / "kept" / f"migrated-snap-{LV}-1.img")
         assert [e["rc"] for e in entries(fakelvm.read_log(lvm), "lvremove")] == [0, 0]
         assert loops_backed_by(lvm) == []
+
+
+@pytest.mark.root
+@root_only
+async def test_kill_9_during_the_final_pass_leaves_a_snapshot_that_the_next_run_removes(sshd, tmp_path):
+    """kill -9 is the one way to leave a snapshot behind (no finally runs); the next run finds
+    ``migrated-snap-*`` of the volume, removes it, and cuts over."""
+    with loop_ext4(tmp_path, size_mb=48) as fs, fake_lvm(tmp_path, fs.loopdev) as (lvm, env):
+        rc, _s, err = await run_cli(
+            sshd, fs.loopdev, tmp_path / "t.img", env, "--interval", "0", "--cutover-after", "0",
+            "--bwlimit", "1MiB", "--pre-hook", f"head -c 6M /dev/urandom > {fs.mountpoint}/big && sync",
+            state=tmp_path / "state", until_stderr="final pass from the snapshot", then_signal=signal.SIGKILL)
+        assert rc == -signal.SIGKILL, err
+        assert [p.name for p in (lvm / "snaps").glob("*.json")] == [f"migrated-snap-{LV}.json"]  # left behind
+        rc, s, err = await run_cli(sshd, fs.loopdev, tmp_path / "t.img", env, "--interval", "0",
+                                   "--cutover-after", "0", state=tmp_path / "state")
+        assert rc == 0 and s is not None and s["verified"], err
+        assert f"removed the snapshot {VG}/migrated-snap-{LV} a killed earlier run left behind" in err
+        log = fakelvm.read_log(lvm)
+        assert [e["rc"] for e in entries(log, "lvcreate")] == [0, 0]
+        assert [e["rc"] for e in entries(log, "lvremove")] == [0, 0]
+        assert list((lvm / "snaps").iterdir()) == [] and loops_backed_by(lvm) == []
+        assert sha256_file(tmp_path / "t.img") == sha256_file(lvm / "kept" / f"migrated-snap-{LV}-1.img")
 
 
 async def test_a_source_that_is_no_logical_volume_is_refused_before_any_round(sshd, tmp_path):
