@@ -1,5 +1,7 @@
 """``migrated sync --continuous SOURCE TARGET``: full pass, incremental rounds while the source
 runs, then a cutover (quiesced final pass, verified, downtime reported). See docs/consistency.md.
+``--quiesce lvm`` (with ``--snapshot-size``) makes an LVM snapshot the cutover point: the final
+pass reads the snapshot while the source runs on, and the snapshot is removed on every path.
 
 Options are added to ``migrated sync`` by :func:`add_arguments`; ``sync_cmd.run`` hands over
 to :func:`run` when ``--continuous`` is given. Signals: SIGUSR1 = cut over now (after the round

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -196,6 +197,12 @@ async def lvm_snapshot(device: str, task: str | None = None, size: str = DEFAULT
         out = (await _run(plan.path_query)).strip()
         if not out.startswith("/"):
             raise QuiesceError(f"lvs reported no device path for the snapshot {snap.name} ({out!r})")
+        for _ in range(100):  # udev makes the /dev link a moment after lvcreate returns
+            if os.path.exists(out):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise QuiesceError(f"the snapshot {snap.name}'s device {out} did not appear within 10 s")
         snap.device = out
         yield snap
     except BaseException as e:
