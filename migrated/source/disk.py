@@ -5,12 +5,17 @@ block device's page cache is *not coherent* with a filesystem mounted on it. The
 writes file data and journal blocks around that cache, and a cached page that also holds
 metadata the filesystem pins (e.g. ext4's journal superblock next to file data on a 1 KiB-block
 filesystem) cannot be dropped, so a buffered read can return blocks as they were long ago
-(tests/test_continuous_lvm.py caught exactly that). O_DIRECT reads what is on the disk. When a
-device refuses O_DIRECT the read falls back to buffered. Regular files (images) are read
-buffered: their page cache is the one their writers use.
+(tests/test_continuous_lvm.py caught exactly that; tests/test_source_direct.py shows it). O_DIRECT
+reads what is on the disk (the kernel first writes back the filesystem's own dirty buffers of
+that range, which it would write anyway; nothing of ours is written) and leaves the page cache
+alone. When a device refuses O_DIRECT the read falls back to the buffered path below. Regular
+files (images) are read buffered: their page cache is the one their writers use.
 
-Reading does not evict the server's page cache of hot data: after each chunk the engine calls
-``drop_cache`` (posix_fadvise DONTNEED) for the range it read. Regular files are read
+Buffered reads do not evict the server's page cache of hot data: :meth:`SourceDisk.read_uncached`
+notes which pages of the range were cached before the read (``mincore``), reads, then drops
+(posix_fadvise DONTNEED) only the pages the read itself brought in. Pages the server had cached
+(for a block device: the filesystem's metadata buffers, for an image: hot parts of it) stay;
+a migration does not leave the page cache full of the disk either. Regular files are read
 hole-aware (SEEK_DATA/SEEK_HOLE), so a 200 GiB sparse image costs what its data costs.
 
 :func:`open_source_via` reads the blocks of another device that is a point-in-time copy of the
@@ -21,6 +26,8 @@ rounds. Both are opened read-only.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -33,6 +40,52 @@ from dataclasses import dataclass
 from migrated.errors import SourceError
 
 BLKGETSIZE64 = 0x80081272
+PAGE = mmap.PAGESIZE
+
+
+class _Mincore:
+    """``mincore(2)`` through ctypes (the standard library has no binding): which pages of a file
+    range are in the page cache. Maps the range read-only and shared, asks, unmaps; nothing is read."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.mmap = libc.mmap
+        self.mmap.restype = ctypes.c_void_p
+        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        self.munmap = libc.munmap
+        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.mincore = libc.mincore
+        self.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+    def resident(self, fd: int, offset: int, length: int) -> bytes | None:
+        """One byte per page of [offset, offset+length) (``offset`` page-aligned), bit 0 set when
+        the page is cached; None when the kernel cannot tell (then the caller keeps everything)."""
+        if length <= 0 or offset % PAGE:
+            return None
+        addr = self.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            vec = (ctypes.c_ubyte * ((length + PAGE - 1) // PAGE))()
+            if self.mincore(addr, length, vec) != 0:
+                return None
+            return bytes(vec)
+        finally:
+            self.munmap(addr, length)
+
+
+try:
+    _MINCORE: _Mincore | None = _Mincore()
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _MINCORE = None
+
+
+def resident_pages(fd: int, offset: int, length: int) -> bytes | None:
+    """See :meth:`_Mincore.resident`."""
+    return _MINCORE.resident(fd, offset, length) if _MINCORE is not None else None
+
+
 _buffers = threading.local()  # one page-aligned buffer per reading thread (O_DIRECT needs aligned memory)
 
 
@@ -65,9 +118,9 @@ class SourceDisk:
         Block devices: O_DIRECT (module doc); ``offset`` and ``length`` are multiples of the
         engine's block size or end at the end of the device, which O_DIRECT accepts."""
         if self.direct_fd >= 0:
-            data = self._read_direct(offset, length)
-            if data is not None:
-                return data
+            direct = self._read_direct(offset, length)
+            if direct is not None:
+                return direct
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as e:
@@ -97,9 +150,41 @@ class SourceDisk:
             raise SourceError(f"{self.where} shrank while reading: short read at offset {offset + got}")
         return buf[:length]
 
-    def drop_cache(self, offset: int, length: int) -> None:
+    def read_uncached(self, offset: int, length: int) -> bytes:
+        """:meth:`read`, then drop from the page cache what this read brought in, and only that
+        (pages cached before it stay: module doc). An O_DIRECT read brings nothing in."""
+        if self.direct_fd >= 0:
+            direct = self._read_direct(offset, length)
+            if direct is not None:
+                return direct
+        before = resident_pages(self.fd, offset, length)
+        data = self.read(offset, length)
+        if before is not None:
+            self.drop_cache(offset, length, keep=before)
+        return data
+
+    def drop_cache(self, offset: int, length: int, keep: bytes | None = None) -> None:
+        """posix_fadvise DONTNEED over [offset, offset+length), except the pages flagged in ``keep``
+        (one byte per page from ``offset``, as :func:`resident_pages` returns). ``keep=None``:
+        nothing is known to be kept, so nothing is dropped (never evict what may be hot)."""
+        if keep is None:
+            return
+        runs: list[tuple[int, int]] = []  # [first page, end page) not to keep
+        start = None
+        for i, b in enumerate(keep):
+            if not b & 1:
+                if start is None:
+                    start = i
+            elif start is not None:
+                runs.append((start, i))
+                start = None
+        if start is not None:
+            runs.append((start, len(keep)))
+        end = offset + length
         try:
-            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+            for a, b in runs:
+                lo = offset + a * PAGE
+                os.posix_fadvise(self.fd, lo, min(end, offset + b * PAGE) - lo, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
 
@@ -169,12 +254,16 @@ def open_source(path: str) -> SourceDisk:
     except BaseException:
         os.close(fd)
         raise
+    # No kernel readahead on our descriptor (only this open file, not the server's): each read
+    # brings in exactly the chunk asked for, so read_uncached knows which pages it brought in.
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     direct_fd = -1
     if is_device:
         try:
             direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
         except OSError:
-            direct_fd = -1  # no O_DIRECT here: buffered reads (and drop_block_cache) it is
+            direct_fd = -1  # no O_DIRECT here: buffered reads it is
     return SourceDisk(path=path, fd=fd, size=size, identity=identity, is_device=is_device, direct_fd=direct_fd)
 
 
