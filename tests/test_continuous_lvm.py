@@ -322,3 +322,75 @@ def test_the_daemon_reads_quiesce_lvm_and_the_snapshot_size_from_the_task_spec()
     copts.validate()
     assert (copts.quiesce, copts.snapshot_size, copts.pre_hook) == ("lvm", "2G", "systemctl stop db")
     assert _options({"Quiesce": "lvm"}).snapshot_size == "10%ORIGIN"
+
+
+# ------------------------------------------------------------------ the daemon side (spec key Quiesce: lvm)
+
+
+async def _agent_task(sshd: AsyncSSHD, tmp_path: Path, source: str, **spec_extra: object):  # type: ignore[no-untyped-def]
+    """Run a continuous task with ``spec_extra`` in an in-process daemon (the console's CreateTask
+    does not pass ``Quiesce`` yet, so the start command carries the spec as the console would):
+    wait for *syncing*, ask for the cutover as ``migratectl cutover`` does, return the task."""
+    from migrated.agent import continuous_task
+    from migrated.agent.daemon import Agent
+    from migrated.agent.state import AgentStore, SourceRecord
+    from migrated.config import Config
+    from tests.test_agent_commands import RecordingConsole
+
+    store = AgentStore(tmp_path / "agent")
+    store.save_source(SourceRecord("src-1", "http://console"))
+    agent = Agent(Config(state_dir=str(tmp_path / "agent")), RecordingConsole(), store,  # type: ignore[arg-type]
+                  ssh_identity=str(sshd.keys.client_key), recv_command="upload")
+    agent.load()
+    spec = {"TaskId": "task-lvm", "TargetSsh": f"root@127.0.0.1:{sshd.port}", "TargetHostKey": sshd.keys.host_pub,
+            "State": "starting", "BandwidthLimitKBps": 0, "Checksum": False, "IgnoreChecks": "all",
+            "DiskMapping": [{"Source": source, "Target": str(tmp_path / "t.img")}],
+            "ContinuousSync": True, "RoundIntervalSeconds": 0, **spec_extra}
+    await agent._handle_command({"CommandId": "c1", "TaskId": "task-lvm", "Action": "start", "Params": {},
+                                 "Task": spec})
+    assert agent.task is not None
+    runner = asyncio.create_task(agent._run_task(agent.task))
+    try:
+        for _ in range(1200):
+            if agent.task.state == "syncing" or runner.done():
+                break
+            await asyncio.sleep(0.05)
+        assert agent.task.state == "syncing", agent.task.message
+        continuous_task.cutover(agent)
+        await asyncio.wait_for(asyncio.shield(runner), 180)
+    finally:
+        if not runner.done():
+            agent._control.request_stop("test over")  # type: ignore[union-attr]
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(runner, 60)
+    return agent.task
+
+
+@pytest.mark.root
+@root_only
+async def test_the_daemon_runs_a_task_with_quiesce_lvm_to_success(sshd, tmp_path, monkeypatch):
+    with loop_ext4(tmp_path, size_mb=32) as fs, fake_lvm(tmp_path, fs.loopdev) as (lvm, env):
+        monkeypatch.setenv("PATH", env["PATH"])  # the daemon runs in this process
+        hooks = tmp_path / "hooks.log"
+        t = await _agent_task(sshd, tmp_path, fs.loopdev, Quiesce="lvm", SnapshotSize="20%ORIGIN",
+                              PreHook=f"echo pre >> {hooks}", PostHook=f"echo post >> {hooks}")
+        assert t.state == "success", t.message
+        events = [str(e.get("message")) for e in t.unreported]
+        assert any(m.startswith("cutover point: LVM snapshot vg0/migrated-snap-data taken") for m in events), events
+        assert any(m.startswith("cutover done: downtime") and "(lvm)" in m for m in events), events
+        assert t.progress["downtime_seconds"] > 0
+        assert hooks.read_text().split() == ["pre", "post"]
+        log = fakelvm.read_log(lvm)
+        assert [e["rc"] for e in entries(log, "lvcreate")] == [0] and [e["rc"] for e in entries(log, "lvremove")] == [0]
+        assert sha256_file(tmp_path / "t.img") == sha256_file(lvm / "kept" / f"migrated-snap-{LV}-0.img")
+
+
+@pytest.mark.root
+@root_only
+async def test_the_daemon_fails_the_task_when_lvcreate_fails(sshd, tmp_path, monkeypatch):
+    with loop_ext4(tmp_path, size_mb=32) as fs, fake_lvm(tmp_path, fs.loopdev) as (lvm, env):
+        monkeypatch.setenv("PATH", env["PATH"])
+        (lvm / "fail-create").write_text("  Volume group \"vg0\" has insufficient free space (0 extents): 82 required.")
+        t = await _agent_task(sshd, tmp_path, fs.loopdev, Quiesce="lvm")
+        assert t.state == "failed" and "could not take the LVM snapshot of vg0/data" in t.message, t.message
+        assert entries(fakelvm.read_log(lvm), "freeze") == [] and can_write(fs.mountpoint)
