@@ -259,10 +259,11 @@ async def test_sigterm_during_the_final_pass_removes_the_snapshot_and_is_resumab
         assert create["rc"] == 0 and remove["rc"] == 0
         assert list((lvm / "snaps").iterdir()) == [] and loops_backed_by(lvm) == []
         assert can_write(fs.mountpoint)
-        # the same command again: the interrupted pass is finished as a round, then a new snapshot
+        # again: the interrupted pass is finished as a round, then a new snapshot, read whole this time
         rc, s, err = await run_cli(sshd, fs.loopdev, tmp_path / "t.img", env, "--interval", "0",
-                                   "--cutover-after", "0", state=tmp_path / "state")
+                                   "--cutover-after", "0", "--no-track-writes", state=tmp_path / "state")
         assert rc == 0 and s is not None and s["verified"], err
+        assert s["cutover"]["traced_bytes"] is None and "read the whole disk" in err
         assert sha256_file(tmp_path / "t.img") == sha256_file(lvm / "kept" / f"migrated-snap-{LV}-1.img")
         assert [e["rc"] for e in entries(fakelvm.read_log(lvm), "lvremove")] == [0, 0]
         assert loops_backed_by(lvm) == []
