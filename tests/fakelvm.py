@@ -16,7 +16,8 @@ lvm2's command-line interface, as far as migrated uses it, over a real loop devi
 
 Every invocation (and the freeze/thaw around the copy) is appended to ``log.jsonl`` with a
 timestamp. Control files in the fake's directory: ``fail-create`` (lvcreate fails with its
-content as lvm2's message), ``short-copy`` (the copy is 1 MiB short: a broken snapshot).
+content as lvm2's message; ``fail-create-LV``: only for that volume), ``short-copy`` (the copy is
+1 MiB short: a broken snapshot). :func:`add_volume` adds more volumes to the same fake VG.
 
 Differences from real LVM (said plainly): the copy takes time proportional to the volume (a real
 snapshot is copy-on-write and instant), and the copy never runs out of space.
@@ -41,13 +42,19 @@ def install(root: Path, vg: str, lv: str, origin: str) -> Path:
     bindir.mkdir(parents=True)
     (root / "snaps").mkdir()
     (root / "kept").mkdir()
-    (root / "config.json").write_text(json.dumps({"vg": vg, "lv": lv, "origin": origin}))
+    (root / "config.json").write_text(json.dumps({"vg": vg, "volumes": {lv: origin}}))
     for name in ("lvs", "lvcreate", "lvremove"):
         p = bindir / name
         p.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SCRIPT.parent.parent)!r})\n"
                      f"from tests.fakelvm import main\nsys.exit(main({str(root)!r}, {name!r}, sys.argv[1:]))\n")
         p.chmod(0o755)
     return bindir
+
+
+def add_volume(root: Path, lv: str, origin: str) -> None:
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["volumes"][lv] = origin
+    (root / "config.json").write_text(json.dumps(cfg))
 
 
 def read_log(root: Path) -> list[dict]:
@@ -69,10 +76,10 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def _volumes(root: Path) -> list[dict]:
     cfg = json.loads((root / "config.json").read_text())
-    vols = [{"vg_name": cfg["vg"], "lv_name": cfg["lv"], "origin": "", "lv_path": cfg["origin"]}]
+    vols = [{"vg_name": cfg["vg"], "lv_name": lv, "origin": "", "lv_path": dev} for lv, dev in cfg["volumes"].items()]
     for p in sorted((root / "snaps").glob("*.json")):
         s = json.loads(p.read_text())
-        vols.append({"vg_name": cfg["vg"], "lv_name": s["name"], "origin": cfg["lv"], "lv_path": s["loop"]})
+        vols.append({"vg_name": cfg["vg"], "lv_name": s["name"], "origin": s["origin"], "lv_path": s["loop"]})
     return vols
 
 
@@ -122,30 +129,32 @@ def lvcreate(root: Path, argv: list[str]) -> int:
         print("fake lvcreate: only --snapshot --name NAME VG/LV is supported", file=sys.stderr)
         return 3
     name = argv[argv.index("--name") + 1]
-    if argv[-1] != f"{cfg['vg']}/{cfg['lv']}":
+    vg, _, lv = argv[-1].partition("/")
+    if vg != cfg["vg"] or lv not in cfg["volumes"]:
         print(f'  Failed to find logical volume "{argv[-1]}"', file=sys.stderr)
         return 5
-    fail = root / "fail-create"
-    if fail.exists():
-        print(fail.read_text().strip(), file=sys.stderr)
-        return 5
+    origin = cfg["volumes"][lv]
+    for fail in (root / "fail-create", root / f"fail-create-{lv}"):
+        if fail.exists():
+            print(fail.read_text().strip(), file=sys.stderr)
+            return 5
     if (root / "snaps" / f"{name}.json").exists():
         print(f'  Logical Volume "{name}" already exists in volume group "{cfg["vg"]}"', file=sys.stderr)
         return 5
     image = root / "snaps" / f"{name}.img"
-    mnt = _run("findmnt", "-n", "-o", "TARGET", "--source", cfg["origin"]).stdout.split()
-    size = int(_run("blockdev", "--getsize64", cfg["origin"]).stdout)
+    mnt = _run("findmnt", "-n", "-o", "TARGET", "--source", origin).stdout.split()
+    size = int(_run("blockdev", "--getsize64", origin).stdout)
     count = size // (1024 * 1024) - (1 if (root / "short-copy").exists() else 0)
     if mnt:
         _run("fsfreeze", "-f", mnt[0])
-        _log(root, cmd="freeze", mountpoint=mnt[0])
+        _log(root, cmd="freeze", mountpoint=mnt[0], lv=lv)
     try:
-        r = _run("dd", f"if={cfg['origin']}", f"of={image}", "bs=1M", f"count={count}", "iflag=direct",
+        r = _run("dd", f"if={origin}", f"of={image}", "bs=1M", f"count={count}", "iflag=direct",
                  "status=none")
     finally:
         if mnt:
             _run("fsfreeze", "-u", mnt[0])
-            _log(root, cmd="thaw", mountpoint=mnt[0])
+            _log(root, cmd="thaw", mountpoint=mnt[0], lv=lv)
     if r.returncode != 0:
         print(f"fake lvcreate: copy failed: {r.stderr}", file=sys.stderr)
         image.unlink(missing_ok=True)
@@ -153,8 +162,8 @@ def lvcreate(root: Path, argv: list[str]) -> int:
     loop = _run("losetup", "-r", "-f", "--show", str(image)).stdout.strip()
     kept = root / "kept" / f"{name}-{len(list((root / 'kept').iterdir()))}.img"
     os.link(image, kept)
-    (root / "snaps" / f"{name}.json").write_text(json.dumps({"name": name, "loop": loop, "image": str(image),
-                                                             "kept": str(kept)}))
+    (root / "snaps" / f"{name}.json").write_text(json.dumps({"name": name, "origin": lv, "loop": loop,
+                                                             "image": str(image), "kept": str(kept)}))
     print(f'  Logical volume "{name}" created.')
     return 0
 

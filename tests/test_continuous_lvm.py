@@ -395,3 +395,65 @@ async def test_the_daemon_fails_the_task_when_lvcreate_fails(sshd, tmp_path, mon
         t = await _agent_task(sshd, tmp_path, fs.loopdev, Quiesce="lvm")
         assert t.state == "failed" and "could not take the LVM snapshot of vg0/data" in t.message, t.message
         assert entries(fakelvm.read_log(lvm), "freeze") == [] and can_write(fs.mountpoint)
+
+
+# ------------------------------------------------------------------ several volumes (library API)
+
+
+async def _two_disk_cutover(sshd: AsyncSSHD, tmp_path: Path, fa, fb, hooks: Path):  # type: ignore[no-untyped-def]
+    from migrated.engine import SyncOptions, open_session
+    from migrated.engine.continuous import ContinuousControl, ContinuousOptions, run_continuous_disks
+    from tests.test_engine_api import endpoint
+
+    copts = ContinuousOptions(interval=0, cutover_after=1, quiesce="lvm", pre_hook=f"echo pre >> {hooks}",
+                              post_hook=f"echo post >> {hooks}")
+    disks = [(fa.loopdev, str(tmp_path / "ta.img")), (fb.loopdev, str(tmp_path / "tb.img"))]
+    async with open_session(endpoint(sshd)) as s:
+        return await run_continuous_disks(s, disks, SyncOptions(state_dir=tmp_path / "state"), copts,
+                                          ContinuousControl())
+
+
+@pytest.mark.root
+@root_only
+async def test_two_lvm_disks_are_snapshotted_inside_one_hook_window(sshd, tmp_path, monkeypatch):
+    with loop_ext4(tmp_path, 32, name="a") as fa, loop_ext4(tmp_path, 32, name="b") as fb, \
+            fake_lvm(tmp_path, fa.loopdev) as (lvm, env):
+        fakelvm.add_volume(lvm, "logs", fb.loopdev)
+        monkeypatch.setenv("PATH", env["PATH"])
+        (fa.mountpoint / "db").write_bytes(os.urandom(3 << 20))
+        (fb.mountpoint / "wal").write_bytes(os.urandom(2 << 20))
+        hooks = tmp_path / "hooks.log"
+        result = await _two_disk_cutover(sshd, tmp_path, fa, fb, hooks)
+        cut = result.cutover
+        assert cut is not None and cut.verified and cut.blocks_verified == 2 * 32 * 16
+        assert [sn["name"] for sn in cut.snapshots] == ["vg0/migrated-snap-data", "vg0/migrated-snap-logs"]
+        assert all(sn["removed"] for sn in cut.snapshots)
+        log = fakelvm.read_log(lvm)
+        creates, removes = entries(log, "lvcreate"), entries(log, "lvremove")
+        assert [e["argv"][-1] for e in creates] == ["vg0/data", "vg0/logs"]
+        assert sorted(e["argv"][-1] for e in removes) == ["vg0/migrated-snap-data", "vg0/migrated-snap-logs"]
+        assert max(e["t"] for e in creates) < min(e["started"] for e in removes)
+        assert hooks.read_text().split() == ["pre", "post"] and loops_backed_by(lvm) == []
+        assert sha256_file(tmp_path / "ta.img") == sha256_file(lvm / "kept" / "migrated-snap-data-0.img")
+        assert sha256_file(tmp_path / "tb.img") == sha256_file(lvm / "kept" / "migrated-snap-logs-1.img")
+
+
+@pytest.mark.root
+@root_only
+async def test_when_the_second_snapshot_fails_the_first_is_removed(sshd, tmp_path, monkeypatch):
+    from migrated.errors import QuiesceError
+
+    with loop_ext4(tmp_path, 32, name="a") as fa, loop_ext4(tmp_path, 32, name="b") as fb, \
+            fake_lvm(tmp_path, fa.loopdev) as (lvm, env):
+        fakelvm.add_volume(lvm, "logs", fb.loopdev)
+        monkeypatch.setenv("PATH", env["PATH"])
+        (lvm / "fail-create-logs").write_text('  Volume group "vg0" has insufficient free space (3 extents): 4 '
+                                              'required.')
+        hooks = tmp_path / "hooks.log"
+        with pytest.raises(QuiesceError, match=r"LVM snapshot of vg0/logs .*insufficient free space"):
+            await _two_disk_cutover(sshd, tmp_path, fa, fb, hooks)
+        log = fakelvm.read_log(lvm)
+        assert [(e["argv"][-1], e["rc"]) for e in entries(log, "lvcreate")] == [("vg0/data", 0), ("vg0/logs", 5)]
+        assert [(e["argv"][-1], e["rc"]) for e in entries(log, "lvremove")] == [("vg0/migrated-snap-data", 0)]
+        assert hooks.read_text().split() == ["pre", "post"] and loops_backed_by(lvm) == []
+        assert can_write(fa.mountpoint) and can_write(fb.mountpoint)
