@@ -144,7 +144,8 @@ class World:
         return p.read_text(errors="replace") if p.exists() else ""
 
 
-def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0) -> World:
+def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0,
+               agent_config: dict[str, Any] | None = None) -> World:
     db = tmp / "console.db"
     ccfg = write_console_config(tmp, db, listen={"host": "127.0.0.1", "port": console_port},
                                 agents={"heartbeat_interval_seconds": 1, "offline_after_missed": 3,
@@ -175,5 +176,6 @@ def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0) -> Wo
         "heartbeat": {"interval": 1, "first_jitter": 0.2}, "poll": {"wait": 2, "min_cycle": 0.1},
         "backoff": {"initial": 0.2, "max": 2}, "progress": {"interval": 0.5},
         "ignore_checks": ["virtio_drivers"], "ssh_identity": str(sshd.client_key), "disks": [str(src)],
+        **(agent_config or {}),
     }))
     return World(tmp, console, ccfg, admin, sshd, agent_key, cfg, sock, src, dst)

@@ -318,11 +318,16 @@ def test_snapshot_size_needs_quiesce_lvm_and_a_valid_size(tmp_path):
 
 def test_the_daemon_reads_quiesce_lvm_and_the_snapshot_size_from_the_task_spec():
     from migrated.agent.continuous_task import _options
+    from migrated.agent.state import TaskRecord
 
-    copts = _options({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "2G", "PreHook": "systemctl stop db"})
+    def task(spec: dict) -> TaskRecord:
+        return TaskRecord(task_id="t", spec=spec, state="starting")
+
+    copts = _options(task({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "2G",
+                           "PreHook": "systemctl stop db"}))
     copts.validate()
     assert (copts.quiesce, copts.snapshot_size, copts.pre_hook) == ("lvm", "2G", "systemctl stop db")
-    assert _options({"Quiesce": "lvm"}).snapshot_size == "10%ORIGIN"
+    assert _options(task({"Quiesce": "lvm"})).snapshot_size == "10%ORIGIN"
 
 
 # ------------------------------------------------------------------ the daemon side (spec key Quiesce: lvm)
@@ -340,7 +345,8 @@ async def _agent_task(sshd: AsyncSSHD, tmp_path: Path, source: str, **spec_extra
 
     store = AgentStore(tmp_path / "agent")
     store.save_source(SourceRecord("src-1", "http://console"))
-    agent = Agent(Config(state_dir=str(tmp_path / "agent")), RecordingConsole(), store,  # type: ignore[arg-type]
+    cfg = Config(state_dir=str(tmp_path / "agent"), allow_console_hooks=True)  # this operator allows hooks
+    agent = Agent(cfg, RecordingConsole(), store,  # type: ignore[arg-type]
                   ssh_identity=str(sshd.keys.client_key), recv_command="upload")
     agent.load()
     spec = {"TaskId": "task-lvm", "TargetSsh": f"root@127.0.0.1:{sshd.port}", "TargetHostKey": sshd.keys.host_pub,

@@ -16,11 +16,24 @@ from migrated.transport import recv as wire
 RECV = Path(wire.__file__)
 
 
+def oldest_python() -> str | None:
+    """The oldest interpreter the receiver is written for (docs/protocol.md: Python >= 3.7), if this
+    machine has it (pyenv or PATH)."""
+    import glob
+    import shutil
+
+    for cand in [*sorted(glob.glob("/root/.pyenv/versions/3.7*/bin/python3")), shutil.which("python3.7")]:
+        if cand and subprocess.run([cand, "-c", "import sys; assert sys.version_info[:2] == (3, 7)"],
+                                   capture_output=True).returncode == 0:
+            return cand
+    return None
+
+
 class Peer:
-    def __init__(self, tmp: Path, *, stdlib_only: bool = False) -> None:
+    def __init__(self, tmp: Path, *, stdlib_only: bool = False, python: str | None = None) -> None:
         flags = ["-I", "-S"] if stdlib_only else []
         env = dict(os.environ, XDG_STATE_HOME=str(tmp / "state"))
-        self.p = subprocess.Popen([sys.executable, *flags, str(RECV)], stdin=subprocess.PIPE,
+        self.p = subprocess.Popen([python or sys.executable, *flags, str(RECV)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
     def send(self, frame: bytes) -> None:
@@ -60,8 +73,11 @@ def error_of(peer: Peer) -> dict:
     return wire.parse_json(body)
 
 
-def test_stdlib_only_receiver_negotiates_fallbacks(tmp_path):
-    peer = Peer(tmp_path, stdlib_only=True)
+@pytest.mark.parametrize("python", ["this", "oldest"])
+def test_stdlib_only_receiver_negotiates_fallbacks(tmp_path, python):
+    if python == "oldest" and oldest_python() is None:
+        pytest.skip("no Python 3.7 on this machine")
+    peer = Peer(tmp_path, stdlib_only=True, python=oldest_python() if python == "oldest" else None)
     hello = peer.hello()
     assert hello["hashes"] == ["blake2b-128"] and hello["codecs"] == ["zlib", "none"]
     target = tmp_path / "t.img"
