@@ -114,8 +114,9 @@ async def test_verification_catches_a_target_changed_behind_our_back(sshd, tmp_p
 def test_bad_continuous_options_name_the_flag():
     with pytest.raises(UsageError, match="--quiesce 'snapshot'"):
         ContinuousOptions(quiesce="snapshot").validate()
-    with pytest.raises(UsageError, match="--quiesce lvm is not available yet"):
-        ContinuousOptions(quiesce="lvm").validate()
+    ContinuousOptions(quiesce="lvm").validate()  # wired (tests/test_continuous_lvm.py)
+    with pytest.raises(UsageError, match="--snapshot-size 'lots'"):
+        ContinuousOptions(quiesce="lvm", snapshot_size="lots").validate()
     with pytest.raises(UsageError, match="--freeze-budget"):
         ContinuousOptions(freeze_budget=0).validate()
     with pytest.raises(UsageError, match="interval"):

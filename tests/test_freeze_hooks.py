@@ -73,7 +73,8 @@ def test_lvm_snapshot_command_lines() -> None:
     p = plan_snapshot("vg0", "var", "task/42 x", "2G")
     assert p.create == ["lvcreate", "--snapshot", "--size", "2G", "--name", "migrated-snap-task_42_x", "vg0/var"]
     assert p.remove == ["lvremove", "--force", "vg0/migrated-snap-task_42_x"]
-    assert p.snapshot_device == "/dev/vg0/migrated-snap-task_42_x"
+    # the device path is asked from lvm2, never assumed to be /dev/VG/LV
+    assert p.path_query == ["lvs", "--noheadings", "-o", "lv_path", "vg0/migrated-snap-task_42_x"]
     assert plan_snapshot("vg0", "var", "t", "20%ORIGIN").create[2:4] == ["--extents", "20%ORIGIN"]
 
 

@@ -12,8 +12,11 @@ A cutover asked for before a restart is not lost: a task found in ``verifying`` 
 after its next round.
 
 Spec keys read: ``ContinuousSync``, ``RoundIntervalSeconds`` (default 60), ``ReadLimitKBps``,
-``Quiesce`` (freeze | hooks | none; default freeze), ``FreezeBudgetSeconds`` (default 30),
-``PreHook``, ``PostHook`` (the console's CreateTask parameters of the same names).
+``Quiesce`` (freeze | lvm | hooks | none; default freeze), ``FreezeBudgetSeconds`` (default 30),
+``PreHook``, ``PostHook`` (the console's CreateTask parameters of the same names), ``SnapshotSize``
+(``Quiesce: lvm``: copy-on-write space, e.g. ``2G`` or ``20%ORIGIN``; default ``10%ORIGIN``). With
+``lvm`` the downtime reported is the snapshot window (pre hook start to post hook end, see
+docs/consistency.md), not the final pass.
 
 Live changes (:func:`set_rounds`: the console's ``set-rounds`` command, ``migratectl set``) go to the
 running :class:`ContinuousControl` at once and are kept in ``TaskRecord.rounds``, which wins over
@@ -198,6 +201,9 @@ def _options(t: TaskRecord) -> Any:
         pre_hook=spec.get("PreHook") or None,
         post_hook=spec.get("PostHook") or None,
     )
+    size = spec.get("SnapshotSize")
+    if isinstance(size, str) and size.strip():
+        copts.snapshot_size = size.strip()
     budget = spec.get("FreezeBudgetSeconds")
     if isinstance(budget, int | float) and budget > 0:
         copts.freeze_budget = float(budget)
@@ -247,12 +253,18 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
             agent.event("warning" if e.get("advice") == "not-converging" else "info", text)
         elif kind == "cutover":
             keep(phase="final-pass")
-            what = ", ".join(e.get("mountpoints") or []) or "nothing mounted"
+            what = ", ".join(e.get("mountpoints") or e.get("volumes") or []) or "nothing mounted"
             msg = f"cutover: final pass with the source quiesced ({e.get('quiesce')}: {what})"
             if S(t.state) in (S.SYNCING, S.TRANSFERRING):
                 agent.set_state(S.VERIFYING, "cutover", msg)
             else:
                 agent.event("info", msg)
+        elif kind == "snapshot":
+            names = ", ".join(str(s.get("name")) for s in e.get("snapshots") or [])
+            agent.event("info", f"cutover point: LVM snapshot {names} taken, source running again "
+                                f"(downtime {float(e.get('downtime') or 0.0):.2f} s); final pass from the snapshot")
+        elif kind == "snapshot-leftover-removed":
+            agent.event("warning", f"removed the LVM snapshot {e.get('snapshot')} a killed earlier run left behind")
         elif kind == "freeze-budget-exceeded":
             agent.event("warning", str(e.get("message", "the final pass did not fit the freeze budget")))
         elif kind == "thawed":

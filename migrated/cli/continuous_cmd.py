@@ -1,5 +1,7 @@
 """``migrated sync --continuous SOURCE TARGET``: full pass, incremental rounds while the source
 runs, then a cutover (quiesced final pass, verified, downtime reported). See docs/consistency.md.
+``--quiesce lvm`` (with ``--snapshot-size``) makes an LVM snapshot the cutover point: the final
+pass reads the snapshot while the source runs on, and the snapshot is removed on every path.
 
 Options are added to ``migrated sync`` by :func:`add_arguments`; ``sync_cmd.run`` hands over
 to :func:`run` when ``--continuous`` is given. Signals: SIGUSR1 = cut over now (after the round
@@ -36,7 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cut over as soon as the forecast final pass fits --downtime-target")
     g.add_argument("--quiesce", default="freeze", choices=["freeze", "hooks", "lvm", "none"],
                    help="how to make the source quiet for the final pass (default freeze: FIFREEZE of every "
-                        "mounted filesystem of the disk)")
+                        "mounted filesystem of the disk; lvm: an LVM snapshot is the cutover point, the final pass "
+                        "reads it while the source runs on)")
+    g.add_argument("--snapshot-size", metavar="SIZE",
+                   help="--quiesce lvm: copy-on-write space of the snapshot, e.g. 2G or 20%%ORIGIN (default "
+                        "10%%ORIGIN); the origin's writes during the final pass must fit in it")
     g.add_argument("--freeze-budget", type=float, default=30.0, metavar="SECONDS",
                    help="hard limit of the freeze; past it the source is thawed and the cutover retried (default 30)")
     g.add_argument("--downtime-target", type=float, default=2.0, metavar="SECONDS",
@@ -52,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Continuous-only options without --continuous are a mistake worth naming."""
+    if args.snapshot_size and not (args.continuous and args.quiesce == "lvm"):
+        raise UsageError("--snapshot-size needs --continuous --quiesce lvm")
     if args.continuous:
         return
     for flag, value in (("--cutover-after", args.cutover_after), ("--auto-cutover", args.auto_cutover),
@@ -75,7 +83,7 @@ def _options(args: argparse.Namespace) -> Any:
                               auto_cutover=args.auto_cutover, quiesce=args.quiesce,
                               freeze_budget=args.freeze_budget, downtime_target=args.downtime_target,
                               pre_hook=args.pre_hook, post_hook=args.post_hook, hook_timeout=args.hook_timeout,
-                              track_writes=args.track_writes)
+                              track_writes=args.track_writes, snapshot_size=args.snapshot_size or "10%ORIGIN")
     copts.validate()
     return copts
 
@@ -92,16 +100,26 @@ def _on_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
         _say(args, f"{name}: {format_bytes(ev['bytes_changed'])} changed, {format_bytes(ev['bytes_sent'])} sent "
                    f"in {ev['seconds']:.1f} s; {ev['message']}")
     elif kind == "cutover":
-        where = ", ".join(ev["mountpoints"]) or "nothing mounted"
+        where = ", ".join(ev["mountpoints"] or ev.get("volumes") or []) or "nothing mounted"
         _say(args, f"cutover: quiesce {ev['quiesce']} ({where})")
+    elif kind == "snapshot-leftover-removed":
+        _say(args, f"removed the snapshot {ev['snapshot']} a killed earlier run left behind")
+    elif kind == "snapshot":
+        names = ", ".join(f"{s['name']} ({s['device']})" for s in ev["snapshots"])
+        _say(args, f"cutover: snapshot {names} taken, source running again; downtime {ev['downtime']:.3f} s; "
+                   "final pass from the snapshot")
     elif kind == "freeze-budget-exceeded":
         _say(args, f"cutover attempt {ev['attempt']}: {ev['message']}")
     elif kind == "thawed":
         traced = ev.get("traced_bytes")
         read = "the whole disk" if traced is None else f"{format_bytes(traced)} of traced writes"
-        _say(args, f"cutover: final pass done (read {read}), source running again; downtime {ev['downtime']:.3f} s")
+        if ev.get("quiesce") == "lvm":
+            _say(args, f"cutover: final pass from the snapshot done (read {read}); verifying against it")
+        else:
+            _say(args, f"cutover: final pass done (read {read}), source running again; "
+                       f"downtime {ev['downtime']:.3f} s")
     elif kind == "verified":
-        _say(args, f"cutover: target verified ({ev['blocks']} blocks match the source as frozen)")
+        _say(args, f"cutover: target verified ({ev['blocks']} blocks match the source at the cutover point)")
 
 
 def run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, control: Any) -> int:

@@ -23,8 +23,11 @@ same checkpoint (the engine re-reads the source and sends what changed). The pie
   Quiesce methods: ``freeze`` (FIFREEZE of every mounted filesystem of the disks, through
   the guardian process, within ``freeze_budget``; the final pass reads only the writes
   traced since the last round, ``migrated.source.tracker``), ``hooks`` (only the pre/post
-  commands), ``none`` (crash-consistent only); ``lvm`` is refused until the engine can
-  read a snapshot with the origin's checkpoint (``migrated.source.snapshot`` is ready).
+  commands), ``none`` (crash-consistent only), ``lvm`` (:func:`_cutover_lvm`: pre hook ->
+  ``lvcreate --snapshot`` of each disk's volume, the cutover point -> post hook right away, the
+  source runs again; the final pass reads the *snapshot* (``SyncOptions.read_from``) into the
+  *origin's* checkpoint, every target block is verified against the snapshot, and the snapshot is
+  removed whatever happens; snapshots a killed run left are removed when the next run starts).
 * **Several disks** (:func:`run_continuous_disks`): a round syncs each once; the cutover
   freezes the filesystems of all of them at once, so the target is consistent across them.
 * **Nothing is written to a frozen filesystem** by this process during the freeze: the
@@ -66,6 +69,7 @@ from migrated.source.freeze import (
     path_on_filesystems,
 )
 from migrated.source.hooks import HookResult, hooks_around
+from migrated.source.snapshot import Snapshot, check_size, lvm_snapshot, remove_leftover_snapshots
 from migrated.source.tracker import TrackerUnavailable, WriteTracker
 
 log = structlog.get_logger(__name__)
@@ -104,15 +108,17 @@ class ContinuousOptions:
     hook_timeout: float = 300.0
     final_attempts: int = 2
     track_writes: bool = True  # trace writes so the final pass reads only them (migrated.source.tracker)
-    snapshot_size: str = "10%ORIGIN"
+    snapshot_size: str = "10%ORIGIN"  # --quiesce lvm: copy-on-write space of each snapshot (lvcreate size)
     verify: bool = True
 
     def validate(self) -> None:
         if self.quiesce not in QUIESCE_METHODS:
             raise UsageError(f"--quiesce {self.quiesce!r}: choose one of {', '.join(QUIESCE_METHODS)}")
         if self.quiesce == "lvm":
-            raise UsageError("--quiesce lvm is not available yet (the engine cannot read the final pass from a "
-                             "snapshot device with the origin's checkpoint); use --quiesce freeze")
+            try:
+                check_size(self.snapshot_size)
+            except MigratedError as e:
+                raise UsageError(str(e)) from None
         if self.interval < 0:
             raise UsageError("--interval must be zero or more seconds")
         if self.freeze_budget <= 0 or self.downtime_target <= 0:
@@ -185,7 +191,9 @@ class ContinuousControl:
 class CutoverReport:
     quiesce: str
     mountpoints: list[str] = field(default_factory=list)
-    downtime: float = 0.0  # seconds the source was frozen (or its snapshot took / hooks held it)
+    # seconds the source was frozen; lvm: from the pre hook's start (else lvcreate's) to the post
+    # hook's end (else the last lvcreate's); hooks/none: the final pass (with the hooks around it)
+    downtime: float = 0.0
     attempts: int = 0
     final_changed: int = 0
     final_sent: int = 0
@@ -196,6 +204,8 @@ class CutoverReport:
     held_log_lines: int = 0
     traced_bytes: int | None = None  # bytes the final pass re-read from traced writes (None: whole disk)
     notes: list[str] = field(default_factory=list)
+    # lvm: one per disk: origin, volume, name (vg/snapshot), device, created_in, removed
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -260,20 +270,23 @@ def held_output() -> Iterator[io.StringIO]:
 
 
 async def verify_against_checkpoint(session: Any, source_path: str, target_path: str,
-                                    options: SyncOptions) -> int:
+                                    options: SyncOptions, read_from: str | None = None) -> int:
     """Compare every target block with the hash the last (final) pass recorded for the source.
 
     Used after a cutover: the source has been thawed and has moved on, so it cannot be re-read;
-    the hash file the frozen final pass wrote is what the target must hold. Returns the number
-    of blocks compared; raises VerificationFailed naming the first differing offsets.
-    Reads only the checkpoint/hash file and the target's hashes; writes nothing.
+    the hash file the frozen final pass wrote is what the target must hold. With ``read_from``
+    (the LVM snapshot the final pass read, still there), every block of it is read and hashed
+    again and the target must equal *it*. Returns the number of blocks compared; raises
+    VerificationFailed naming the first differing offsets. Reads the checkpoint/hash file (or the
+    snapshot, read-only) and the target's hashes; writes nothing.
     """
-    from migrated.source import open_source
+    from migrated.source import open_source, open_source_via
     from migrated.transport import recv as wire
     from migrated.transport.ssh import RecvChannel
 
     async with session._lock:  # one disk operation at a time on a session (engine contract)
-        src = open_source(source_path)  # identity and size only: no block is read
+        # identity and size only (no block is read), or the snapshot to hash under the origin's identity
+        src = open_source_via(source_path, read_from) if read_from else open_source(source_path)
         try:
             chan = await RecvChannel.start(session.conn, await session.receiver_command(), session.endpoint.label)
             ok = False
@@ -287,16 +300,25 @@ async def verify_against_checkpoint(session: Any, source_path: str, target_path:
                                              f"checkpoint of the final pass ({how})")
                 hf = HashFile.open(disk.hf_path, cp.generation, disk.bs, disk.hash_name, fresh=False)
                 bs = disk.bs
-                span = max(bs, min(wire.MAX_HASH_SPAN, 64 * 1024 * 1024) // bs * bs)
+                # re-reading a snapshot holds a span in memory: keep it smaller
+                limit = 16 * 1024 * 1024 if read_from else 64 * 1024 * 1024
+                span = max(bs, min(wire.MAX_HASH_SPAN, limit) // bs * bs)
+                loop = asyncio.get_running_loop()
                 bad: list[int] = []
                 blocks = 0
                 try:
                     for off in range(0, src.size, span):
                         length = min(span, src.size - off)
                         n = wire.block_count(length, bs)
-                        reply = await chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(off, length)),
-                                                   wire.T_HASHES)
-                        expect = hf.read(off // bs, n)
+                        asked = chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(off, length)),
+                                             wire.T_HASHES)
+                        if read_from:
+                            _, hashes, _ = await loop.run_in_executor(session._pool, disk._read_and_hash, off,
+                                                                      length, False)
+                            expect = b"".join(hashes)
+                        else:
+                            expect = hf.read(off // bs, n)
+                        reply = await asked
                         got = reply[wire.RANGE.size:]
                         for i in range(n):
                             if got[i * 16:(i + 1) * 16] != expect[i * 16:(i + 1) * 16]:
@@ -311,8 +333,9 @@ async def verify_against_checkpoint(session: Any, source_path: str, target_path:
             src.close()
     if bad:
         first = ", ".join(str(b) for b in bad[:5])
-        raise VerificationFailed(f"{len(bad)} blocks of {session.endpoint.label}:{target_path} differ from the "
-                                 f"source as it was at the cutover (first offsets: {first}); run the cutover again")
+        what = f"the snapshot {read_from}" if read_from else "the source as it was at the cutover"
+        raise VerificationFailed(f"{len(bad)} blocks of {session.endpoint.label}:{target_path} differ from "
+                                 f"{what} (first offsets: {first}); run the cutover again")
     return blocks
 
 
@@ -351,8 +374,16 @@ async def run_continuous_disks(session: Any, disks: list[Disk], options: SyncOpt
     if control.read_limit is None and copts.read_limit:
         control.set_read_limit(copts.read_limit)
     sys.dont_write_bytecode = True  # a lazy import during the freeze must not write next to our code
+    notes: list[str] = []
+    if copts.quiesce == "lvm":
+        # fail before hours of rounds, not at the cutover; and clear what a killed run left behind
+        for src, _ in disks:
+            for name in await remove_leftover_snapshots(src):
+                notes.append(f"removed the snapshot {name} a killed earlier run left behind")
+                emit({"event": "snapshot-leftover-removed", "snapshot": name})
     trackers: dict[str, WriteTracker | None] = {}
-    if copts.quiesce == "freeze" and copts.track_writes:
+    # lvm too: the writes traced up to the snapshot tell which blocks of it the final pass must read
+    if copts.quiesce in ("freeze", "lvm") and copts.track_writes:
         trackers = {src: _start_tracker(src) for src, _ in disks}
     tracked = bool(trackers) and all(t is not None for t in trackers.values())
     policy = Policy(downtime_target=copts.downtime_target, freeze_budget=copts.freeze_budget, tracked=tracked)
@@ -360,7 +391,7 @@ async def run_continuous_disks(session: Any, disks: list[Disk], options: SyncOpt
     poller = asyncio.create_task(_poll_trackers(live)) if live else None
     try:
         return await _run_rounds_and_cutover(session, disks, options, copts, control, emit, policy, trackers,
-                                             on_progress)
+                                             on_progress, notes)
     finally:
         if poller is not None:
             poller.cancel()
@@ -389,7 +420,8 @@ async def _run_rounds_and_cutover(session: Any, disks: list[Disk], options: Sync
                                   copts: ContinuousOptions, control: ContinuousControl,
                                   emit: Callable[[Event], None], policy: Policy,
                                   trackers: dict[str, WriteTracker | None],
-                                  on_progress: Callable[..., None] | None) -> ContinuousResult:
+                                  on_progress: Callable[..., None] | None,
+                                  notes: list[str] | None = None) -> ContinuousResult:
     rounds = control.rounds
     bytes_total = 0
     said_not_converging = False
@@ -455,7 +487,7 @@ async def _run_rounds_and_cutover(session: Any, disks: list[Disk], options: Sync
             continue  # the interval changed: wait again with the new one
         await one_round()
 
-    report = await cutover(session, disks, options, copts, control, emit, one_round, trackers)
+    report = await cutover(session, disks, options, copts, control, emit, one_round, trackers, notes)
     control.phase = Phase.DONE
     targets = ", ".join(f"{session.endpoint.label}:{dst}" for _, dst in disks)
     return ContinuousResult(source=names, target=targets, bytes_total=bytes_total, rounds=list(rounds),
@@ -485,11 +517,12 @@ def _mounts_of(disks: list[Disk]) -> list[MountedFs]:
 async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
                   control: ContinuousControl, emit: Callable[[Event], None],
                   another_round: Callable[[], Any] | None = None,
-                  trackers: dict[str, WriteTracker | None] | None = None) -> CutoverReport:
+                  trackers: dict[str, WriteTracker | None] | None = None,
+                  notes: list[str] | None = None) -> CutoverReport:
     """Quiesce, final pass of every disk, un-quiesce, verify (module doc). The sources are running when
     this returns or raises."""
     control.phase = Phase.CUTOVER
-    report = CutoverReport(quiesce=copts.quiesce)
+    report = CutoverReport(quiesce=copts.quiesce, notes=list(notes or []))
     hook_results: list[HookResult] = []
     mounts: list[MountedFs] = []
     if copts.quiesce == "freeze":
@@ -499,7 +532,17 @@ async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: 
             report.notes.append("no filesystem of the disks is mounted: nothing to freeze")
     state_dir = options.state_dir or default_state_dir()
     final_opts = dataclasses.replace(options, checksum=False)
-    emit({"event": "cutover", "quiesce": copts.quiesce, "mountpoints": report.mountpoints})
+    emit({"event": "cutover", "quiesce": copts.quiesce, "mountpoints": report.mountpoints,
+          "volumes": [src for src, _ in disks] if copts.quiesce == "lvm" else []})
+    if copts.quiesce == "lvm":
+        hook_results_lvm: list[HookResult] = []
+        try:
+            await _cutover_lvm(session, disks, final_opts, copts, control, report, emit, trackers or {},
+                               hook_results_lvm)
+        finally:
+            report.hooks = [dataclasses.asdict(h) for h in hook_results_lvm]
+        emit({"event": "verified" if report.verified else "done", "blocks": report.blocks_verified})
+        return report
     try:
         async with hooks_around(copts.pre_hook, copts.post_hook, copts.hook_timeout, hook_results):
             last_error: MigratedError | None = None
@@ -603,3 +646,83 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
             written = await asyncio.to_thread(staged.unstage)
             log.info("state_written_after_thaw", files=written)
     return results
+
+
+async def _cutover_lvm(session: Any, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
+                       control: ContinuousControl, report: CutoverReport, emit: Callable[[Event], None],
+                       trackers: dict[str, WriteTracker | None], hook_results: list[HookResult]) -> None:
+    """``--quiesce lvm``: pre hook -> ``lvcreate --snapshot`` of every disk (the cutover point) ->
+    post hook at once (the source runs again) -> final pass of each disk read from its snapshot
+    into the origin's checkpoint -> every target block verified against the snapshot -> the
+    snapshots removed, always (``lvm_snapshot``). Nothing is frozen by this process: the only
+    stall of the source is device-mapper's own while lvcreate runs.
+
+    Downtime (``report.downtime``): from the start of the pre hook (without one: of the first
+    lvcreate) to the end of the post hook (without one: of the last lvcreate). With several disks
+    the snapshots are taken one after the other: only a pre hook that stops the writers makes them
+    one instant across disks."""
+    from migrated.errors import SourceError
+    from migrated.source.freeze import drop_block_cache
+
+    async with contextlib.AsyncExitStack() as snapshots:
+        snaps: list[Snapshot] = []
+        started = time.monotonic()
+        async with hooks_around(copts.pre_hook, copts.post_hook, copts.hook_timeout, hook_results):
+            for src, _ in disks:
+                snaps.append(await snapshots.enter_async_context(lvm_snapshot(src, None, copts.snapshot_size)))
+        # the post hook has run: the source's services are up again
+        begin = started if copts.pre_hook else snaps[0].started
+        end = time.monotonic() if copts.post_hook else snaps[-1].created
+        report.downtime = end - begin
+        report.snapshots = [{"origin": sn.origin, "volume": sn.volume, "name": sn.name, "device": sn.device,
+                             "created_in": round(sn.created_in, 3), "removed": False} for sn in snaps]
+        emit({"event": "snapshot", "downtime": report.downtime,
+              "snapshots": [{"name": sn.name, "device": sn.device} for sn in snaps]})
+        log.info("lvm_cutover_point", snapshots=[sn.name for sn in snaps], downtime=round(report.downtime, 3))
+
+        control.phase = Phase.FINAL_PASS
+        saved_limit = control.read_limit
+        control.set_read_limit(None)  # the snapshot's copy-on-write space fills while we read: be quick
+        results: list[SyncResult] = []
+        traced: list[int] = []
+        try:
+            for (src, dst), sn in zip(disks, snaps, strict=True):
+                opts = dataclasses.replace(final_opts, read_from=sn.device)
+                tracker = trackers.get(src)
+                if tracker is not None:
+                    # every write in the snapshot was submitted before lvcreate returned, so its event
+                    # is in the buffer; later writes only widen the ranges (harmless)
+                    await asyncio.to_thread(tracker.drain)
+                    ranges = tracker.dirty()
+                    if ranges is not None:
+                        opts = dataclasses.replace(opts, only_ranges=ranges)
+                        traced.append(sum(e - s for s, e in ranges))
+                    else:
+                        report.notes.append(f"{src}: no complete write record; the final pass read the whole "
+                                            "snapshot")
+                drop_block_cache(sn.device)
+                try:
+                    results.append(await session.sync_disk(src, dst, opts, control.sync, None))
+                except SourceError as e:
+                    raise SourceError(f"{e} (the final pass read the snapshot {sn.name}; if its copy-on-write "
+                                      "space ran out because the origin changed too much, raise --snapshot-size)"
+                                      ) from None
+            if traced and len(traced) == len(disks):
+                report.traced_bytes = sum(traced)
+        finally:
+            control.set_read_limit(saved_limit)
+        report.final_changed = sum(r.bytes_changed for r in results)
+        report.final_sent = sum(r.bytes_sent for r in results)
+        report.final_seconds = sum(r.seconds for r in results)
+        report.attempts = 1
+        emit({"event": "thawed", "quiesce": "lvm", "downtime": report.downtime, "final_changed": report.final_changed,
+              "traced_bytes": report.traced_bytes})
+        if copts.verify:
+            control.phase = Phase.VERIFYING
+            for (src, dst), sn in zip(disks, snaps, strict=True):
+                report.blocks_verified += await verify_against_checkpoint(session, src, dst, final_opts,
+                                                                          read_from=sn.device)
+            report.verified = True
+    # the snapshots are removed (lvm_snapshot raised otherwise)
+    for d, sn in zip(report.snapshots, snaps, strict=True):
+        d["removed"] = sn.removed

@@ -25,7 +25,7 @@ import structlog
 from migrated.engine.sync import DiskSync, SyncControl, SyncOptions, SyncResult
 from migrated.errors import Interrupted
 from migrated.model.status import DiskProgress
-from migrated.source import open_source
+from migrated.source import open_source, open_source_via
 from migrated.transport.ssh import RecvChannel, SshEndpoint, connect, receiver_command
 
 log = structlog.get_logger(__name__)
@@ -53,7 +53,7 @@ class Session:
         options = options or SyncOptions()
         options.validate()
         async with self._lock:
-            src = open_source(source_path)
+            src = open_source_via(source_path, options.read_from) if options.read_from else open_source(source_path)
             try:
                 chan = await RecvChannel.start(self.conn, await self.receiver_command(), self.endpoint.label)
                 ok = False

@@ -88,6 +88,11 @@ class SyncOptions:
     # them are taken as unchanged from the hash file without reading the source. Only for a caller that
     # traced every write to the source (the cutover's final pass, migrated.source.tracker); None = read all.
     only_ranges: list[tuple[int, int]] | None = None
+    # Read the blocks from this path, a point-in-time copy of the source (an LVM snapshot: the
+    # cutover's final pass with --quiesce lvm), while the checkpoint stays the source's: same
+    # identity, size and state files, so the pass is one more round of the source. Opened
+    # read-only (migrated.source.open_source_via); its size must equal the source's.
+    read_from: str | None = None
 
     def validate(self) -> None:
         from migrated.errors import UsageError

@@ -1,22 +1,40 @@
 """The source disk: opened read-only, always. Size from the device (ioctl) or the file.
 
-Reading does not evict the server's page cache of hot data: :meth:`SourceDisk.read_uncached`
+Block devices are read with O_DIRECT (a second, read-only descriptor; page-aligned buffers): the
+block device's page cache is *not coherent* with a filesystem mounted on it. The filesystem
+writes file data and journal blocks around that cache, and a cached page that also holds
+metadata the filesystem pins (e.g. ext4's journal superblock next to file data on a 1 KiB-block
+filesystem) cannot be dropped, so a buffered read can return blocks as they were long ago
+(tests/test_continuous_lvm.py caught exactly that; tests/test_source_direct.py shows it). O_DIRECT
+reads what is on the disk (the kernel first writes back the filesystem's own dirty buffers of
+that range, which it would write anyway; nothing of ours is written) and leaves the page cache
+alone. When a device refuses O_DIRECT the read falls back to the buffered path below. Regular
+files (images) are read buffered: their page cache is the one their writers use.
+
+Buffered reads do not evict the server's page cache of hot data: :meth:`SourceDisk.read_uncached`
 notes which pages of the range were cached before the read (``mincore``), reads, then drops
 (posix_fadvise DONTNEED) only the pages the read itself brought in. Pages the server had cached
 (for a block device: the filesystem's metadata buffers, for an image: hot parts of it) stay;
 a migration does not leave the page cache full of the disk either. Regular files are read
 hole-aware (SEEK_DATA/SEEK_HOLE), so a 200 GiB sparse image costs what its data costs.
+
+:func:`open_source_via` reads the blocks of another device that is a point-in-time copy of the
+source (an LVM snapshot, ``--quiesce lvm``) while the disk keeps the source's path, identity and
+size: the engine's checkpoint is keyed on those, so the snapshot's pass continues the origin's
+rounds. Both are opened read-only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 
 from migrated.errors import SourceError
@@ -68,6 +86,18 @@ def resident_pages(fd: int, offset: int, length: int) -> bytes | None:
     return _MINCORE.resident(fd, offset, length) if _MINCORE is not None else None
 
 
+_buffers = threading.local()  # one page-aligned buffer per reading thread (O_DIRECT needs aligned memory)
+
+
+def _aligned_buffer(length: int) -> mmap.mmap:
+    buf: mmap.mmap | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < length:
+        if buf is not None:
+            buf.close()
+        buf = _buffers.buf = mmap.mmap(-1, max(length, 1 << 20))
+    return buf
+
+
 @dataclass
 class SourceDisk:
     path: str
@@ -75,20 +105,58 @@ class SourceDisk:
     size: int
     identity: str  # "blk:<major>:<minor>" or "file:<dev>:<ino>"
     is_device: bool
+    read_path: str | None = None  # the blocks come from this copy of ``path`` (open_source_via)
+    direct_fd: int = -1  # O_DIRECT descriptor of a block device (-1: read buffered through ``fd``)
+
+    @property
+    def where(self) -> str:
+        """The path the blocks are read from, for messages."""
+        return self.path if self.read_path is None else f"{self.read_path} (snapshot of {self.path})"
 
     def read(self, offset: int, length: int) -> bytes:
-        """Read exactly ``length`` bytes at ``offset`` (short only past the end: SourceError)."""
+        """Read exactly ``length`` bytes at ``offset`` (short only past the end: SourceError).
+        Block devices: O_DIRECT (module doc); ``offset`` and ``length`` are multiples of the
+        engine's block size or end at the end of the device, which O_DIRECT accepts."""
+        if self.direct_fd >= 0:
+            direct = self._read_direct(offset, length)
+            if direct is not None:
+                return direct
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as e:
-            raise SourceError(f"cannot read {self.path} at offset {offset}: {e.strerror}") from None
+            raise SourceError(f"cannot read {self.where} at offset {offset}: {e.strerror}") from None
         if len(data) != length:
-            raise SourceError(f"{self.path} shrank while reading: short read at offset {offset}")
+            raise SourceError(f"{self.where} shrank while reading: short read at offset {offset}")
         return data
+
+    def _read_direct(self, offset: int, length: int) -> bytes | None:
+        """None if the device refused this O_DIRECT read (alignment): read it buffered."""
+        buf = _aligned_buffer(length)
+        view = memoryview(buf)
+        got = 0
+        try:
+            while got < length:
+                n = os.preadv(self.direct_fd, [view[got:length]], offset + got)
+                if n == 0:
+                    break
+                got += n
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # not aligned for this device
+                return None
+            raise SourceError(f"cannot read {self.where} at offset {offset + got}: {e.strerror}") from None
+        finally:
+            view.release()
+        if got != length:
+            raise SourceError(f"{self.where} shrank while reading: short read at offset {offset + got}")
+        return buf[:length]
 
     def read_uncached(self, offset: int, length: int) -> bytes:
         """:meth:`read`, then drop from the page cache what this read brought in, and only that
-        (pages cached before it stay: module doc)."""
+        (pages cached before it stay: module doc). An O_DIRECT read brings nothing in."""
+        if self.direct_fd >= 0:
+            direct = self._read_direct(offset, length)
+            if direct is not None:
+                return direct
         before = resident_pages(self.fd, offset, length)
         data = self.read(offset, length)
         if before is not None:
@@ -157,6 +225,9 @@ class SourceDisk:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
 
 
 def open_source(path: str) -> SourceDisk:
@@ -187,4 +258,26 @@ def open_source(path: str) -> SourceDisk:
     # brings in exactly the chunk asked for, so read_uncached knows which pages it brought in.
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-    return SourceDisk(path=path, fd=fd, size=size, identity=identity, is_device=is_device)
+    direct_fd = -1
+    if is_device:
+        try:
+            direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError:
+            direct_fd = -1  # no O_DIRECT here: buffered reads it is
+    return SourceDisk(path=path, fd=fd, size=size, identity=identity, is_device=is_device, direct_fd=direct_fd)
+
+
+def open_source_via(path: str, read_path: str) -> SourceDisk:
+    """The source ``path`` (identity, size: what the checkpoint is keyed on) whose blocks are read
+    from ``read_path``, a point-in-time copy of it (an LVM snapshot). Both are opened read-only;
+    ``path`` is closed again at once (only its identity and size are taken). SourceError if the
+    copy's size differs from the source's (it is not a copy of it)."""
+    origin = open_source(path)
+    origin.close()
+    copy = open_source(read_path)
+    if copy.size != origin.size:
+        copy.close()
+        raise SourceError(f"{read_path} has {copy.size} bytes but its origin {path} has {origin.size}: "
+                          "it is not a snapshot of it")
+    return SourceDisk(path=origin.path, fd=copy.fd, size=origin.size, identity=origin.identity,
+                      is_device=copy.is_device, read_path=read_path, direct_fd=copy.direct_fd)
