@@ -144,7 +144,11 @@ class World:
         return p.read_text(errors="replace") if p.exists() else ""
 
 
-def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0) -> World:
+def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0, *, source: Path | None = None,
+               state_dir: Path | None = None) -> World:
+    """A console process, an agent key and the daemon's config (the daemon is not started).
+    ``source``: an existing disk to migrate (a loop device); by default a ``disk_mib`` MiB image of
+    random data with a zero hole. ``state_dir``: the daemon's state dir (default ``tmp/state``)."""
     db = tmp / "console.db"
     ccfg = write_console_config(tmp, db, listen={"host": "127.0.0.1", "port": console_port},
                                 agents={"heartbeat_interval_seconds": 1, "offline_after_missed": 3,
@@ -156,11 +160,12 @@ def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0) -> Wo
     admin = json.loads(out if out.startswith("{") else out[out.index("\n{") + 1:])
     agent_key = call(console.url, admin, "CreateKey", {"Role": "agent", "Name": "fleet"})
 
-    # the source disk: incompressible data with a zero hole
-    src = tmp / "source.img"
-    data = bytearray(os.urandom(disk_mib << 20))
-    data[len(data) // 3:len(data) // 3 + (2 << 20)] = bytes(2 << 20)
-    src.write_bytes(data)
+    src = source
+    if src is None:  # the source disk: incompressible data with a zero hole
+        src = tmp / "source.img"
+        data = bytearray(os.urandom(disk_mib << 20))
+        data[len(data) // 3:len(data) // 3 + (2 << 20)] = bytes(2 << 20)
+        src.write_bytes(data)
     dst = tmp / "target" / "disk.img"
     dst.parent.mkdir()
 
@@ -170,7 +175,8 @@ def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0) -> Wo
     sock = tmp / "run" / "control.sock"
     cfg = tmp / "migrated.yaml"
     cfg.write_text(yaml.safe_dump({
-        "console": {"endpoint": console.url}, "credentials_file": str(creds), "state_dir": str(tmp / "state"),
+        "console": {"endpoint": console.url}, "credentials_file": str(creds),
+        "state_dir": str(state_dir or tmp / "state"),
         "control": {"socket": str(sock), "group": None}, "log": {"format": "json"},
         "heartbeat": {"interval": 1, "first_jitter": 0.2}, "poll": {"wait": 2, "min_cycle": 0.1},
         "backoff": {"initial": 0.2, "max": 2}, "progress": {"interval": 0.5},

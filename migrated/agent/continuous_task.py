@@ -11,6 +11,10 @@ Pause / SIGTERM stop it at a checkpoint like the one-shot sync (the steering obj
 A cutover asked for before a restart is not lost: a task found in ``verifying`` cuts over right
 after its next round.
 
+While the source is frozen (engine events ``freeze`` .. ``thaw``) the daemon's state files are
+held in memory (``AgentStore.hold``): the state dir may be on the frozen filesystem, and a write
+there would stall the event loop, the final pass with it, until the guardian's budget ran out.
+
 Spec keys read: ``ContinuousSync``, ``RoundIntervalSeconds`` (default 60), ``ReadLimitKBps``;
 and, for tests/advanced use, ``Quiesce`` (freeze | hooks | none), ``FreezeBudgetSeconds``,
 ``PreHook``, ``PostHook``.
@@ -159,6 +163,10 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
                 agent.set_state(S.VERIFYING, "cutover", msg)
             else:
                 agent.event("info", msg)
+        elif kind == "freeze":
+            agent.store.hold()  # nothing to the state dir until the thaw: it may be on a frozen fs
+        elif kind == "thaw":
+            agent.store.release()
         elif kind == "freeze-budget-exceeded":
             agent.event("warning", str(e.get("message", "the final pass did not fit the freeze budget")))
         elif kind == "thawed":
@@ -171,6 +179,7 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
         result = await run_continuous_disks(session, mapping, options, copts, cc, on_event, on_progress)
     finally:
         agent._continuous = None
+        agent.store.release()  # no-op unless a freeze ended without its thaw event
     for i, d in enumerate(disks):
         d.bytes_done = d.bytes_total = max(d.bytes_total, d.bytes_done)
         disks[i] = d

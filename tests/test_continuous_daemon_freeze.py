@@ -1,0 +1,147 @@
+"""The freeze driven through the daemon: a console process, ``migrated run`` as a subprocess, a real
+OpenSSH target, and as the source disk a loop device whose ext4 is mounted and written to by a
+writer process (creating, rewriting, deleting files) the whole time. The daemon's state directory
+lives ON that filesystem: the daemon must not write there while it is frozen.
+
+console CreateTask(ContinuousSync) -> StartTask -> full pass -> rounds (syncing) -> `migratectl
+cutover` / console CutoverTask -> freeze (guardian) -> final pass -> thaw -> verify -> success.
+
+What an operator checks: the task is successful with a downtime in DescribeTasks and in
+`migratectl status --json`; the target image passes `e2fsck -fn`; mounted read-only, its files are
+the source's files as they were while frozen (recorded while the writer was blocked on the freeze
+lock, see ``tests.loopfs.FrozenRecorder``); the source is writable right after. And kill -9 of the
+daemon's process group during the freeze: the guardian (own session, by design) sees the daemon
+gone and thaws at once; the restarted daemon finishes the cutover that was asked for.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrated.model.checkpoint import Checkpoint
+from tests.agent_world import World, ctl_status, make_world, wait_for
+from tests.conftest import cli, repo_env
+from tests.loopfs import (
+    FrozenRecorder,
+    LoopFs,
+    can_write,
+    fsck_clean,
+    loop_ext4,
+    mounted_ro,
+    root_only,
+    tracefs_cleanup,  # noqa: F401 - fixture
+    tree_digest,
+    writer_process,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, root_only, pytest.mark.timeout(420),
+              pytest.mark.usefixtures("tracefs_cleanup")]
+
+
+@dataclass
+class Busy:
+    w: World
+    fs: LoopFs
+    writer: subprocess.Popen[bytes]
+    state: Path  # the daemon's state dir, on the mounted filesystem
+
+
+@pytest.fixture
+def busy(tmp_path: Path, sshd) -> Iterator[Busy]:
+    with loop_ext4(tmp_path, size_mb=96) as fs:
+        state = fs.mountpoint / "migrated-state"
+        w = make_world(tmp_path, sshd, 0, source=Path(fs.loopdev), state_dir=state)
+        try:
+            with writer_process(fs.mountpoint) as writer:
+                yield Busy(w, fs, writer, state)
+        finally:
+            w.console.stop()
+
+
+def ctl(w: World, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cli("migratectl"), "--socket", str(w.socket), *args], env=repo_env(COLUMNS="200"),
+                          capture_output=True, text=True, timeout=60)
+
+
+def create_task(w: World, source_id: str, name: str, **extra: Any) -> str:
+    return w.admin_call("CreateTask", {
+        "SourceId": source_id, "TaskName": name, "Region": "ap-guangzhou", "TargetType": "image",
+        "ImageName": f"{name}-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
+        "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
+        "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}], **extra,
+    })["TaskId"]
+
+
+def events(w: World, task_id: str) -> list[str]:
+    return [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
+
+
+def guardian_lines(w: World) -> list[str]:
+    """The guardian writes one line to its stderr (the daemon's log here) after each thaw."""
+    return re.findall(r"migrated guardian: thawed .*", w.daemon_log())
+
+
+def start_rounds(b: Busy, name: str, **extra: Any) -> str:
+    w = b.w
+    source_id = w.register()
+    assert (b.state / "source.json").exists()  # the state dir really is on the busy filesystem
+    return create_task(w, source_id, name, **extra)
+
+
+def check_target(b: Busy, record: dict[str, str] | None, tmp: Path) -> None:
+    """The target image: a clean ext4 whose files are the source's files at the freeze."""
+    assert record is not None, "the freeze was never observed"
+    r = fsck_clean(b.w.target)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with mounted_ro(b.w.target, tmp / "target.mnt") as tm:
+        assert tree_digest(tm) == record
+
+
+def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tmp_path: Path) -> None:
+    b, w = busy, busy.w
+    task_id = start_rounds(b, "freeze", BandwidthLimitKBps=4096)
+    daemon = w.daemon()
+    rec = FrozenRecorder(b.writer.pid, b.fs.mountpoint)
+    try:
+        w.wait_daemon_online()
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 3,
+                 "the full pass and two rounds", timeout=180)
+        rec.start()
+        r = ctl(w, "cutover")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: w.task(task_id)["State"] in ("success", "failed"), "the cutover to end", timeout=180)
+        rec.done.set()
+        rec.join()
+        final = w.task(task_id)
+        assert final["State"] == "success", (final, w.daemon_log()[-4000:])
+        # the source is writable right after, and the writer went on
+        assert can_write(b.fs.mountpoint, timeout=30)
+        assert b.writer.poll() is None
+
+        downtime = final["Progress"]["DowntimeSeconds"]
+        assert downtime is not None and 0 < downtime < 30
+        local = ctl_status(w.socket)["task"]
+        assert local["state"] == "success" and local["downtime_seconds"] == pytest.approx(downtime, abs=0.01)
+        evs = events(w, task_id)
+        assert any(f"cutover: final pass with the source quiesced (freeze: {b.fs.mountpoint})" in m for m in evs), evs
+        assert any(m.startswith("cutover done: downtime") and "blocks verified" in m for m in evs), evs
+        # one freeze, thawed because the daemon said so (not by the guardian's budget)
+        assert rec.freezes_seen == 1
+        lines = guardian_lines(w)
+        assert len(lines) == 1 and lines[0].endswith("(told)"), lines
+    finally:
+        rec.done.set()
+        rc = daemon.stop()
+    assert rc == 0, w.daemon_log()[-3000:]
+    # the state written after the thaw: the checkpoint of the final pass, complete
+    cps = [Checkpoint.decode(p.read_bytes()) for p in (b.state / "checkpoints" / task_id).glob("*.ckpt")]
+    assert len(cps) == 1 and cps[0].complete
+    check_target(b, rec.record, tmp_path)
