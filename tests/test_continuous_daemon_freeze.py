@@ -16,12 +16,15 @@ gone and thaws at once; the restarted daemon finishes the cutover that was asked
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -32,17 +35,26 @@ from tests.loopfs import (
     FrozenRecorder,
     LoopFs,
     can_write,
+    frozen_wait,
     fsck_clean,
     loop_ext4,
     mounted_ro,
+    process_state,
     root_only,
     tracefs_cleanup,  # noqa: F401 - fixture
     tree_digest,
     writer_process,
 )
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, root_only, pytest.mark.timeout(420),
-              pytest.mark.usefixtures("tracefs_cleanup")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def loop_test(f: F) -> F:
+    """Root (loop devices, mount, FIFREEZE), slow, and the tracefs instance of a killed agent removed."""
+    for mark in (pytest.mark.root, pytest.mark.slow, root_only, pytest.mark.timeout(420),
+                 pytest.mark.usefixtures("tracefs_cleanup")):
+        f = mark(f)
+    return f
 
 
 @dataclass
@@ -104,6 +116,7 @@ def check_target(b: Busy, record: dict[str, str] | None, tmp: Path) -> None:
         assert tree_digest(tm) == record
 
 
+@loop_test
 def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tmp_path: Path) -> None:
     b, w = busy, busy.w
     task_id = start_rounds(b, "freeze", BandwidthLimitKBps=4096)
@@ -114,6 +127,15 @@ def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tm
         w.admin_call("StartTask", {"TaskId": task_id})
         wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 3,
                  "the full pass and two rounds", timeout=180)
+        # lifting the limit live holds for the rounds after it (it used to come back at the next round)
+        r = ctl(w, "bandwidth", "0")
+        assert r.returncode == 0, r.stderr
+        mark = len(w.daemon_log())
+        starts = wait_for(lambda: [json.loads(x) for x in w.daemon_log()[mark:].splitlines() if '"sync_start"' in x],
+                          "a round to start after the limit was lifted")
+        assert starts[0]["bwlimit"] is None, starts[0]
+        r = ctl(w, "bandwidth", "4M")  # slow again: the recorder reads every file while frozen
+        assert r.returncode == 0, r.stderr
         rec.start()
         r = ctl(w, "cutover")
         assert r.returncode == 0, r.stderr
@@ -145,3 +167,129 @@ def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tm
     cps = [Checkpoint.decode(p.read_bytes()) for p in (b.state / "checkpoints" / task_id).glob("*.ckpt")]
     assert len(cps) == 1 and cps[0].complete
     check_target(b, rec.record, tmp_path)
+
+
+def staging_dirs(pid: int) -> list[Path]:
+    """The tmpfs dirs where process ``pid`` staged the state dir during a freeze (StagedDir)."""
+    bases = {os.environ.get("XDG_RUNTIME_DIR") or "/run", "/run", "/dev/shm", tempfile.gettempdir()}
+    return [d for b in bases for d in Path(b).glob(f"migrated-final-{pid}-*")]
+
+
+def guardian_of(daemon_pid: int) -> int | None:
+    """The pid of the freeze guardian the daemon started (a child of the daemon), if any."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"migrated.source.guardian" in cmd and ppid == daemon_pid:
+            return int(p.name)
+    return None
+
+
+@loop_test
+def test_kill9_of_the_daemon_during_the_freeze_thaws_then_the_restart_cuts_over(busy: Busy, tmp_path: Path) -> None:
+    b, w = busy, busy.w
+    task_id = start_rounds(b, "kill")
+    daemon = w.daemon()
+    rec: FrozenRecorder | None = None
+    try:
+        w.wait_daemon_online()
+        w.admin_call("StartTask", {"TaskId": task_id})
+        wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 2,
+                 "the full pass and a round", timeout=180)
+        # a slow link from now on: the final pass stays frozen long enough to be caught in the act
+        r = ctl(w, "bandwidth", "256K")
+        assert r.returncode == 0, r.stderr
+        cut = w.admin_call("CutoverTask", {"TaskId": task_id})
+        assert cut["CommandId"]
+        assert daemon.proc is not None
+        wait_for(lambda: frozen_wait(b.writer.pid), "the writer to block on the frozen source", timeout=120,
+                 step=0.005)
+        guardian = guardian_of(daemon.proc.pid)
+        assert guardian is not None, "frozen, but no guardian?"
+        # the guardian has its own session: a signal to the daemon's process group (what systemd
+        # does to the unit) does not reach it
+        assert os.getsid(guardian) != os.getsid(daemon.proc.pid)
+        assert frozen_wait(b.writer.pid), "the final pass ended before the kill; slow the link further"
+        killed = daemon.proc.pid
+        daemon.kill9()
+
+        # the guardian saw the daemon's end of its pipe close and thawed at once, not at its budget
+        assert can_write(b.fs.mountpoint, timeout=60)
+        line = wait_for(lambda: guardian_lines(w), "the guardian's line after the thaw", timeout=30)
+        assert len(line) == 1 and line[0].endswith("(parent-gone)"), line
+        wait_for(lambda: process_state(guardian) in ("", "Z"), "the guardian to exit after the thaw", timeout=30)
+        assert b.writer.poll() is None
+        # what the daemon wrote before the freeze is there; nothing was written during it
+        assert json.loads((b.state / "task.json").read_text())["state"] == "verifying"
+
+        # the daemon's state dir was staged in tmpfs for the freeze; the killed daemon left it there
+        assert staging_dirs(killed), "no staging dir: was the state dir not on the frozen filesystem?"
+
+        # restarted: it resumes the task and finishes the cutover that was asked for
+        rec = FrozenRecorder(b.writer.pid, b.fs.mountpoint)
+        rec.start()
+        daemon = w.daemon()
+        wait_for(lambda: ctl_status(w.socket, allow_down=True).get("task"), "the restarted daemon's socket")
+        r = ctl(w, "bandwidth", "0")  # the fast link again, for the final pass after the restart
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: w.task(task_id)["State"] in ("success", "failed"), "the cutover after the restart",
+                 timeout=180)
+        rec.done.set()
+        rec.join()
+        final = w.task(task_id)
+        assert final["State"] == "success", (final, w.daemon_log()[-4000:])
+        assert can_write(b.fs.mountpoint, timeout=30)
+        downtime = final["Progress"]["DowntimeSeconds"]
+        assert downtime is not None and 0 < downtime < 30
+        local = ctl_status(w.socket)["task"]
+        assert local["state"] == "success" and local["downtime_seconds"] == pytest.approx(downtime, abs=0.01)
+        lines = guardian_lines(w)
+        assert len(lines) == 2 and lines[1].endswith("(told)"), lines
+        assert rec.freezes_seen == 1
+        evs = events(w, task_id)
+        assert any(m.startswith("cutover done: downtime") for m in evs), evs
+        assert staging_dirs(killed) == []  # the next cutover swept the dead daemon's copy away
+    finally:
+        if rec is not None:
+            rec.done.set()
+        rc = daemon.stop()
+    assert rc == 0, w.daemon_log()[-3000:]
+    check_target(b, rec.record, tmp_path)
+
+
+# ------------------------------------------------------------- the parts, without root
+
+
+def test_the_agent_store_holds_its_writes_until_released(tmp_path: Path) -> None:
+    from migrated.agent.state import AgentStore, TaskRecord
+
+    store = AgentStore(tmp_path)
+    store.save_task(TaskRecord(task_id="task-1", spec={}, state="syncing"))
+    store.hold()
+    store.save_task(TaskRecord(task_id="task-1", spec={}, state="verifying"))
+    store.save_applied([["cmd-1", True, "ok"]])
+    assert store.load_task().state == "syncing" and not (tmp_path / "commands.json").exists()
+    assert sorted(Path(p).name for p in store.release()) == ["commands.json", "task.json"]
+    assert store.load_task().state == "verifying" and store.load_applied() == [["cmd-1", True, "ok"]]
+    store.save_task(TaskRecord(task_id="task-1", spec={}, state="success"))  # written through again
+    assert store.load_task().state == "success" and not store.holding
+
+
+def test_a_staging_dir_of_a_dead_process_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    from migrated.source.freeze import StagedDir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f"migrated-final-{dead.pid}-abc"
+    live = tmp_path / f"migrated-final-{os.getpid()}-def"
+    other = tmp_path / "migrated-final-xyz"  # not ours to judge
+    for d in (gone, live, other):
+        d.mkdir()
+        (d / "x.hashes").write_bytes(b"h")
+    assert StagedDir.sweep(tmp_path) == [gone]
+    assert not gone.exists() and live.exists() and other.exists()
