@@ -202,6 +202,21 @@ class FrozenRecorder(threading.Thread):
             self.done.wait(0.001)
 
 
+def guardian_of(daemon_pid: int) -> int | None:
+    """The pid of the freeze guardian the daemon started (a child of the daemon), if any."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"migrated.source.guardian" in cmd and ppid == daemon_pid:
+            return int(p.name)
+    return None
+
+
 def fsck_clean(image: Path) -> subprocess.CompletedProcess[str]:
     return run("e2fsck", "-fn", str(image), check=False)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.loopfs import (
     can_write,
     frozen_wait,
     fsck_clean,
+    guardian_of,
     loop_ext4,
     mounted_ro,
     root_only,
@@ -210,6 +212,40 @@ async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(ss
                 await agent.wait()
         # long before the 600 s budget: the guardian saw the agent die and thawed
         assert can_write(fs.mountpoint, timeout=30)
+        assert writer.poll() is None
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@root_only
+@pytest.mark.usefixtures("tracefs_cleanup")
+async def test_a_guardian_thawed_by_a_signal_mid_pass_fails_the_cutover(sshd, tmp_path):
+    """SIGTERM to the guardian (an admin, a service manager) thaws at once, by design; the final
+    pass then goes on reading a live filesystem, so it must not be trusted: exit 6, not a
+    "verified" target that is a mix of before and after the thaw."""
+    with loop_ext4(tmp_path, size_mb=64) as fs, writer_process(fs.mountpoint) as writer:
+        args = [*cli("migrated"), "sync", fs.loopdev, sshd.target(tmp_path / "t.img"), *sshd.ssh_args(),
+                "--state-dir", str(tmp_path / "state"), "--recv-command", "upload", "--continuous",
+                "--interval", "0", "--cutover-after", "1", "--freeze-budget", "600", "--bwlimit", "1MiB"]
+        agent = await asyncio.create_subprocess_exec(*args, env=repo_env(), stderr=asyncio.subprocess.PIPE)
+        try:
+            for _ in range(240 * 200):  # until the writer waits on the freeze (the final pass is slow: 1 MiB/s)
+                if frozen_wait(writer.pid) or agent.returncode is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert agent.returncode is None, "the agent ended before freezing"
+            guardian = guardian_of(agent.pid)
+            assert guardian is not None and frozen_wait(writer.pid)
+            os.kill(guardian, signal.SIGTERM)
+            assert can_write(fs.mountpoint, timeout=30)
+            _out, err = await asyncio.wait_for(agent.communicate(), 180)
+        finally:
+            if agent.returncode is None:
+                agent.kill()
+                await agent.wait()
+        text = err.decode(errors="replace")
+        assert agent.returncode == 6, text[-3000:]
+        assert "thawed before the final pass ended (signal)" in text, text[-3000:]
         assert writer.poll() is None
 
 

@@ -37,6 +37,7 @@ from tests.loopfs import (
     can_write,
     frozen_wait,
     fsck_clean,
+    guardian_of,
     loop_ext4,
     mounted_ro,
     process_state,
@@ -173,21 +174,6 @@ def staging_dirs(pid: int) -> list[Path]:
     """The tmpfs dirs where process ``pid`` staged the state dir during a freeze (StagedDir)."""
     bases = {os.environ.get("XDG_RUNTIME_DIR") or "/run", "/run", "/dev/shm", tempfile.gettempdir()}
     return [d for b in bases for d in Path(b).glob(f"migrated-final-{pid}-*")]
-
-
-def guardian_of(daemon_pid: int) -> int | None:
-    """The pid of the freeze guardian the daemon started (a child of the daemon), if any."""
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"migrated.source.guardian" in cmd and ppid == daemon_pid:
-            return int(p.name)
-    return None
 
 
 @loop_test

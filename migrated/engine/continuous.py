@@ -61,6 +61,7 @@ from migrated.errors import MigratedError, UsageError, VerificationFailed
 from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
 from migrated.source.freeze import (
     FreezeBudgetExceeded,
+    FreezeError,
     GuardedFreeze,
     MountedFs,
     StagedDir,
@@ -610,6 +611,12 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
                 else:
                     report.downtime = time.monotonic() - started
         report.held_log_lines = held.getvalue().count("\n")
+        if fz is not None and fz.report.reason != "told":
+            # the guardian thawed on its own (a signal, an error) while we were still reading: what was
+            # read after that is a mix of before and after the thaw, and verifying it proves nothing
+            raise FreezeError(f"{', '.join(fz.mountpoints)} thawed before the final pass ended "
+                              f"({fz.report.reason}); what it read may be inconsistent, so it is not trusted; "
+                              "the source is running: cut over again")
     finally:
         control.set_read_limit(saved_limit)
         if staged is not None:
