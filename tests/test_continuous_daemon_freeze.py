@@ -177,9 +177,13 @@ def staging_dirs(pid: int) -> list[Path]:
 
 
 @loop_test
-def test_kill9_of_the_daemon_during_the_freeze_thaws_then_the_restart_cuts_over(busy: Busy, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["kill9", "sigterm"])
+def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy: Busy, tmp_path: Path,
+                                                                          how: str) -> None:
+    """kill -9 of the daemon's process group (a crash, the OOM killer) or SIGTERM (systemctl stop,
+    an upgrade) while the source is frozen: thawed at once, and the restart finishes the cutover."""
     b, w = busy, busy.w
-    task_id = start_rounds(b, "kill")
+    task_id = start_rounds(b, how)
     daemon = w.daemon()
     rec: FrozenRecorder | None = None
     try:
@@ -202,19 +206,25 @@ def test_kill9_of_the_daemon_during_the_freeze_thaws_then_the_restart_cuts_over(
         assert os.getsid(guardian) != os.getsid(daemon.proc.pid)
         assert frozen_wait(b.writer.pid), "the final pass ended before the kill; slow the link further"
         killed = daemon.proc.pid
-        daemon.kill9()
+        if how == "kill9":
+            daemon.kill9()
+        else:  # the daemon stops the final pass at a checkpoint, has the source thawed, exits
+            rc = daemon.stop(timeout=30)
+            assert rc == 0, w.daemon_log()[-3000:]
 
-        # the guardian saw the daemon's end of its pipe close and thawed at once, not at its budget
+        # kill -9: the guardian saw the daemon's end of its pipe close and thawed at once (not at its
+        # budget); SIGTERM: the daemon told it to
         assert can_write(b.fs.mountpoint, timeout=60)
         line = wait_for(lambda: guardian_lines(w), "the guardian's line after the thaw", timeout=30)
-        assert len(line) == 1 and line[0].endswith("(parent-gone)"), line
+        assert len(line) == 1 and line[0].endswith("(parent-gone)" if how == "kill9" else "(told)"), line
         wait_for(lambda: process_state(guardian) in ("", "Z"), "the guardian to exit after the thaw", timeout=30)
         assert b.writer.poll() is None
-        # what the daemon wrote before the freeze is there; nothing was written during it
+        # the state the daemon wrote before the freeze (kill -9) or after the thaw (SIGTERM): the
+        # cutover asked for is not lost
         assert json.loads((b.state / "task.json").read_text())["state"] == "verifying"
 
-        # the daemon's state dir was staged in tmpfs for the freeze; the killed daemon left it there
-        assert staging_dirs(killed), "no staging dir: was the state dir not on the frozen filesystem?"
+        # the daemon's state dir was staged in tmpfs for the freeze; a killed daemon left it there
+        assert bool(staging_dirs(killed)) is (how == "kill9")
 
         # restarted: it resumes the task and finishes the cutover that was asked for
         rec = FrozenRecorder(b.writer.pid, b.fs.mountpoint)
@@ -239,7 +249,7 @@ def test_kill9_of_the_daemon_during_the_freeze_thaws_then_the_restart_cuts_over(
         assert rec.freezes_seen == 1
         evs = events(w, task_id)
         assert any(m.startswith("cutover done: downtime") for m in evs), evs
-        assert staging_dirs(killed) == []  # the next cutover swept the dead daemon's copy away
+        assert staging_dirs(killed) == []  # the next cutover swept a dead daemon's copy away
     finally:
         if rec is not None:
             rec.done.set()
