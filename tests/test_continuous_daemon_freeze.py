@@ -96,6 +96,15 @@ def events(w: World, task_id: str) -> list[str]:
     return [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
 
 
+def log_events(w: World, event: str, offset: int = 0) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines for ``event`` from character ``offset`` on (whole lines only)."""
+    out = []
+    for line in w.daemon_log()[offset:].split("\n")[:-1]:
+        if f'"event": "{event}"' in line:
+            out.append(json.loads(line))
+    return out
+
+
 def guardian_lines(w: World) -> list[str]:
     """The guardian writes one line to its stderr (the daemon's log here) after each thaw."""
     return re.findall(r"migrated guardian: thawed .*", w.daemon_log())
@@ -132,8 +141,7 @@ def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tm
         r = ctl(w, "bandwidth", "0")
         assert r.returncode == 0, r.stderr
         mark = len(w.daemon_log())
-        starts = wait_for(lambda: [json.loads(x) for x in w.daemon_log()[mark:].splitlines() if '"sync_start"' in x],
-                          "a round to start after the limit was lifted")
+        starts = wait_for(lambda: log_events(w, "sync_start", mark), "a round to start after the limit was lifted")
         assert starts[0]["bwlimit"] is None, starts[0]
         r = ctl(w, "bandwidth", "4M")  # slow again: the recorder reads every file while frozen
         assert r.returncode == 0, r.stderr
