@@ -148,6 +148,10 @@ class Config:
     # Disks this source offers (block devices or raw image files). Empty: discovered, i.e. the
     # system disk and every disk with a mounted filesystem.
     disks: tuple[str, ...] = ()
+    # A continuous task's cutover may carry hook commands (PreHook/PostHook) that this agent runs as
+    # root. Off by default: a console (or whoever holds an admin key) cannot run commands on this
+    # server unless its operator allows it here.
+    allow_console_hooks: bool = False
 
     def validate(self, path: str) -> None:
         for key in ("credentials_file", "state_dir"):

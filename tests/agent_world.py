@@ -144,11 +144,11 @@ class World:
         return p.read_text(errors="replace") if p.exists() else ""
 
 
-def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0, *, source: Path | None = None,
-               state_dir: Path | None = None) -> World:
+def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0,
+               agent_config: dict[str, Any] | None = None, *, source: Path | None = None) -> World:
     """A console process, an agent key and the daemon's config (the daemon is not started).
     ``source``: an existing disk to migrate (a loop device); by default a ``disk_mib`` MiB image of
-    random data with a zero hole. ``state_dir``: the daemon's state dir (default ``tmp/state``)."""
+    random data with a zero hole. ``agent_config``: keys that replace the daemon config's."""
     db = tmp / "console.db"
     ccfg = write_console_config(tmp, db, listen={"host": "127.0.0.1", "port": console_port},
                                 agents={"heartbeat_interval_seconds": 1, "offline_after_missed": 3,
@@ -176,10 +176,11 @@ def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0, *, so
     cfg = tmp / "migrated.yaml"
     cfg.write_text(yaml.safe_dump({
         "console": {"endpoint": console.url}, "credentials_file": str(creds),
-        "state_dir": str(state_dir or tmp / "state"),
+        "state_dir": str(tmp / "state"),
         "control": {"socket": str(sock), "group": None}, "log": {"format": "json"},
         "heartbeat": {"interval": 1, "first_jitter": 0.2}, "poll": {"wait": 2, "min_cycle": 0.1},
         "backoff": {"initial": 0.2, "max": 2}, "progress": {"interval": 0.5},
         "ignore_checks": ["virtio_drivers"], "ssh_identity": str(sshd.client_key), "disks": [str(src)],
+        **(agent_config or {}),
     }))
     return World(tmp, console, ccfg, admin, sshd, agent_key, cfg, sock, src, dst)

@@ -26,7 +26,7 @@ MODE = sys.argv[1]
 
 
 class Liar(wire.Receiver):
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, fsync: bool = False) -> None:
         ftype, _ = wire.HEADER.unpack_from(frame)
         payload = frame[wire.HEADER.size:]
         if MODE == "hash-len" and ftype == wire.T_HASHES:
@@ -52,7 +52,7 @@ class Liar(wire.Receiver):
             frame = random.Random(3).randbytes(4096)
         elif MODE == "version" and ftype == wire.T_HELLO_OK:
             frame = wire.pack_json(ftype, {"magic": wire.MAGIC, "version": 99, "hashes": [], "codecs": []})
-        super().send(frame)
+        super().send(frame, fsync)
 
 
 if __name__ == "__main__":
@@ -61,5 +61,5 @@ if __name__ == "__main__":
     try:
         raise SystemExit(liar.run())
     except wire.Fail as e:
-        liar.send(wire.pack_json(wire.T_ERROR, {"kind": e.kind, "message": e.message}))
+        liar.fail(wire.pack_json(wire.T_ERROR, {"kind": e.kind, "message": e.message}))
         raise SystemExit(2) from None

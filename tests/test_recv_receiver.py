@@ -16,11 +16,24 @@ from migrated.transport import recv as wire
 RECV = Path(wire.__file__)
 
 
+def oldest_python() -> str | None:
+    """The oldest interpreter the receiver is written for (docs/protocol.md: Python >= 3.7), if this
+    machine has it (pyenv or PATH)."""
+    import glob
+    import shutil
+
+    for cand in [*sorted(glob.glob("/root/.pyenv/versions/3.7*/bin/python3")), shutil.which("python3.7")]:
+        if cand and subprocess.run([cand, "-c", "import sys; assert sys.version_info[:2] == (3, 7)"],
+                                   capture_output=True).returncode == 0:
+            return cand
+    return None
+
+
 class Peer:
-    def __init__(self, tmp: Path, *, stdlib_only: bool = False) -> None:
+    def __init__(self, tmp: Path, *, stdlib_only: bool = False, python: str | None = None) -> None:
         flags = ["-I", "-S"] if stdlib_only else []
         env = dict(os.environ, XDG_STATE_HOME=str(tmp / "state"))
-        self.p = subprocess.Popen([sys.executable, *flags, str(RECV)], stdin=subprocess.PIPE,
+        self.p = subprocess.Popen([python or sys.executable, *flags, str(RECV)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
     def send(self, frame: bytes) -> None:
@@ -60,8 +73,11 @@ def error_of(peer: Peer) -> dict:
     return wire.parse_json(body)
 
 
-def test_stdlib_only_receiver_negotiates_fallbacks(tmp_path):
-    peer = Peer(tmp_path, stdlib_only=True)
+@pytest.mark.parametrize("python", ["this", "oldest"])
+def test_stdlib_only_receiver_negotiates_fallbacks(tmp_path, python):
+    if python == "oldest" and oldest_python() is None:
+        pytest.skip("no Python 3.7 on this machine")
+    peer = Peer(tmp_path, stdlib_only=True, python=oldest_python() if python == "oldest" else None)
     hello = peer.hello()
     assert hello["hashes"] == ["blake2b-128"] and hello["codecs"] == ["zlib", "none"]
     target = tmp_path / "t.img"
@@ -218,3 +234,45 @@ def test_device_in_use_sees_the_mounted_root_filesystem(tmp_path):
     assert device_in_use(root_dev) == "it is mounted"
     assert in_use_reason(str(tmp_path)) is None  # not a block device
     assert in_use_reason(str(tmp_path / "missing")) is None
+
+
+def test_pipelined_requests_answered_in_order_with_flush_in_between(tmp_path):
+    """The receiver fsyncs in its reply thread and keeps reading meanwhile: answers must still come
+    back in request order (the agent matches them first in, first out), and a HASH asked after a
+    WRITE sees that write."""
+    peer = Peer(tmp_path)
+    peer.hello()
+    target = tmp_path / "t.img"
+    peer.open(target, 4 << 20, hash_name="blake2b-128", codec="none")
+    a, b = os.urandom(65536), os.urandom(65536)
+    h = lambda x: hashlib.blake2b(x, digest_size=16).digest()  # noqa: E731
+    frames = [
+        wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(0, len(a), 0) + a),
+        wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(1)),
+        wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, 65536)),
+        wire.pack_frame(wire.T_WRITE, wire.WRITE_HDR.pack(65536, len(b), 0) + b),
+        wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(2)),
+        wire.pack_frame(wire.T_HASH, wire.RANGE.pack(0, 131072)),
+        wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(3)),
+    ]
+    peer.send(b"".join(frames))  # all at once, no waiting for answers
+    assert peer.recv() == (wire.T_FLUSHED, wire.SEQ.pack(1))
+    assert peer.recv() == (wire.T_HASHES, wire.RANGE.pack(0, 65536) + h(a))
+    assert peer.recv() == (wire.T_FLUSHED, wire.SEQ.pack(2))
+    assert peer.recv() == (wire.T_HASHES, wire.RANGE.pack(0, 131072) + h(a) + h(b))
+    assert peer.recv() == (wire.T_FLUSHED, wire.SEQ.pack(3))
+    assert peer.ask(wire.pack_frame(wire.T_BYE)) == (wire.T_BYE_OK, b"")
+    assert peer.close() == 0
+    assert target.read_bytes()[:131072] == a + b
+
+
+def test_error_after_queued_answers_comes_last_and_whole(tmp_path):
+    """A refused frame right behind a FLUSH: the FLUSHED answer is out first, then one ERROR frame."""
+    peer = Peer(tmp_path)
+    peer.hello()
+    peer.open(tmp_path / "t.img", 1 << 20, codec="none")
+    peer.send(wire.pack_frame(wire.T_FLUSH, wire.SEQ.pack(9))
+              + wire.pack_frame(wire.T_ZERO, wire.RANGE.pack(1 << 20, 4096)))
+    assert peer.recv() == (wire.T_FLUSHED, wire.SEQ.pack(9))
+    assert "outside the target" in error_of(peer)["message"]
+    assert peer.close() == 2

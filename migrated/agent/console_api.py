@@ -58,6 +58,9 @@ class AgentConsole:
                            ("DowntimeSeconds", p.downtime_seconds)):
             if value not in (None, ""):
                 body[key] = max(0.0, value) if isinstance(value, float) else value
+        if p.round_interval_seconds is not None:  # the settings in effect (changed live by the console or migratectl)
+            body["RoundIntervalSeconds"] = float(p.round_interval_seconds)
+            body["ReadLimitKBps"] = max(1, round(p.read_limit_bps / 1024)) if p.read_limit_bps else 0
         return await self.client.call("ReportTaskProgress", body)
 
     async def report_event(self, source_id: str, task_id: str, level: str, stage: str, message: str) -> None:

@@ -11,13 +11,20 @@ Pause / SIGTERM stop it at a checkpoint like the one-shot sync (the steering obj
 A cutover asked for before a restart is not lost: a task found in ``verifying`` cuts over right
 after its next round.
 
+Spec keys read: ``ContinuousSync``, ``RoundIntervalSeconds`` (default 60), ``ReadLimitKBps``,
+``Quiesce`` (freeze | hooks | none; default freeze), ``FreezeBudgetSeconds`` (default 30),
+``PreHook``, ``PostHook`` (the console's CreateTask parameters of the same names).
+
+Live changes (:func:`set_rounds`: the console's ``set-rounds`` command, ``migratectl set``) go to the
+running :class:`ContinuousControl` at once and are kept in ``TaskRecord.rounds``, which wins over
+the spec: a daemon restart, and a later start/retry from the console, use the latest change.
+
+Hooks are shell commands run as root on this server, possibly holding passwords: the daemon never
+logs them or sends them to the console. Events and errors say only which hook ran and its exit status.
+
 While the source is frozen (engine events ``freeze`` .. ``thaw``) the daemon's state files are
 held in memory (``AgentStore.hold``): the state dir may be on the frozen filesystem, and a write
 there would stall the event loop, the final pass with it, until the guardian's budget ran out.
-
-Spec keys read: ``ContinuousSync``, ``RoundIntervalSeconds`` (default 60), ``ReadLimitKBps``;
-and, for tests/advanced use, ``Quiesce`` (freeze | hooks | none), ``FreezeBudgetSeconds``,
-``PreHook``, ``PostHook``.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from migrated.errors import StateError
+from migrated.errors import QuiesceError, StateError, UsageError
 from migrated.model.states import TaskState as S
 from migrated.model.status import DiskProgress, TaskProgress, format_bytes
+from migrated.source.hooks import HookFailed
 
 if TYPE_CHECKING:
     from migrated.agent.daemon import Agent
@@ -96,14 +104,100 @@ def cutover(agent: Agent) -> str:
     return f"task {t.task_id}: cutover after the round in progress"
 
 
-def _options(spec: dict[str, Any]) -> Any:
+def settings(t: TaskRecord) -> tuple[float, int | None]:
+    """(round interval in seconds, source read limit in bytes/s or None) in effect for ``t``: the
+    latest live change, else the spec, else the defaults."""
+    merged = {**t.spec, **(t.rounds or {})}
+    interval = merged.get("RoundIntervalSeconds")
+    kbps = merged.get("ReadLimitKBps")
+    return (float(interval) if isinstance(interval, int | float) and not isinstance(interval, bool) else 60.0,
+            kbps * 1024 if isinstance(kbps, int) and not isinstance(kbps, bool) and kbps > 0 else None)
+
+
+def fill_settings(p: TaskProgress, t: TaskRecord) -> None:
+    """Show the interval and the read limit in effect with a continuous task's progress."""
+    if is_continuous(t.spec):
+        p.round_interval_seconds, p.read_limit_bps = settings(t)
+
+
+def set_rounds(agent: Agent, interval: float | None, read_limit_kbps: int | None, by: str) -> str:
+    """Change the round interval (seconds) and/or the source read limit (KiB/s, 0 = none) of the
+    continuous task: live when it runs, and kept for a restart. StateError for a task that is not
+    continuous or is finished; UsageError for a bad value."""
+    t = agent.task
+    if t is None:
+        raise StateError("no task on this agent")
+    if not is_continuous(t.spec):
+        raise StateError(f"task {t.task_id} is not a continuous task (created without ContinuousSync): the round "
+                         "interval and the source read limit apply only to continuous tasks")
+    if S(t.state).finished:
+        raise StateError(f"task {t.task_id} is {t.state}; nothing to change")
+    if interval is None and read_limit_kbps is None:
+        raise UsageError("give a round interval and/or a read limit")
+    if interval is not None and not (0 <= interval <= 86400):
+        raise UsageError(f"round interval must be 0-86400 seconds, got {interval!r}")
+    if read_limit_kbps is not None and not (0 <= read_limit_kbps <= 100 * 1024 * 1024):
+        raise UsageError(f"read limit must be 0-{100 * 1024 * 1024} KiB/s, got {read_limit_kbps!r}")
+    old_interval, old_limit = settings(t)
+    t.rounds = dict(t.rounds or {})
+    if interval is not None:
+        t.rounds["RoundIntervalSeconds"] = int(interval) if float(interval).is_integer() else float(interval)
+    if read_limit_kbps is not None:
+        t.rounds["ReadLimitKBps"] = int(read_limit_kbps)
+    new_interval, new_limit = settings(t)
+    cc = getattr(agent, "_continuous", None)
+    if cc is not None:
+        if interval is not None:
+            cc.set_interval(new_interval)
+        # the final pass runs unlimited (the source is quiesced): a new limit applies from the next round
+        if read_limit_kbps is not None and S(t.state) is not S.VERIFYING:
+            cc.set_read_limit(new_limit)
+    parts = []
+    if interval is not None:
+        parts.append(f"round interval {old_interval:g} -> {new_interval:g} s")
+    if read_limit_kbps is not None:
+        parts.append(f"source read limit {_rate(old_limit)} -> {_rate(new_limit)}")
+    text = f"{', '.join(parts)} (by {by})"
+    log.info("rounds settings changed", task_id=t.task_id, interval=new_interval, read_limit_bps=new_limit, by=by)
+    agent.event("info", text)  # saves the task record and wakes the reporter
+    return f"task {t.task_id}: {text}" + ("" if cc is not None else "; applies when the rounds run")
+
+
+def hook_summary(h: Any) -> str:
+    """Which hook ran and how it ended, without its command or output (a HookResult or its asdict)."""
+    get = h.get if isinstance(h, dict) else (lambda k: getattr(h, k))
+    rc, seconds = get("returncode"), float(get("duration") or 0.0)
+    if get("timed_out"):
+        how = f"timed out after {seconds:.1f} s and was killed"
+    elif rc is not None and rc < 0:
+        how = f"was killed by signal {-rc} after {seconds:.1f} s"
+    else:
+        how = f"exited with status {rc} after {seconds:.1f} s"
+    return f"{get('name')} hook {how}"
+
+
+def _scrub_notes(e: BaseException, copts: Any) -> None:
+    """A post hook that failed after another error is attached to it as a note naming the command:
+    replace such notes, so a traceback in the log holds no hook command."""
+    hooks = [h for h in (copts.pre_hook, copts.post_hook) if h]
+    notes = getattr(e, "__notes__", None)
+    if hooks and notes:
+        e.__notes__ = [("a hook failed too (command and output not shown)" if any(h in n for h in hooks) else n)
+                       for n in notes]
+
+
+def _rate(bps: int | None) -> str:
+    return f"{format_bytes(bps)}/s" if bps else "unlimited"
+
+
+def _options(t: TaskRecord) -> Any:
     from migrated.engine.continuous import ContinuousOptions
 
-    interval = spec.get("RoundIntervalSeconds")
-    kbps = spec.get("ReadLimitKBps")
+    spec = t.spec
+    interval, read_limit = settings(t)
     copts = ContinuousOptions(
-        interval=float(interval) if isinstance(interval, int | float) else 60.0,
-        read_limit=kbps * 1024 if isinstance(kbps, int) and kbps > 0 else None,
+        interval=interval,
+        read_limit=read_limit,
         quiesce=str(spec.get("Quiesce") or "freeze"),
         pre_hook=spec.get("PreHook") or None,
         post_hook=spec.get("PostHook") or None,
@@ -120,7 +214,7 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
     moved the task to transferring). Returns once the task is successful; raises like the engine."""
     from migrated.engine.continuous import ContinuousControl, run_continuous_disks
 
-    copts = _options(t.spec)
+    copts = _options(t)
     cc = ContinuousControl(control)
     if getattr(control, "stop_requested", False):
         cc.stop(getattr(control, "stop_reason", "") or "stop requested")
@@ -177,9 +271,19 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
 
     try:
         result = await run_continuous_disks(session, mapping, options, copts, cc, on_event, on_progress)
+    except HookFailed as e:
+        post_too = e.result.name == "pre" and any(n.startswith("post hook") for n in getattr(e, "__notes__", ()))
+        raise QuiesceError(f"cutover: {hook_summary(e.result)}" + ("; the post hook failed too" if post_too else "")
+                           + "; the source is running. Run the hook by hand on the source to see its output (the "
+                           "agent does not report a hook's command or output: they may hold secrets)") from None
+    except BaseException as e:
+        _scrub_notes(e, copts)
+        raise
     finally:
         agent._continuous = None
         agent.store.release()  # no-op unless a freeze ended without its thaw event
+    for h in (result.cutover.hooks if result.cutover else []):
+        agent.event("info", f"cutover: {hook_summary(h)}")
     for i, d in enumerate(disks):
         d.bytes_done = d.bytes_total = max(d.bytes_total, d.bytes_done)
         disks[i] = d

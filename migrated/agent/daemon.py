@@ -217,6 +217,7 @@ class Agent:
         p = self.task.progress_obj()
         p.updated_at = time.time()
         continuous_task.fill(p, self.task.progress, p.updated_at)
+        continuous_task.fill_settings(p, self.task)
         if S(self.task.state) is S.TRANSFERRING:
             p.rate_bps = self._rate.rate()
             remaining = p.bytes_total - p.bytes_done
@@ -439,6 +440,13 @@ class Agent:
             return self._set_bandwidth(kbps * 1024 or None)
         if action == "cutover":
             return continuous_task.cutover(self)
+        if action == "set-rounds":
+            params = c.get("Params") if isinstance(c.get("Params"), dict) else {}
+            interval, kbps = params.get("RoundIntervalSeconds"), params.get("ReadLimitKBps")
+            for name, v in (("RoundIntervalSeconds", interval), ("ReadLimitKBps", kbps)):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                    raise UsageError(f"set-rounds: {name} must be a whole number >= 0 or absent, got {v!r}")
+            return continuous_task.set_rounds(self, interval, kbps, "console")
         raise UsageError(f"unknown command action {action!r}")
 
     def _start(self, task_id: str, spec: dict[str, Any], action: Action, by: str) -> str:
@@ -545,6 +553,12 @@ class Agent:
 
     async def cutover(self) -> dict[str, Any]:
         return {"message": continuous_task.cutover(self), "task": self._task_dict()}
+
+    async def set_rounds(self, interval: float | None, read_limit_bps: int | None) -> dict[str, Any]:
+        """``migratectl set``: the read limit comes in bytes/s (0 = none) and is kept in KiB/s."""
+        kbps = None if read_limit_bps is None else (max(1, round(read_limit_bps / 1024)) if read_limit_bps else 0)
+        msg = continuous_task.set_rounds(self, interval, kbps, "migratectl")
+        return {"message": msg, "task": self._task_dict()}
 
     def _task_dict(self) -> dict[str, Any] | None:
         p = self.progress()
@@ -701,6 +715,12 @@ class Agent:
             self._save_task()
 
     async def _attempt(self, t: TaskRecord, opener: Any, control: Any, options_cls: Any) -> None:
+        hooks = [k for k in ("PreHook", "PostHook") if t.spec.get(k)]
+        if hooks and not self.cfg.allow_console_hooks:
+            raise UsageError(f"task {t.task_id} asks this server to run {' and '.join(hooks)} commands as root at "
+                             "cutover, and this agent does not run hooks from the console: set "
+                             "`allow_console_hooks: true` in migrated.yaml and restart it, or create the task "
+                             "without hooks")
         mapping = self._disk_mapping(t)
         if not mapping:
             raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")

@@ -52,6 +52,9 @@ class TaskRecord:
     # and events {kind: "event", level, stage, message}
     unreported: list[dict[str, str]] = field(default_factory=list)
     bandwidth_bps: int | None = None
+    # continuous tasks: the latest live change of the rounds (console set-rounds, migratectl set);
+    # wins over ``spec``: {"RoundIntervalSeconds": seconds, "ReadLimitKBps": KiB/s, 0 = none}
+    rounds: dict[str, Any] | None = None
 
     def progress_obj(self) -> TaskProgress:
         if self.progress:

@@ -6,6 +6,7 @@
     migratectl pause | resume | retry | cutover
     migratectl check [--json]
     migratectl bandwidth RATE        # 50M, 1.5G, 800K (bytes/s), 0 or unlimited
+    migratectl set [--round-interval 30s] [--read-limit 20MiB]   # continuous task, live
 
 Exit codes (docs/exit-codes.md): 0 done; 2 bad arguments or an action the
 task's state does not allow; 3 the daemon reported a connection problem;
@@ -33,22 +34,42 @@ from rich.text import Text
 from migrated.config import DEFAULT_CONFIG_PATH, ControlConfig, load_config
 from migrated.control.client import ControlClient
 from migrated.errors import ExitCode, MigratedError, UsageError
-from migrated.model.status import TaskProgress, continuous_line, format_bytes, format_duration
+from migrated.model.status import (
+    TaskProgress,
+    continuous_line,
+    format_bytes,
+    format_duration,
+    rounds_settings_line,
+)
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-def parse_rate(text: str) -> int | None:
+def parse_rate(text: str, what: str = "bandwidth") -> int | None:
     """'50M' -> 52428800 bytes/s; '0' / 'unlimited' -> None (no limit)."""
     t = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
     if t in ("0", "UNLIMITED", "NONE", "OFF"):
         return None
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)", t)
     if not m:
-        raise UsageError(f"bandwidth: {text!r} is not a rate; use e.g. 50M, 1.5G, 800K (bytes/s) or unlimited")
+        raise UsageError(f"{what}: {text!r} is not a rate; use e.g. 50M, 1.5G, 800K (bytes/s) or unlimited")
     value = int(float(m.group(1)) * _UNITS[m.group(2)])
     if value <= 0:
-        raise UsageError(f"bandwidth: {text!r} is too small; use 0 or unlimited to remove the limit")
+        raise UsageError(f"{what}: {text!r} is too small; use 0 or unlimited to remove the limit")
+    return value
+
+
+_SECONDS = {"": 1, "S": 1, "M": 60, "H": 3600}
+
+
+def parse_seconds(text: str, what: str = "--round-interval") -> float:
+    """'30', '30s', '2m', '1h' -> seconds (0-86400)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([SMH]?)", text.strip().upper())
+    if not m:
+        raise UsageError(f"{what}: {text!r} is not a duration; use e.g. 30, 30s, 2m or 1h")
+    value = float(m.group(1)) * _SECONDS[m.group(2)]
+    if value > 86400:
+        raise UsageError(f"{what}: {text!r} is longer than a day (86400 s)")
     return value
 
 
@@ -87,6 +108,9 @@ def render_status(status: dict[str, Any], now: float | None = None) -> Group:
     rounds = continuous_line(task)
     if rounds:
         head.add_row("rounds", Text(rounds, style="yellow" if task.advice == "not-converging" else ""))
+    settings = rounds_settings_line(task)
+    if settings:
+        head.add_row("" if rounds else "rounds", settings)
     for d in task.disks:
         head.add_row("disk", f"{d.name} -> {d.target}  (sent {format_bytes(d.bytes_sent)})")
     bars = Progress(
@@ -152,6 +176,17 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             print(result.get("message") or "bandwidth changed")
         return 0
+    if args.command == "set":
+        if args.round_interval is None and args.read_limit is None:
+            raise UsageError("set: give --round-interval and/or --read-limit")
+        interval = parse_seconds(args.round_interval) if args.round_interval is not None else None
+        limit = (parse_rate(args.read_limit, "--read-limit") or 0) if args.read_limit is not None else None
+        result = await client.set_rounds(interval, limit)
+        if args.json:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            print(result.get("message") or "changed")
+        return 0
     if args.command == "check":
         result = await client.check()
         if args.json:
@@ -200,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bandwidth", help="change the bandwidth limit live (50M, 1.5G, 0 = unlimited)")
     b.add_argument("rate")
     b.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    r = sub.add_parser("set", help="continuous task: change the round interval and/or the source read limit live "
+                                   "(kept across a daemon restart)")
+    r.add_argument("--round-interval", metavar="DURATION", help="pause between rounds: 30, 30s, 2m, 1h")
+    r.add_argument("--read-limit", metavar="RATE", help="source read limit during the rounds: 20MiB, 500K (bytes/s), "
+                                                        "0 or unlimited")
+    r.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return p
 
 

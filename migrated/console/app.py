@@ -77,6 +77,7 @@ ACTIONS: dict[str, ActionSpec] = {
     "DeleteTask": _spec("admin", P.DeleteTask, "delete_task"),
     "CutoverTask": _spec("admin", P.CutoverTask, "cutover_task"),
     "ModifyTaskBandwidth": _spec("admin", P.ModifyTaskBandwidth, "modify_task_bandwidth"),
+    "ModifyTaskRounds": _spec("admin", P.ModifyTaskRounds, "modify_task_rounds"),
     "DescribeTaskEvents": _spec("admin", P.DescribeTaskEvents, "describe_task_events"),
 }
 

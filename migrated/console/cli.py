@@ -12,6 +12,7 @@
         --target-instance ins-abc --target-ssh root@203.0.113.7:22 --target-host-key "ssh-ed25519 AAAA..."
     migrate-console tasks list | show ID | start ID | pause ID | retry ID | delete ID
     migrate-console tasks set-bandwidth ID KBPS | events ID
+    migrate-console tasks set-rounds ID [--round-interval S] [--read-limit KBPS]
 
 Every admin subcommand is a client of the same signed API the agents use. Credentials
 (never on the command line): ``--credentials FILE`` (YAML ``endpoint``/``secret_id``/
@@ -164,8 +165,16 @@ def task_lines(t: dict[str, Any]) -> str:
     if t.get("ContinuousSync"):
         every = t.get("RoundIntervalSeconds")
         lines.append("Continuous    incremental rounds until cutover"
-                     + (f", every {every} s" if every is not None else "")
+                     + f", every {every if every is not None else 60} s"
                      + (f", source read limit {t['ReadLimitKBps']} KB/s" if t.get("ReadLimitKBps") else ""))
+        now_every, now_limit = p.get("RoundIntervalSeconds"), p.get("ReadLimitKBps")
+        if now_every is not None:
+            lines.append(f"In effect     a round every {now_every:g} s, source read limit "
+                         + (f"{now_limit} KB/s" if now_limit else "unlimited") + " (as the agent last reported)")
+        hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
+        lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}, freeze budget "
+                     f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
+                     + " (--json shows the hook commands)" * bool(hooks))
         rounds = rounds_line(p)
         if rounds:
             lines.append(f"Rounds        {rounds}")
@@ -319,6 +328,20 @@ def _schedule(value: str) -> str:
     return dt.isoformat()
 
 
+def _hook_arg(value: str | None, flag: str) -> str | None:
+    """A hook command as given, or ``@FILE``: the command read from FILE (keeps a password in the
+    command out of the process list and the shell history)."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except OSError as e:
+        raise UsageError(f"{flag} {value}: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag} {value}: {path} is not UTF-8 text") from None
+
+
 def cmd_tasks_create(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {
         "SourceId": args.source, "TaskName": args.name, "Description": args.description, "Region": args.region,
@@ -331,14 +354,15 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         params["TargetInstanceId"] = args.target_instance
     if args.schedule:
         params["ScheduledStartTime"] = _schedule(args.schedule)
+    continuous_flags = {"RoundIntervalSeconds": args.round_interval, "ReadLimitKBps": args.read_limit,
+                        "Quiesce": args.quiesce, "PreHook": _hook_arg(args.pre_hook, "--pre-hook"),
+                        "PostHook": _hook_arg(args.post_hook, "--post-hook"), "FreezeBudgetSeconds": args.freeze_budget}
     if args.continuous:
         params["ContinuousSync"] = True
-        if args.round_interval is not None:
-            params["RoundIntervalSeconds"] = args.round_interval
-        if args.read_limit is not None:
-            params["ReadLimitKBps"] = args.read_limit
-    elif args.round_interval is not None or args.read_limit is not None:
-        raise UsageError("--round-interval and --read-limit need --continuous")
+        params.update({k: v for k, v in continuous_flags.items() if v is not None})
+    elif any(v is not None for v in continuous_flags.values()):
+        raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook and --freeze-budget "
+                         "need --continuous")
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -394,6 +418,22 @@ def cmd_tasks_set_bandwidth(args: argparse.Namespace) -> int:
     limit = f"{res['BandwidthLimitKBps']} KB/s" if res["BandwidthLimitKBps"] else "unlimited"
     emit(args, res, f"task {res['TaskId']} bandwidth limit: {limit}"
          + (f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""))
+    return 0
+
+
+def cmd_tasks_set_rounds(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"TaskId": args.task_id}
+    if args.round_interval is not None:
+        params["RoundIntervalSeconds"] = args.round_interval
+    if args.read_limit is not None:
+        params["ReadLimitKBps"] = args.read_limit
+    if len(params) == 1:
+        raise UsageError("set-rounds: give --round-interval and/or --read-limit")
+    res = call(args, "ModifyTaskRounds", params)
+    every = res["RoundIntervalSeconds"]
+    limit = f"{res['ReadLimitKBps']} KB/s" if res["ReadLimitKBps"] else "unlimited"
+    emit(args, res, f"task {res['TaskId']}: a round every {every if every is not None else 60} s, source read "
+         f"limit {limit}" + (f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""))
     return 0
 
 
@@ -466,6 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="incremental sync until cutover: rounds after the full pass until 'tasks cutover'")
     t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (default 60)")
     t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit during the rounds, KB/s")
+    t.add_argument("--quiesce", help="cutover: freeze (default), hooks, none")
+    t.add_argument("--pre-hook", metavar="CMD|@FILE",
+                   help="cutover: shell command run as root on the source before the final pass (stop services); "
+                        "@FILE reads it from FILE")
+    t.add_argument("--post-hook", metavar="CMD|@FILE",
+                   help="cutover: shell command run as root on the source after it (start services); always runs "
+                        "once the pre hook ran")
+    t.add_argument("--freeze-budget", type=int, metavar="S", help="cutover: hard limit of the freeze, 1-600 s "
+                                                                  "(default 30)")
     t.set_defaults(func=cmd_tasks_create)
     t = tasks.add_parser("list", parents=[api], help="list tasks")
     t.add_argument("--source")
@@ -485,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("task_id")
     t.add_argument("kbps", type=int, help="KB/s, 0 = none")
     t.set_defaults(func=cmd_tasks_set_bandwidth)
+    t = tasks.add_parser("set-rounds", parents=[api],
+                         help="continuous task: change the round interval / source read limit, also while running")
+    t.add_argument("task_id")
+    t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (0-86400)")
+    t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit, KB/s, 0 = none")
+    t.set_defaults(func=cmd_tasks_set_rounds)
     t = tasks.add_parser("events", parents=[api], help="a task's events (errors, warnings, stage changes)")
     t.add_argument("task_id")
     t.add_argument("--after", type=int, default=0, help="only events after this ID")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from migrated.model.states import TaskState
 
@@ -21,6 +21,27 @@ Text = Annotated[str, Field(max_length=4096)]
 
 _SSH_RE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")
 _HOSTKEY_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-[A-Za-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}( \S.*)?$")
+
+
+MAX_HOOK_CHARS = 1024
+QUIESCE_METHODS = ("freeze", "hooks", "none", "lvm")
+MIN_FREEZE_BUDGET, MAX_FREEZE_BUDGET = 1, 600
+# CreateTask parameters that only a continuous task takes
+CONTINUOUS_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook",
+                     "FreezeBudgetSeconds")
+
+
+def _one_line(v: str) -> str:
+    if "\x00" in v or "\n" in v or "\r" in v:
+        raise ValueError("must be one line without NUL, CR or LF characters (put a longer script in a file on "
+                         "the source and give its path)")
+    if not v.strip():
+        raise ValueError("must not be blank")
+    return v
+
+
+# a shell command line the agent runs as root on the source (``/bin/sh -c``) around the cutover
+HookCommand = Annotated[str, Field(min_length=1, max_length=MAX_HOOK_CHARS), AfterValidator(_one_line)]
 
 
 class _P(BaseModel):
@@ -88,6 +109,8 @@ class ReportTaskProgress(_P):
     Convergence: Annotated[str, Field(max_length=512)] = ""
     Advice: Literal["", "keep-going", "cutover", "not-converging"] = ""
     DowntimeSeconds: float | None = Field(None, ge=0)
+    RoundIntervalSeconds: float | None = Field(None, ge=0, le=86400)  # in effect on the agent
+    ReadLimitKBps: int | None = Field(None, ge=0)  # in effect on the agent, 0 = unlimited
 
     @field_validator("State", mode="before")
     @classmethod
@@ -152,6 +175,12 @@ class CreateTask(_P):
     ContinuousSync: bool = False  # incremental rounds after the full pass until CutoverTask
     RoundIntervalSeconds: int | None = Field(None, ge=0, le=86400)  # pause between rounds (default 60)
     ReadLimitKBps: int | None = Field(None, ge=0, le=100 * 1024 * 1024)  # source read limit during the rounds
+    # cutover options (continuous tasks only; see docs/consistency.md). Hooks are commands the agent
+    # runs as root on the source: only admin keys can create tasks, so only admins can set them.
+    Quiesce: Literal["freeze", "hooks", "none", "lvm"] | None = None  # default freeze
+    PreHook: HookCommand | None = None
+    PostHook: HookCommand | None = None
+    FreezeBudgetSeconds: int | None = Field(None, ge=MIN_FREEZE_BUDGET, le=MAX_FREEZE_BUDGET)  # default 30
     TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
     TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
     DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
@@ -172,6 +201,27 @@ class CreateTask(_P):
         if not _HOSTKEY_RE.match(v.strip()):
             raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA...'")
         return v.strip()
+
+
+    @field_validator("Quiesce", mode="before")
+    @classmethod
+    def _quiesce(cls, v: object) -> object:
+        if isinstance(v, str) and v not in QUIESCE_METHODS:
+            raise ValueError(f"unknown quiesce method {v[:40]!r}; choose {', '.join(QUIESCE_METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cutover(self) -> CreateTask:
+        if not self.ContinuousSync:
+            given = [n for n in CONTINUOUS_PARAMS if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"parameter {given[0]}: only for a task with ContinuousSync true")
+        if self.Quiesce == "lvm":
+            raise ValueError("parameter Quiesce: lvm is not available yet (see docs/consistency.md); "
+                             "use freeze, hooks or none")
+        if self.Quiesce == "hooks" and not (self.PreHook or self.PostHook):
+            raise ValueError("parameter PreHook: required when Quiesce is hooks (give PreHook and/or PostHook)")
+        return self
 
 
 class DescribeTasks(_P):
@@ -229,6 +279,20 @@ class ModifyTaskBandwidth(_P):
     BandwidthLimitKBps: int = Field(ge=0, le=100 * 1024 * 1024)
 
 
+class ModifyTaskRounds(_P):
+    """A continuous task's round interval and/or source read limit, also while it runs."""
+
+    TaskId: ID
+    RoundIntervalSeconds: int | None = Field(None, ge=0, le=86400)
+    ReadLimitKBps: int | None = Field(None, ge=0, le=100 * 1024 * 1024)  # 0 = unlimited
+
+    @model_validator(mode="after")
+    def _some(self) -> ModifyTaskRounds:
+        if self.RoundIntervalSeconds is None and self.ReadLimitKBps is None:
+            raise ValueError("parameter RoundIntervalSeconds: give RoundIntervalSeconds and/or ReadLimitKBps")
+        return self
+
+
 class DescribeTaskEvents(_P):
     TaskId: ID
     AfterEventId: int = Field(0, ge=0)
@@ -251,6 +315,8 @@ def validation_error(exc: ValidationError) -> tuple[str, str]:
     if kind == "extra_forbidden":
         return "UnknownParameter", f"unknown parameter {path}"
     msg = e["msg"].removeprefix("Value error, ")
+    if not e["loc"] and msg.startswith("parameter "):  # a rule across parameters names its parameter itself
+        return "InvalidParameterValue", msg
     if kind in _TYPE_ERRORS:
         return "InvalidParameter", f"parameter {path}: {msg}"
     return "InvalidParameterValue", f"parameter {path}: {msg}"

@@ -81,6 +81,7 @@ UNFINISHED_STATES = tuple(s.value for s in TaskState if not s.finished)
 # command actions the agent understands (Action values plus set-bandwidth)
 CMD_START, CMD_PAUSE, CMD_RETRY, CMD_DELETE, CMD_SET_BANDWIDTH = "start", "pause", "retry", "delete", "set-bandwidth"
 CMD_CUTOVER = "cutover"
+CMD_SET_ROUNDS = "set-rounds"  # Params: {RoundIntervalSeconds?, ReadLimitKBps?}
 
 
 class ApiError(Exception):
@@ -186,8 +187,8 @@ class ConsoleService:
             "DiskMapping": [{"Source": a, "Target": b} for a, b in t.disk_mapping],
             "State": t.state,
             "ContinuousSync": t.continuous is not None,
-            "RoundIntervalSeconds": (t.continuous or {}).get("RoundIntervalSeconds"),
-            "ReadLimitKBps": (t.continuous or {}).get("ReadLimitKBps"),
+            # continuous tasks only (null otherwise): the rounds, and the cutover (docs/consistency.md)
+            **{n: (t.continuous or {}).get(n) for n in P.CONTINUOUS_PARAMS},
         }
 
     @classmethod
@@ -219,6 +220,10 @@ class ConsoleService:
                 "Convergence": p.get("Convergence", ""),
                 "Advice": p.get("Advice", ""),
                 "DowntimeSeconds": p.get("DowntimeSeconds"),
+                # continuous tasks: the round interval / source read limit the agent applies right now
+                # (null until it reports); the task's RoundIntervalSeconds / ReadLimitKBps are the settings
+                "RoundIntervalSeconds": p.get("RoundIntervalSeconds"),
+                "ReadLimitKBps": p.get("ReadLimitKBps"),
                 "UpdatedTime": iso(p.get("UpdatedAt")),
             },
             "CreatedTime": iso(t.created_at),
@@ -351,6 +356,8 @@ class ConsoleService:
                 progress.update({"Phase": p.Phase, "Round": p.Round, "RoundChangedBytes": p.RoundChangedBytes,
                                  "ForecastSeconds": p.ForecastSeconds, "Convergence": p.Convergence,
                                  "Advice": p.Advice, "DowntimeSeconds": p.DowntimeSeconds})
+            if p.RoundIntervalSeconds is not None:  # what the agent applies (changed by the console or migratectl)
+                progress.update({"RoundIntervalSeconds": p.RoundIntervalSeconds, "ReadLimitKBps": p.ReadLimitKBps or 0})
             changes: dict[str, Any] = {"state": new.value, "stage": p.Stage, "progress": progress}
             if p.Message or old != new:
                 changes["message"] = p.Message
@@ -442,9 +449,6 @@ class ConsoleService:
         s = await self.storage.get_source(p.SourceId)
         if s is None:
             raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
-        if not p.ContinuousSync and (p.RoundIntervalSeconds is not None or p.ReadLimitKBps is not None):
-            raise ApiError("InvalidParameterValue", "parameter RoundIntervalSeconds/ReadLimitKBps: only for a "
-                           "task with ContinuousSync true")
         if p.TargetType == "image" and not p.ImageName:
             raise ApiError("MissingParameter", "missing parameter ImageName (required when TargetType is image)")
         if p.TargetType == "instance" and not p.TargetInstanceId:
@@ -494,8 +498,7 @@ class ConsoleService:
             target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
             checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
             created_at=now, updated_at=now,
-            continuous=({"RoundIntervalSeconds": p.RoundIntervalSeconds, "ReadLimitKBps": p.ReadLimitKBps}
-                        if p.ContinuousSync else None),
+            continuous=({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync else None),
         )
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
@@ -603,6 +606,39 @@ class ConsoleService:
                 continue
             return {"TaskId": t.task_id, "BandwidthLimitKBps": t.bandwidth_limit_kbps,
                     "CommandId": cmd.command_id if cmd else None}
+        raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
+
+    async def modify_task_rounds(self, caller: Caller, p: P.ModifyTaskRounds) -> dict[str, Any]:
+        """A continuous task's round interval and/or source read limit: stored (a restart and a retry
+        keep it), and sent to the agent at once while it holds the task (``set-rounds`` command)."""
+        for _attempt in range(5):
+            t = await self._task(p.TaskId)
+            state = TaskState(t.state)
+            if t.continuous is None:
+                raise ApiError("FailedOperation.NotContinuous",
+                               f"task {t.task_id} is not a continuous task (created without ContinuousSync): the "
+                               "round interval and the source read limit apply only to continuous tasks")
+            if state.finished:
+                raise ApiError("FailedOperation.ActionDenied",
+                               f"task {t.task_id}: cannot change the rounds of a task that is {state.value}; "
+                               "allowed while it is not success or deleted")
+            change = {k: v for k, v in (("RoundIntervalSeconds", p.RoundIntervalSeconds),
+                                        ("ReadLimitKBps", p.ReadLimitKBps)) if v is not None}
+            command = (NewCommand(CMD_SET_ROUNDS, change)
+                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
+                                    TaskState.VERIFYING, TaskState.PAUSED, TaskState.FAILED) else None)
+            by = caller.key.name or caller.secret_id
+            what = ", ".join(f"{k} {t.continuous.get(k)} -> {v}" for k, v in change.items())
+            try:
+                t, cmd = await self.storage.update_task(
+                    t.task_id, expect_state=state.value, changes={"continuous": {**t.continuous, **change}},
+                    command=command, event=("info", "", f"{what} by {by}"), now=self.clock())
+            except StorageConflict:
+                continue
+            log.info("task rounds changed", task_id=t.task_id, by=by, **change)
+            c = t.continuous or {}
+            return {"TaskId": t.task_id, "RoundIntervalSeconds": c.get("RoundIntervalSeconds"),
+                    "ReadLimitKBps": c.get("ReadLimitKBps"), "CommandId": cmd.command_id if cmd else None}
         raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
 
     async def describe_task_events(self, caller: Caller, p: P.DescribeTaskEvents) -> dict[str, Any]:

@@ -124,7 +124,9 @@ class TaskRecord:
     updated_at: float = 0.0
     image_id: str = ""  # the cloud image made from the target (image tasks, cloud enabled)
     image_state: str = ""  # "" | PENDING | CREATING | NORMAL | FAILED | SKIPPED (Tencent states as reported)
-    # continuous sync ({} = one-shot): {"RoundIntervalSeconds": int|None, "ReadLimitKBps": int|None}
+    # continuous sync (None = one-shot): the CreateTask parameters params.CONTINUOUS_PARAMS
+    # {"RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook", "FreezeBudgetSeconds"},
+    # each None when not given (older rows hold only the first two); ModifyTaskRounds changes the first two
     continuous: dict[str, Any] | None = None
 
 

@@ -81,6 +81,15 @@ class ControlClient:
     async def set_bandwidth(self, bps: int | None) -> dict[str, Any]:
         return await self.request("POST", "/v1/bandwidth", {"bps": bps})
 
+    async def set_rounds(self, interval: float | None = None, read_limit_bps: int | None = None) -> dict[str, Any]:
+        """Continuous task: round interval in seconds and/or source read limit in bytes/s (0 = unlimited)."""
+        body: dict[str, Any] = {}
+        if interval is not None:
+            body["interval_seconds"] = interval
+        if read_limit_bps is not None:
+            body["read_limit_bps"] = read_limit_bps
+        return await self.request("POST", "/v1/rounds", body)
+
 
 def _rebuild(err: dict[str, Any]) -> MigratedError:
     code = str(err.get("code", "MigratedError"))

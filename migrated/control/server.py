@@ -43,6 +43,8 @@ class ControlBackend(Protocol):
     async def check(self) -> dict[str, Any]: ...
     async def set_bandwidth(self, bps: int | None) -> dict[str, Any]: ...
     async def cutover(self) -> dict[str, Any]: ...  # continuous tasks: cut over after the round in progress
+    # continuous tasks: change the round interval (s) and/or the source read limit (bytes/s, 0 = none) live
+    async def set_rounds(self, interval: float | None, read_limit_bps: int | None) -> dict[str, Any]: ...
 
 
 def _error(status: int, code: str, message: str, exit_code: int = 2) -> web.Response:
@@ -66,6 +68,7 @@ ROUTES: dict[str, str] = {
     "/v1/check": "POST",
     "/v1/bandwidth": "POST",
     "/v1/cutover": "POST",
+    "/v1/rounds": "POST",
 }
 
 
@@ -120,6 +123,21 @@ def make_app(backend: ControlBackend) -> web.Application:
             raise UsageError(f"bps must be a whole number >= 0 or null; got {bps!r}")
         return web.json_response(await backend.set_bandwidth(bps or None))
 
+    async def rounds(request: web.Request) -> web.Response:
+        data = await body(request)
+        unknown = set(data) - {"interval_seconds", "read_limit_bps"}
+        if unknown or not data:
+            raise UsageError('body must be {"interval_seconds": <seconds>, "read_limit_bps": <bytes per second, '
+                             '0 for unlimited>} (either or both)' + (f"; unknown: {', '.join(sorted(unknown))}"
+                                                                    if unknown else ""))
+        interval, limit = data.get("interval_seconds"), data.get("read_limit_bps")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int | float)
+                                     or not 0 <= interval <= 86400):
+            raise UsageError(f"interval_seconds must be a number of seconds 0-86400; got {interval!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise UsageError(f"read_limit_bps must be a whole number >= 0 (0 = unlimited); got {limit!r}")
+        return web.json_response(await backend.set_rounds(interval, limit))
+
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/pause", simple(backend.pause))
@@ -129,6 +147,8 @@ def make_app(backend: ControlBackend) -> web.Application:
     app.router.add_post("/v1/bandwidth", bandwidth)
     if hasattr(backend, "cutover"):
         app.router.add_post("/v1/cutover", simple(backend.cutover))
+    if hasattr(backend, "set_rounds"):
+        app.router.add_post("/v1/rounds", rounds)
     return app
 
 

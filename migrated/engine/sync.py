@@ -441,8 +441,7 @@ class DiskSync:
         if hole:
             hashes = [self.zero_hash(min(bs, length - i * bs)) for i in range(n)]
             return None, hashes, [True] * n
-        data = self.src.read(offset, length)
-        self.src.drop_cache(offset, length)
+        data = self.src.read_uncached(offset, length)
         mv = memoryview(data)
         zero_block = bytes(bs)
         hashes: list[bytes] = []

@@ -47,6 +47,8 @@ class TaskProgress:
     convergence: str = ""  # the advice's sentence, e.g. "not converging: 80 MB/s changing, 40 MB/s sent"
     advice: str = ""  # keep-going | cutover | not-converging
     downtime_seconds: float | None = None  # measured at the cutover
+    round_interval_seconds: float | None = None  # pause between rounds in effect (changeable live)
+    read_limit_bps: int | None = None  # source read limit in effect during the rounds (None: unlimited)
 
     @property
     def bytes_total(self) -> int:
@@ -91,6 +93,15 @@ def continuous_line(p: TaskProgress) -> str:
     if p.advice == "not-converging" and p.convergence:
         line += f"; {p.convergence}"
     return line
+
+
+def rounds_settings_line(p: TaskProgress) -> str:
+    """The round interval and source read limit in effect ("" when the task has no rounds), e.g.
+    "a round every 30 s, source read limit 20.0 MiB/s"."""
+    if p.round_interval_seconds is None:
+        return ""
+    limit = f"{format_bytes(p.read_limit_bps)}/s" if p.read_limit_bps else "unlimited"
+    return f"a round every {p.round_interval_seconds:g} s, source read limit {limit}"
 
 
 def format_bytes(n: float) -> str:

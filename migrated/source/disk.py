@@ -1,13 +1,19 @@
 """The source disk: opened read-only, always. Size from the device (ioctl) or the file.
 
-Reading does not evict the server's page cache of hot data: after each chunk the engine calls
-``drop_cache`` (posix_fadvise DONTNEED) for the range it read. Regular files are read
+Reading does not evict the server's page cache of hot data: :meth:`SourceDisk.read_uncached`
+notes which pages of the range were cached before the read (``mincore``), reads, then drops
+(posix_fadvise DONTNEED) only the pages the read itself brought in. Pages the server had cached
+(for a block device: the filesystem's metadata buffers, for an image: hot parts of it) stay;
+a migration does not leave the page cache full of the disk either. Regular files are read
 hole-aware (SEEK_DATA/SEEK_HOLE), so a 200 GiB sparse image costs what its data costs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import fcntl
+import mmap
 import os
 import stat
 import struct
@@ -16,6 +22,50 @@ from dataclasses import dataclass
 from migrated.errors import SourceError
 
 BLKGETSIZE64 = 0x80081272
+PAGE = mmap.PAGESIZE
+
+
+class _Mincore:
+    """``mincore(2)`` through ctypes (the standard library has no binding): which pages of a file
+    range are in the page cache. Maps the range read-only and shared, asks, unmaps; nothing is read."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.mmap = libc.mmap
+        self.mmap.restype = ctypes.c_void_p
+        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        self.munmap = libc.munmap
+        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.mincore = libc.mincore
+        self.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+    def resident(self, fd: int, offset: int, length: int) -> bytes | None:
+        """One byte per page of [offset, offset+length) (``offset`` page-aligned), bit 0 set when
+        the page is cached; None when the kernel cannot tell (then the caller keeps everything)."""
+        if length <= 0 or offset % PAGE:
+            return None
+        addr = self.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            vec = (ctypes.c_ubyte * ((length + PAGE - 1) // PAGE))()
+            if self.mincore(addr, length, vec) != 0:
+                return None
+            return bytes(vec)
+        finally:
+            self.munmap(addr, length)
+
+
+try:
+    _MINCORE: _Mincore | None = _Mincore()
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _MINCORE = None
+
+
+def resident_pages(fd: int, offset: int, length: int) -> bytes | None:
+    """See :meth:`_Mincore.resident`."""
+    return _MINCORE.resident(fd, offset, length) if _MINCORE is not None else None
 
 
 @dataclass
@@ -36,9 +86,37 @@ class SourceDisk:
             raise SourceError(f"{self.path} shrank while reading: short read at offset {offset}")
         return data
 
-    def drop_cache(self, offset: int, length: int) -> None:
+    def read_uncached(self, offset: int, length: int) -> bytes:
+        """:meth:`read`, then drop from the page cache what this read brought in, and only that
+        (pages cached before it stay: module doc)."""
+        before = resident_pages(self.fd, offset, length)
+        data = self.read(offset, length)
+        if before is not None:
+            self.drop_cache(offset, length, keep=before)
+        return data
+
+    def drop_cache(self, offset: int, length: int, keep: bytes | None = None) -> None:
+        """posix_fadvise DONTNEED over [offset, offset+length), except the pages flagged in ``keep``
+        (one byte per page from ``offset``, as :func:`resident_pages` returns). ``keep=None``:
+        nothing is known to be kept, so nothing is dropped (never evict what may be hot)."""
+        if keep is None:
+            return
+        runs: list[tuple[int, int]] = []  # [first page, end page) not to keep
+        start = None
+        for i, b in enumerate(keep):
+            if not b & 1:
+                if start is None:
+                    start = i
+            elif start is not None:
+                runs.append((start, i))
+                start = None
+        if start is not None:
+            runs.append((start, len(keep)))
+        end = offset + length
         try:
-            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
+            for a, b in runs:
+                lo = offset + a * PAGE
+                os.posix_fadvise(self.fd, lo, min(end, offset + b * PAGE) - lo, os.POSIX_FADV_DONTNEED)
         except OSError:
             pass
 
@@ -105,4 +183,8 @@ def open_source(path: str) -> SourceDisk:
     except BaseException:
         os.close(fd)
         raise
+    # No kernel readahead on our descriptor (only this open file, not the server's): each read
+    # brings in exactly the chunk asked for, so read_uncached knows which pages it brought in.
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     return SourceDisk(path=path, fd=fd, size=size, identity=identity, is_device=is_device)

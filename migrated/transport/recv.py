@@ -12,6 +12,7 @@ Contract of the receiver:
   * it speaks only after a valid HELLO, and writes only inside the opened target;
   * every frame is length-checked against ``MAX_PAYLOAD`` before it is read;
   * FLUSHED is sent only after ``fsync`` of the target returned;
+  * answers leave in the order of the requests (the agent matches them first in, first out);
   * a mounted block device is never opened for writing (O_EXCL + mountinfo);
   * on any error it sends one ERROR frame and exits non-zero.
 """
@@ -25,6 +26,7 @@ import os
 import stat
 import struct
 import sys
+import threading
 import time
 import zlib
 
@@ -213,10 +215,66 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
         return False
 
 
+class _Replies:
+    """The receiver's output: one thread writes every answer, in the order they were queued.
+
+    A FLUSH is queued as a job that runs ``fsync`` and then answers FLUSHED, so the main loop
+    goes on reading and writing the next frames while the disk flushes (an fsync that blocked the
+    main loop would stall the whole pipe for its duration). Answers queued after it (HASHES, ...)
+    wait behind it: the agent sees them in request order. An fsync that fails sends one ERROR frame
+    and drops everything queued after it; the main loop sees ``failed`` and stops.
+    """
+
+    def __init__(self, wfile) -> None:
+        self.wfile = wfile
+        self.jobs: list = []
+        self.cond = threading.Condition()
+        self.failed = False
+        self.idle = True
+        self.thread = threading.Thread(target=self._run, name="recv-replies", daemon=True)
+        self.thread.start()
+
+    def put(self, frame: bytes | None = None, fsync_fd: int = -1) -> None:
+        with self.cond:
+            self.jobs.append((frame, fsync_fd))
+            self.cond.notify_all()
+
+    def wait(self) -> None:
+        """Return once every queued answer is written (or dropped after a failure)."""
+        with self.cond:
+            while self.jobs or not self.idle:
+                self.cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.jobs:
+                    self.idle = True
+                    self.cond.notify_all()
+                    self.cond.wait()
+                frame, fd = self.jobs.pop(0)
+                self.idle = False
+                if self.failed:
+                    continue
+            try:
+                if fd >= 0:
+                    try:
+                        os.fsync(fd)
+                    except OSError as e:
+                        self.failed = True
+                        frame = pack_json(T_ERROR, {"kind": "target", "message": f"fsync failed: {e.strerror}"})
+                if frame is not None:
+                    self.wfile.write(frame)
+                    self.wfile.flush()
+            except (OSError, ValueError):
+                self.failed = True  # the agent went away; nobody to answer
+
+
 class Receiver:
     def __init__(self, rfile, wfile) -> None:
         self.rfile = rfile
         self.wfile = wfile
+        self.replies = _Replies(wfile)
         self.fd = -1
         self.size = 0
         self.is_device = False
@@ -231,13 +289,27 @@ class Receiver:
             raise EOFError
         return buf
 
-    def send(self, frame: bytes) -> None:
-        self.wfile.write(frame)
-        self.wfile.flush()
+    def send(self, frame: bytes, fsync: bool = False) -> None:
+        """Queue an answer (written by the reply thread, in order); ``fsync``: only after fsync of
+        the target returned."""
+        self.replies.put(frame, fsync_fd=self.fd if fsync else -1)
+
+    def fail(self, frame: bytes) -> None:
+        """Send an ERROR frame after the answers already queued, and wait until it is out."""
+        self.replies.put(frame)
+        self.replies.wait()
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.replies.wait()  # queued answers (and fsyncs) go out before the process exits
+
+    def _run(self) -> int:
         hello = False
         while True:
+            if self.replies.failed:
+                return 2  # an fsync failed (the reply thread sent ERROR) or the agent went away
             try:
                 hdr = self.rfile.read(HEADER.size)
             except OSError:
@@ -276,9 +348,11 @@ class Receiver:
             elif ftype == T_FLUSH:
                 if len(payload) != SEQ.size:
                     raise Fail("protocol", "bad FLUSH length")
-                os.fsync(self.fd)
-                self.send(pack_frame(T_FLUSHED, payload))
+                self.send(pack_frame(T_FLUSHED, payload), fsync=True)
             elif ftype == T_BYE:
+                self.replies.wait()
+                if self.replies.failed:
+                    return 2
                 if self.fd >= 0:
                     os.fsync(self.fd)
                     os.close(self.fd)
@@ -422,6 +496,7 @@ class Receiver:
             generation = str(parse_json(payload)["generation"])
         except (ValueError, KeyError, TypeError) as e:
             raise Fail("protocol", f"bad SETGEN: {e}") from None
+        self.replies.wait()  # a queued FLUSH runs first
         os.fsync(self.fd)  # what was written under the previous generation is on disk first
         try:
             _atomic_write(self.marker, json.dumps(dict(self.ident, generation=generation, path=self.path)).encode())
@@ -572,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         return recv.run()
     except Fail as e:
         try:
-            recv.send(pack_json(T_ERROR, {"kind": e.kind, "message": e.message}))
+            recv.fail(pack_json(T_ERROR, {"kind": e.kind, "message": e.message}))
         except OSError:
             pass
         return 2
@@ -580,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:
         try:
-            recv.send(pack_json(T_ERROR, {"kind": "target", "message": f"I/O error: {e}"}))
+            recv.fail(pack_json(T_ERROR, {"kind": "target", "message": f"I/O error: {e}"}))
         except OSError:
             pass
         return 2

@@ -20,7 +20,7 @@ from migrated.errors import StateError
 from migrated.model.states import Action, TaskState
 from migrated.model.status import DiskProgress, TaskProgress
 
-from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, pydantic_errors
+from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
 from .model import DiskMapView, DiskView, EventView, FormErrors, SourceView, TaskForm, TaskView
 
 _ACTION_CALL = {
@@ -45,7 +45,9 @@ def _progress(t: TaskRecord) -> TaskProgress | None:
                         phase=str(p.get("Phase") or ""), round=p.get("Round"),
                         round_changed_bytes=p.get("RoundChangedBytes"), lag_seconds=p.get("LagSeconds"),
                         forecast_seconds=p.get("ForecastSeconds"), convergence=str(p.get("Convergence") or ""),
-                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"))
+                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"),
+                        round_interval_seconds=p.get("RoundIntervalSeconds"),
+                        read_limit_bps=int(p.get("ReadLimitKBps") or 0) * 1024 or None)
 
 
 class ServiceBackend:
@@ -105,6 +107,7 @@ class ServiceBackend:
     @staticmethod
     def _task(t: TaskRecord, source_name: str = "", source_online: bool = True) -> TaskView:
         p = t.progress or {}
+        c = t.continuous or {}
         return TaskView(
             id=t.task_id, name=t.name, source_id=t.source_id, state=TaskState(t.state), description=t.description,
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
@@ -114,7 +117,10 @@ class ServiceBackend:
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,
-            continuous=t.continuous is not None, round_interval=(t.continuous or {}).get("RoundIntervalSeconds"),
+            continuous=t.continuous is not None, round_interval=c.get("RoundIntervalSeconds"),
+            read_limit_kbps=c.get("ReadLimitKBps"), quiesce=str(c.get("Quiesce") or ""),
+            pre_hook=str(c.get("PreHook") or ""), post_hook=str(c.get("PostHook") or ""),
+            freeze_budget=c.get("FreezeBudgetSeconds"),
         )
 
     async def list_tasks(self) -> list[TaskView]:
@@ -172,6 +178,35 @@ class ServiceBackend:
             raise FormErrors({"bandwidth_mbps": P.validation_error(exc)[1]}) from None
         try:
             await self.service.modify_task_bandwidth(caller, params)
+        except ApiError as exc:
+            raise StateError(exc.message) from None
+
+    async def set_rounds(self, task_id: str, round_interval: str, read_limit_mib: str, *, actor: str) -> None:
+        caller = await self._caller(actor)
+        raw: dict[str, Any] = {"TaskId": task_id}
+        errors: dict[str, str] = {}
+        if round_interval.strip():
+            try:
+                raw["RoundIntervalSeconds"] = int(round_interval)
+            except ValueError:
+                errors["round_interval"] = "must be a whole number of seconds"
+        if read_limit_mib.strip():
+            try:
+                raw["ReadLimitKBps"] = parse_mib(read_limit_mib)
+            except FormErrors as e:
+                errors.update(e.fields)
+        if errors:
+            raise FormErrors(errors)
+        if len(raw) == 1:
+            raise FormErrors({}, "enter seconds between rounds and/or a read limit")
+        try:
+            params = P.ModifyTaskRounds.model_validate(raw)
+        except ValidationError as exc:
+            code_msg = P.validation_error(exc)[1]
+            name = "read_limit_mib" if "ReadLimitKBps" in code_msg else "round_interval"
+            raise FormErrors({name: code_msg.split(": ", 1)[-1]}) from None
+        try:
+            await self.service.modify_task_rounds(caller, params)
         except ApiError as exc:
             raise StateError(exc.message) from None
 

@@ -37,7 +37,16 @@ PARAM_FIELD = {
     "DiskMapping": "disks",
     "ContinuousSync": "continuous",
     "RoundIntervalSeconds": "round_interval",
+    "ReadLimitKBps": "read_limit_mib",
+    "Quiesce": "quiesce",
+    "PreHook": "pre_hook",
+    "PostHook": "post_hook",
+    "FreezeBudgetSeconds": "freeze_budget",
 }
+
+# the continuous-only form fields, in the order their errors are shown
+CONTINUOUS_FIELDS = ("round_interval", "read_limit_mib", "quiesce", "pre_hook", "post_hook", "freeze_budget")
+ONLY_CONTINUOUS = "only for incremental sync until cutover (tick it, or leave this empty)"
 
 # friendlier words for the API's pattern rules (the rule itself stays the API's)
 PATTERN_HINT = {
@@ -71,6 +80,24 @@ def parse_bandwidth(text: str) -> int:
     return max(1, mbps_to_kbps(mbps)) if mbps > 0 else 0
 
 
+def parse_mib(text: str, field: str = "read_limit_mib") -> int:
+    """A typed source read limit in MiB/s -> KiB/s for the API; empty or 0 = unlimited (0)."""
+    text = text.strip().replace(",", ".")
+    if not text:
+        return 0
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = -1.0
+    if not (0 <= mib <= 100 * 1024):
+        raise FormErrors({field: "must be a number of MiB/s up to 102400 (0 or empty: no limit)"})
+    return max(1, round(mib * 1024)) if mib > 0 else 0
+
+
+def kbps_to_mib(kbps: int) -> float:
+    return round(kbps / 1024, 1)
+
+
 def local_to_iso(value: str, tz: str) -> str:
     """``2026-11-25T19:00`` typed in ``tz`` -> ``2026-11-25T19:00:00+08:00``. ValueError if unreadable."""
     naive = datetime.fromisoformat(value)
@@ -102,13 +129,28 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
         errors["target_type"] = "choose image or instance"
     if form.continuous:
         p["ContinuousSync"] = True
-        if form.round_interval:
+        for name, param in (("round_interval", "RoundIntervalSeconds"), ("freeze_budget", "FreezeBudgetSeconds")):
+            text = getattr(form, name)
+            if text:
+                try:
+                    p[param] = int(text)
+                except ValueError:
+                    errors[name] = "must be a whole number of seconds"
+        if form.read_limit_mib:
             try:
-                p["RoundIntervalSeconds"] = int(form.round_interval)
-            except ValueError:
-                errors["round_interval"] = "must be a whole number of seconds"
-    elif form.round_interval:
-        errors["round_interval"] = "only for incremental sync until cutover (tick it, or leave this empty)"
+                p["ReadLimitKBps"] = parse_mib(form.read_limit_mib)
+            except FormErrors as e:
+                errors.update(e.fields)
+        if form.quiesce:
+            p["Quiesce"] = form.quiesce
+        if form.pre_hook:
+            p["PreHook"] = form.pre_hook
+        if form.post_hook:
+            p["PostHook"] = form.post_hook
+    else:
+        for name in CONTINUOUS_FIELDS:
+            if getattr(form, name):
+                errors[name] = ONLY_CONTINUOUS
     if form.start_at:
         try:
             p["ScheduledStartTime"] = local_to_iso(form.start_at, tz)
@@ -157,6 +199,11 @@ def pydantic_errors(exc: Any, form: TaskForm) -> tuple[dict[str, str], str]:
         loc = tuple(e.get("loc", ()))
         kind = e.get("type", "")
         name = field_for_loc(loc, form)
+        text = str(e.get("msg", "")).removeprefix("Value error, ")
+        if not loc and text.startswith("parameter "):  # a rule across parameters: it names its parameter
+            name = message_field(text, form)
+            fields.setdefault(name, text.split(": ", 1)[-1]) if name else general.append(text)
+            continue
         if kind == "missing" or (kind == "string_too_short" and (e.get("ctx") or {}).get("min_length") == 1):
             msg = "required"
         elif kind == "string_pattern_mismatch" and loc and str(loc[0]) in PATTERN_HINT:

@@ -79,6 +79,11 @@ class TaskView:
     source_online: bool = True
     continuous: bool = False  # incremental sync until cutover
     round_interval: int | None = None  # seconds between rounds (None: the agent's default, 60)
+    read_limit_kbps: int | None = None  # source read limit during the rounds, KiB/s (None/0: unlimited)
+    quiesce: str = ""  # cutover: freeze | hooks | none ("" = the default, freeze)
+    pre_hook: str = ""  # cutover: shell commands run as root on the source around the final pass
+    post_hook: str = ""
+    freeze_budget: int | None = None  # cutover: seconds (None: the agent's default, 30)
 
 
 @dataclass
@@ -99,6 +104,12 @@ class TaskForm:
     disks: list[tuple[str, bool, str]] = field(default_factory=list)  # (source disk, migrate?, target device)
     continuous: bool = False  # incremental sync until cutover
     round_interval: str = ""  # seconds between rounds, "" = default (60)
+    read_limit_mib: str = ""  # source read limit during the rounds, MiB/s, "" = unlimited
+    # "Advanced: cutover" (continuous only)
+    quiesce: str = ""  # "" = default (freeze) | freeze | hooks | none
+    pre_hook: str = ""
+    post_hook: str = ""
+    freeze_budget: str = ""  # seconds, "" = default (30)
 
 
 class FormErrors(Exception):
@@ -135,6 +146,10 @@ class WebBackend(Protocol):
 
     async def set_bandwidth(self, task_id: str, mbps: str, *, actor: str) -> None:
         """Change the limit (typed in Mbit/s, empty/0 = none), also while running; FormErrors/StateError."""
+
+    async def set_rounds(self, task_id: str, round_interval: str, read_limit_mib: str, *, actor: str) -> None:
+        """Continuous task: change the round interval (s) and/or the source read limit (MiB/s, 0 = none);
+        an empty field is left as it is. FormErrors (keyed round_interval / read_limit_mib) or StateError."""
 
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:
         """Apply an action as ``actor`` (a SecretId) through the console's own logic; StateError if refused."""

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from migrated.errors import MigratedError, StateError
 from migrated.model.states import Action, ActionDenied, TaskState, allowed_actions
-from migrated.model.status import continuous_line, format_bytes, format_duration
+from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
 
 from .auth import (
     COOKIE_PATH,
@@ -138,6 +138,7 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
         "message": ("The source server is offline: no progress until its agent is back."
                     if stalled else t.message or (p.message if p else "")),
         "rounds": continuous_line(p) if p else "",
+        "rounds_settings": rounds_settings_line(p) if p else "",  # in effect on the agent, as last reported
         "allowed": allowed,
         "start_label": "Resume" if t.state == TaskState.PAUSED else "Start",
     }
@@ -353,7 +354,9 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     target_instance=s("target_instance"), start_at=s("start_at"), bandwidth_mbps=s("bandwidth_mbps"),
                     checksum=post.get("checksum") == "on", ssh_endpoint=s("ssh_endpoint"),
                     host_key=s("host_key"), disks=disks, continuous=post.get("continuous") == "on",
-                    round_interval=s("round_interval"))
+                    round_interval=s("round_interval"), read_limit_mib=s("read_limit_mib"), quiesce=s("quiesce"),
+                    pre_hook=s("pre_hook"), post_hook=s("post_hook"),
+                    freeze_budget=s("freeze_budget"))
 
 
 def _default_form(source: SourceView) -> TaskForm:
@@ -467,6 +470,23 @@ async def task_bandwidth(request: web.Request, session: Session) -> web.StreamRe
 
 
 @page
+async def task_rounds(request: web.Request, session: Session) -> web.StreamResponse:
+    task_id = request.match_info["task_id"]
+    post = await request.post()
+    try:
+        await request.app[BACKEND].set_rounds(task_id, str(post.get("round_interval", "")),
+                                              str(post.get("read_limit_mib", "")), actor=session.secret_id)
+    except FormErrors as e:
+        session.flash.append(("error", f"Rounds not changed: {'; '.join(e.fields.values()) or e.general}"))
+    except MigratedError as e:
+        session.flash.append(("error", f"Rounds not changed: {e}"))
+    else:
+        log.info("web.task_rounds", task_id=task_id, secret_id=session.secret_id)
+        session.flash.append(("ok", "Rounds changed; running rounds apply it at once."))
+    return _redirect(f"/ui/tasks/{quote(task_id)}")
+
+
+@page
 async def task_action(request: web.Request, session: Session) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     try:
@@ -515,6 +535,7 @@ def mount(app: web.Application, backend: WebBackend, *, sessions: SessionStore |
     r.add_get("/ui/api/tasks/{task_id}", task_api)
     r.add_get("/ui/tasks/{task_id}/delete", delete_confirm)
     r.add_post("/ui/tasks/{task_id}/bandwidth", task_bandwidth)
+    r.add_post("/ui/tasks/{task_id}/rounds", task_rounds)
     r.add_post("/ui/tasks/{task_id}/{action}", task_action)
     r.add_static("/ui/static", HERE / "static", append_version=True, name="web_static")
     app[JINJA].globals["static"] = lambda f: str(app.router["web_static"].url_for(filename=f))

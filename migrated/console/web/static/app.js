@@ -12,7 +12,7 @@
   }
 
   function applyTask(root, t) {
-    ["state_label", "stage", "rounds", "percent", "bytes", "rate", "eta", "message", "start_label"].forEach(function (f) {
+    ["state_label", "stage", "rounds", "rounds_settings", "percent", "bytes", "rate", "eta", "message", "start_label"].forEach(function (f) {
       setText(root, f, t[f]);
     });
     setText(root, "fraction", t.fraction);
@@ -165,6 +165,14 @@
     }
     form.querySelectorAll("[data-target-type]").forEach(function (r) { r.addEventListener("change", update); });
     update();
+    // the rounds and cutover options mean something only with "incremental sync until cutover"
+    var continuous = form.querySelector("#continuous");
+    function updateContinuous() {
+      form.querySelectorAll("[data-for-continuous]").forEach(function (block) {
+        block.disabled = !continuous.checked;
+      });
+    }
+    if (continuous) { continuous.addEventListener("change", updateContinuous); updateContinuous(); }
   }
 
   function timeZone() {
