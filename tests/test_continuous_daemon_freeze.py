@@ -191,7 +191,8 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
     """kill -9 of the daemon's process group (a crash, the OOM killer) or SIGTERM (systemctl stop,
     an upgrade) while the source is frozen: thawed at once, and the restart finishes the cutover."""
     b, w = busy, busy.w
-    task_id = start_rounds(b, how)
+    # a budget far past anything the test waits for: a thaw seen here is not the budget's
+    task_id = start_rounds(b, how, FreezeBudgetSeconds=600)
     daemon = w.daemon()
     rec: FrozenRecorder | None = None
     try:
@@ -249,7 +250,7 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
         assert final["State"] == "success", (final, w.daemon_log()[-4000:])
         assert can_write(b.fs.mountpoint, timeout=30)
         downtime = final["Progress"]["DowntimeSeconds"]
-        assert downtime is not None and 0 < downtime < 30
+        assert downtime is not None and 0 < downtime < 600
         local = ctl_status(w.socket)["task"]
         assert local["state"] == "success" and local["downtime_seconds"] == pytest.approx(downtime, abs=0.01)
         lines = guardian_lines(w)
