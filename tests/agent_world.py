@@ -145,7 +145,10 @@ class World:
 
 
 def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0,
-               agent_config: dict[str, Any] | None = None) -> World:
+               agent_config: dict[str, Any] | None = None, *, source: Path | None = None) -> World:
+    """A console process, an agent key and the daemon's config (the daemon is not started).
+    ``source``: an existing disk to migrate (a loop device); by default a ``disk_mib`` MiB image of
+    random data with a zero hole. ``agent_config``: keys that replace the daemon config's."""
     db = tmp / "console.db"
     ccfg = write_console_config(tmp, db, listen={"host": "127.0.0.1", "port": console_port},
                                 agents={"heartbeat_interval_seconds": 1, "offline_after_missed": 3,
@@ -157,11 +160,12 @@ def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0,
     admin = json.loads(out if out.startswith("{") else out[out.index("\n{") + 1:])
     agent_key = call(console.url, admin, "CreateKey", {"Role": "agent", "Name": "fleet"})
 
-    # the source disk: incompressible data with a zero hole
-    src = tmp / "source.img"
-    data = bytearray(os.urandom(disk_mib << 20))
-    data[len(data) // 3:len(data) // 3 + (2 << 20)] = bytes(2 << 20)
-    src.write_bytes(data)
+    src = source
+    if src is None:  # the source disk: incompressible data with a zero hole
+        src = tmp / "source.img"
+        data = bytearray(os.urandom(disk_mib << 20))
+        data[len(data) // 3:len(data) // 3 + (2 << 20)] = bytes(2 << 20)
+        src.write_bytes(data)
     dst = tmp / "target" / "disk.img"
     dst.parent.mkdir()
 
@@ -171,7 +175,8 @@ def make_world(tmp: Path, sshd: Any, disk_mib: int, console_port: int = 0,
     sock = tmp / "run" / "control.sock"
     cfg = tmp / "migrated.yaml"
     cfg.write_text(yaml.safe_dump({
-        "console": {"endpoint": console.url}, "credentials_file": str(creds), "state_dir": str(tmp / "state"),
+        "console": {"endpoint": console.url}, "credentials_file": str(creds),
+        "state_dir": str(tmp / "state"),
         "control": {"socket": str(sock), "group": None}, "log": {"format": "json"},
         "heartbeat": {"interval": 1, "first_jitter": 0.2}, "poll": {"wait": 2, "min_cycle": 0.1},
         "backoff": {"initial": 0.2, "max": 2}, "progress": {"interval": 0.5},

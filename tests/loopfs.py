@@ -7,9 +7,12 @@ the test fails. A leaked frozen filesystem would hang the machine for everyone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import struct
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,3 +108,134 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05) -> bool: 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# ---------------------------------------------------- a busy filesystem and what it held at the freeze
+
+WRITER = r"""
+import os, random, sys, time
+root, seed = sys.argv[1], int(sys.argv[2])
+rng = random.Random(seed)
+os.makedirs(os.path.join(root, "data"), exist_ok=True)
+n = 0
+while True:
+    name = os.path.join(root, "data", f"f{rng.randrange(40):02d}")
+    op = rng.random()
+    if op < 0.15:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+    elif op < 0.3:
+        with open(name, "ab") as f:
+            f.write(rng.randbytes(rng.randrange(1, 8192)))
+    else:  # create or rewrite: write a temp file, rename over (what careful programs do)
+        tmp = name + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(rng.randbytes(rng.randrange(1, 256 * 1024)))
+            if op > 0.9:
+                f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, name)
+    n += 1
+    time.sleep(0.002)
+"""
+
+
+@contextlib.contextmanager
+def writer_process(root: Path, seed: int = 7) -> Iterator[subprocess.Popen[bytes]]:
+    """A process creating, appending to, rewriting (temp + rename) and deleting files under
+    ``root/data`` until the block ends (then killed)."""
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(seed)])
+    try:
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def tree_digest(root: Path, skip: tuple[str, ...] = ("lost+found",)) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (directories in ``skip`` left out)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for f in filenames:
+            p = Path(dirpath) / f
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def wchan(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
+
+
+def frozen_wait(pid: int) -> bool:
+    """True while process ``pid`` waits on a frozen filesystem's freeze lock (sb_start_write ->
+    percpu_rwsem_wait: writers wait there only while the superblock is frozen)."""
+    return wchan(pid) == "percpu_rwsem_wait"
+
+
+class FrozenRecorder(threading.Thread):
+    """Watches the writer; when it is blocked on the filesystem's freeze lock, records the
+    files of the source (reads work while frozen), then checks the writer is still blocked,
+    so the record is the state at the freeze. ``skip``: top-level directories left out of the
+    record (lost+found; a state dir that is written only after the thaw)."""
+
+    def __init__(self, writer_pid: int, root: Path, skip: tuple[str, ...] = ("lost+found",)) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.root, self.skip = writer_pid, root, skip
+        self.record: dict[str, str] | None = None
+        self.freezes_seen = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if frozen_wait(self.pid):
+                snap = tree_digest(self.root, self.skip)
+                if frozen_wait(self.pid):
+                    self.freezes_seen += 1
+                    self.record = snap
+                    while frozen_wait(self.pid) and not self.done.is_set():
+                        self.done.wait(0.001)
+            self.done.wait(0.001)
+
+
+def guardian_of(daemon_pid: int) -> int | None:
+    """The pid of the freeze guardian the daemon started (a child of the daemon), if any."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"migrated.source.guardian" in cmd and ppid == daemon_pid:
+            return int(p.name)
+    return None
+
+
+def fsck_clean(image: Path) -> subprocess.CompletedProcess[str]:
+    return run("e2fsck", "-fn", str(image), check=False)
+
+
+@contextlib.contextmanager
+def mounted_ro(image: Path, at: Path) -> Iterator[Path]:
+    """``image`` mounted read-only (no journal replay: the image is never written) at ``at``."""
+    at.mkdir()
+    run("mount", "-o", "ro,loop,noload", str(image), str(at))
+    try:
+        yield at
+    finally:
+        run("umount", str(at), check=False)
+
+
+@pytest.fixture
+def tracefs_cleanup() -> Iterator[None]:
+    """An agent killed with -9 leaves its tracefs instance (the next agent removes it): remove it here."""
+    yield
+    from migrated.source.tracker import TRACEFS, _remove_stale_instances
+
+    _remove_stale_instances(Path(TRACEFS))

@@ -5,14 +5,12 @@ another process during the whole migration; `migrated sync --continuous` through
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,88 +20,19 @@ from tests.asshd import (
     asyncssh_server,  # noqa: F401 - the `sshd` fixture of this module
 )
 from tests.conftest import cli, repo_env
-from tests.loopfs import can_write, loop_ext4, root_only, run
-
-WRITER = r"""
-import os, random, sys, time
-root, seed = sys.argv[1], int(sys.argv[2])
-rng = random.Random(seed)
-os.makedirs(os.path.join(root, "data"), exist_ok=True)
-n = 0
-while True:
-    name = os.path.join(root, "data", f"f{rng.randrange(40):02d}")
-    op = rng.random()
-    if op < 0.15:
-        try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
-    elif op < 0.3:
-        with open(name, "ab") as f:
-            f.write(rng.randbytes(rng.randrange(1, 8192)))
-    else:  # create or rewrite: write a temp file, rename over (what careful programs do)
-        tmp = name + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(rng.randbytes(rng.randrange(1, 256 * 1024)))
-            if op > 0.9:
-                f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, name)
-    n += 1
-    time.sleep(0.002)
-"""
-
-
-def tree_digest(root: Path, skip: tuple[str, ...] = ("lost+found",)) -> dict[str, str]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in skip]
-        for f in filenames:
-            p = Path(dirpath) / f
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def wchan(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/wchan").read_text()
-    except OSError:
-        return ""
-
-
-class FrozenRecorder(threading.Thread):
-    """Watches the writer; when it is blocked on the filesystem's freeze lock (wchan
-    percpu_rwsem_wait: writers wait there only while the superblock is frozen), records the
-    files of the source (reads work while frozen), then checks the writer is still blocked,
-    so the record is the state at the freeze."""
-
-    def __init__(self, writer_pid: int, root: Path) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.root = writer_pid, root
-        self.record: dict[str, str] | None = None
-        self.freezes_seen = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            if wchan(self.pid) == "percpu_rwsem_wait":
-                snap = tree_digest(self.root)
-                if wchan(self.pid) == "percpu_rwsem_wait":
-                    self.freezes_seen += 1
-                    self.record = snap
-                    while wchan(self.pid) == "percpu_rwsem_wait" and not self.done.is_set():
-                        self.done.wait(0.001)
-            self.done.wait(0.001)
-
-
-@pytest.fixture
-def tracefs_cleanup():
-    """An agent killed with -9 leaves its tracefs instance (the next agent removes it): remove it here."""
-    yield
-    from migrated.source.tracker import TRACEFS, _remove_stale_instances
-
-    _remove_stale_instances(Path(TRACEFS))
-
-
+from tests.loopfs import (
+    FrozenRecorder,
+    can_write,
+    frozen_wait,
+    fsck_clean,
+    guardian_of,
+    loop_ext4,
+    mounted_ro,
+    root_only,
+    tracefs_cleanup,  # noqa: F401 - fixture
+    tree_digest,
+    writer_process,
+)
 
 
 async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, *extra: str, state: Path,
@@ -143,30 +72,6 @@ async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, *extra: str, state: Path
 async def _collect(proc, read_err) -> tuple[bytes, None]:
     out, _, _ = await asyncio.gather(proc.stdout.read(), read_err(), proc.wait())
     return out, None
-
-
-@contextlib.contextmanager
-def writer_process(root: Path, seed: int = 7):
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(seed)])
-    try:
-        yield p
-    finally:
-        p.kill()
-        p.wait()
-
-
-def fsck_clean(image: Path) -> subprocess.CompletedProcess[str]:
-    return run("e2fsck", "-fn", str(image), check=False)
-
-
-@contextlib.contextmanager
-def mounted_ro(image: Path, at: Path):
-    at.mkdir()
-    run("mount", "-o", "ro,loop,noload", str(image), str(at))
-    try:
-        yield at
-    finally:
-        run("umount", str(at), check=False)
 
 
 @pytest.mark.root
@@ -286,7 +191,8 @@ def test_hooks_quiesce_needs_a_hook(tmp_path):
 @pytest.mark.root
 @pytest.mark.slow
 @root_only
-async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(sshd, tmp_path, tracefs_cleanup):
+@pytest.mark.usefixtures("tracefs_cleanup")
+async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(sshd, tmp_path):
     with loop_ext4(tmp_path, size_mb=64) as fs, writer_process(fs.mountpoint) as writer:
         args = [*cli("migrated"), "sync", fs.loopdev, sshd.target(tmp_path / "t.img"), *sshd.ssh_args(),
                 "--state-dir", str(tmp_path / "state"), "--recv-command", "upload", "--continuous",
@@ -294,7 +200,7 @@ async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(ss
         agent = await asyncio.create_subprocess_exec(*args, env=repo_env())
         try:
             for _ in range(240 * 200):  # until the writer waits on the freeze (the final pass is slow: 1 MiB/s)
-                if wchan(writer.pid) == "percpu_rwsem_wait" or agent.returncode is not None:
+                if frozen_wait(writer.pid) or agent.returncode is not None:
                     break
                 await asyncio.sleep(0.005)
             assert agent.returncode is None, "the agent ended before freezing"
@@ -306,6 +212,40 @@ async def test_kill_9_of_the_agent_during_the_freeze_leaves_the_source_thawed(ss
                 await agent.wait()
         # long before the 600 s budget: the guardian saw the agent die and thawed
         assert can_write(fs.mountpoint, timeout=30)
+        assert writer.poll() is None
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@root_only
+@pytest.mark.usefixtures("tracefs_cleanup")
+async def test_a_guardian_thawed_by_a_signal_mid_pass_fails_the_cutover(sshd, tmp_path):
+    """SIGTERM to the guardian (an admin, a service manager) thaws at once, by design; the final
+    pass then goes on reading a live filesystem, so it must not be trusted: exit 6, not a
+    "verified" target that is a mix of before and after the thaw."""
+    with loop_ext4(tmp_path, size_mb=64) as fs, writer_process(fs.mountpoint) as writer:
+        args = [*cli("migrated"), "sync", fs.loopdev, sshd.target(tmp_path / "t.img"), *sshd.ssh_args(),
+                "--state-dir", str(tmp_path / "state"), "--recv-command", "upload", "--continuous",
+                "--interval", "0", "--cutover-after", "1", "--freeze-budget", "600", "--bwlimit", "1MiB"]
+        agent = await asyncio.create_subprocess_exec(*args, env=repo_env(), stderr=asyncio.subprocess.PIPE)
+        try:
+            for _ in range(240 * 200):  # until the writer waits on the freeze (the final pass is slow: 1 MiB/s)
+                if frozen_wait(writer.pid) or agent.returncode is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert agent.returncode is None, "the agent ended before freezing"
+            guardian = guardian_of(agent.pid)
+            assert guardian is not None and frozen_wait(writer.pid)
+            os.kill(guardian, signal.SIGTERM)
+            assert can_write(fs.mountpoint, timeout=30)
+            _out, err = await asyncio.wait_for(agent.communicate(), 180)
+        finally:
+            if agent.returncode is None:
+                agent.kill()
+                await agent.wait()
+        text = err.decode(errors="replace")
+        assert agent.returncode == 6, text[-3000:]
+        assert "thawed before the final pass ended (signal)" in text, text[-3000:]
         assert writer.poll() is None
 
 

@@ -24,6 +24,10 @@ the spec: a daemon restart, and a later start/retry from the console, use the la
 
 Hooks are shell commands run as root on this server, possibly holding passwords: the daemon never
 logs them or sends them to the console. Events and errors say only which hook ran and its exit status.
+
+While the source is frozen (engine events ``freeze`` .. ``thaw``) the daemon's state files are
+held in memory (``AgentStore.hold``): the state dir may be on the frozen filesystem, and a write
+there would stall the event loop, the final pass with it, until the guardian's budget ran out.
 """
 
 from __future__ import annotations
@@ -265,6 +269,10 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
                                 f"(downtime {float(e.get('downtime') or 0.0):.2f} s); final pass from the snapshot")
         elif kind == "snapshot-leftover-removed":
             agent.event("warning", f"removed the LVM snapshot {e.get('snapshot')} a killed earlier run left behind")
+        elif kind == "freeze":
+            agent.store.hold()  # nothing to the state dir until the thaw: it may be on a frozen fs
+        elif kind == "thaw":
+            agent.store.release()
         elif kind == "freeze-budget-exceeded":
             agent.event("warning", str(e.get("message", "the final pass did not fit the freeze budget")))
         elif kind == "thawed":
@@ -285,6 +293,7 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
         raise
     finally:
         agent._continuous = None
+        agent.store.release()  # no-op unless a freeze ended without its thaw event
     for h in (result.cutover.hooks if result.cutover else []):
         agent.event("info", f"cutover: {hook_summary(h)}")
     for i, d in enumerate(disks):

@@ -741,7 +741,9 @@ class Agent:
             if S(t.state) is S.STARTING:
                 self.set_state(S.TRANSFERRING, "transfer", f"target {endpoint.label} ready")
             if continuous_task.is_continuous(t.spec):
-                options = options_cls(checksum=False, state_dir=str(state_dir), bwlimit=self.bandwidth_bps)
+                # the limit lives on `control` only: the engine re-applies SyncOptions.bwlimit to a
+                # control without a limit at every round, which undid `migratectl bandwidth 0`
+                options = options_cls(checksum=False, state_dir=str(state_dir), bwlimit=None)
                 await continuous_task.run(self, t, session, mapping, control, options, disks)
                 return
             for i, (src, dst) in enumerate(mapping):

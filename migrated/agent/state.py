@@ -8,6 +8,11 @@
 ``checkpoints/``   the engine's checkpoints, one directory per task
 ``ssh/id_ed25519`` the agent's SSH identity for targets (created by ``migrated register``)
 
+During the freeze of a cutover (:meth:`AgentStore.hold` ... :meth:`AgentStore.release`) the
+JSON files are kept in memory and written after the thaw: the state dir may be on a frozen
+filesystem. ``save_task(None)`` (delete) is never called then: the delete waits for the task's
+run, which releases the hold once thawed.
+
 A damaged file is reported with its path and what to do; it never silently resets a task.
 """
 
@@ -21,7 +26,7 @@ from typing import Any
 
 from migrated.errors import ConfigError
 from migrated.model.status import TaskProgress
-from migrated.store import atomic_write
+from migrated.source.freeze import HeldWrites
 
 MAX_REMEMBERED_COMMANDS = 1000
 
@@ -63,6 +68,25 @@ class TaskRecord:
 class AgentStore:
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
+        self._held = HeldWrites()
+
+    # -- the freeze of a cutover
+    def hold(self) -> None:
+        """From now on keep writes in memory (the newest per file): the state dir may be on a
+        filesystem that is about to be frozen, and a write there would block the daemon's event
+        loop, and with it the final pass, until the guardian's budget thaws it."""
+        self._held.hold()
+
+    def release(self) -> list[str]:
+        """Write what was held (atomically, durably) and write through again; returns the paths.
+        Call only once the source is thawed."""
+        pending = self._held.pending
+        self._held.release()
+        return pending
+
+    @property
+    def holding(self) -> bool:
+        return self._held.held
 
     # -- helpers
     def _read(self, name: str) -> Any | None:
@@ -80,7 +104,7 @@ class AgentStore:
                               "(the task's checkpoint is kept separately)") from None
 
     def _write(self, name: str, data: Any) -> None:
-        atomic_write(self.dir / name, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
+        self._held.write(self.dir / name, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
 
     # -- source
     def load_source(self) -> SourceRecord | None:

@@ -33,7 +33,9 @@ same checkpoint (the engine re-reads the source and sends what changed). The pie
 * **Nothing is written to a frozen filesystem** by this process during the freeze: the
   engine's state dir is staged in tmpfs (``StagedDir``) and written back after the
   thaw; log events are held in memory and printed after the thaw; no bytecode is
-  written. A final pass that runs out of budget is cancelled before the guardian's
+  written. The caller is told too: ``on_event`` gets ``freeze`` before the first
+  FIFREEZE and ``thaw`` after the thaw (each attempt), so it can hold its own writes
+  (the daemon's ``task.json``). A final pass that runs out of budget is cancelled before the guardian's
   deadline; the source is thawed, the staged state written back (the engine's
   checkpoint invariant holds inside it), and the cutover is tried again after one more
   round (``final_attempts``).
@@ -62,6 +64,7 @@ from migrated.errors import MigratedError, UsageError, VerificationFailed
 from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
 from migrated.source.freeze import (
     FreezeBudgetExceeded,
+    FreezeError,
     GuardedFreeze,
     MountedFs,
     StagedDir,
@@ -550,7 +553,7 @@ async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: 
                 report.attempts = attempt
                 try:
                     results = await _final_pass_frozen(session, disks, final_opts, copts, control, report, mounts,
-                                                       state_dir, trackers or {})
+                                                       state_dir, trackers or {}, emit)
                 except FreezeBudgetExceeded as e:
                     last_error = e
                     emit({"event": "freeze-budget-exceeded", "attempt": attempt, "message": str(e)})
@@ -580,8 +583,15 @@ async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: 
 
 async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
                              control: ContinuousControl, report: CutoverReport, mounts: list[MountedFs],
-                             state_dir: Any, trackers: dict[str, WriteTracker | None]) -> list[SyncResult]:
-    """One final pass of every disk with ``mounts`` frozen (or nothing frozen: quiesce hooks/none)."""
+                             state_dir: Any, trackers: dict[str, WriteTracker | None],
+                             emit: Callable[[Event], None] = lambda _e: None) -> list[SyncResult]:
+    """One final pass of every disk with ``mounts`` frozen (or nothing frozen: quiesce hooks/none).
+
+    ``emit`` gets ``{"event": "freeze", "mountpoints"}`` right before the first FIFREEZE and
+    ``{"event": "thaw", "downtime"}`` once the guardian has thawed (or the freeze failed), on every
+    attempt: between the two, the caller must write nothing that could land on those filesystems
+    (the daemon holds its state files in memory, ``AgentStore.hold``). The callback runs on the
+    event loop thread and must not block."""
     from migrated.source.freeze import drop_block_cache
 
     staged: StagedDir | None = None
@@ -600,7 +610,12 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
     try:
         with held_output() as held:
             if fz is not None:
-                await asyncio.to_thread(fz.freeze)
+                emit({"event": "freeze", "mountpoints": list(fz.mountpoints)})
+                try:
+                    await asyncio.to_thread(fz.freeze)
+                except BaseException:
+                    emit({"event": "thaw", "downtime": fz.report.downtime})  # it thawed what it had frozen
+                    raise
             try:
                 # stop before the guardian's deadline: what we read after a thaw is not consistent
                 deadline = None if fz is None else time.monotonic() + fz.remaining() - 0.5
@@ -635,9 +650,16 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
                         await asyncio.to_thread(fz.thaw)
                     finally:
                         report.downtime = fz.report.downtime
+                        emit({"event": "thaw", "downtime": report.downtime})
                 else:
                     report.downtime = time.monotonic() - started
         report.held_log_lines = held.getvalue().count("\n")
+        if fz is not None and fz.report.reason != "told":
+            # the guardian thawed on its own (a signal, an error) while we were still reading: what was
+            # read after that is a mix of before and after the thaw, and verifying it proves nothing
+            raise FreezeError(f"{', '.join(fz.mountpoints)} thawed before the final pass ended "
+                              f"({fz.report.reason}); what it read may be inconsistent, so it is not trusted; "
+                              "the source is running: cut over again")
     finally:
         control.set_read_limit(saved_limit)
         if staged is not None:

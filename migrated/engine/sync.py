@@ -775,7 +775,7 @@ class DiskSync:
         self.progress.bytes_done = start
         self._emit_progress(force=True)
         log.info("sync_start", disk=self.src.path, target=result.target, round=cp.round, start=start,
-                 checkpoint=result.checkpoint, hash=self.hash_name, codec=self.codec)
+                 checkpoint=result.checkpoint, hash=self.hash_name, codec=self.codec, bwlimit=self.control.bwlimit)
         try:
             await self.run_pass(cp, start, untrusted, ask_all=ask_all, send=True)
             if self.opt.checksum:

@@ -452,6 +452,8 @@ class StagedDir:
     ``stage()`` copies the files of ``real`` whose names match ``names`` (all files when
     ``names`` is None) into a fresh directory on a filesystem that is *not* being frozen
     (tmpfs: $XDG_RUNTIME_DIR, /run, /dev/shm), and returns its path: point the final pass at it.
+    Its name carries our pid; ``stage()`` first removes the staging dirs of processes that are
+    gone (:meth:`sweep`: an agent killed during a freeze cannot clean up).
     ``unstage()``, after the thaw, writes every file that changed back into ``real``
     atomically and durably, and removes the staging directory. ``discard()`` removes it
     without writing back (the final pass failed: the real checkpoint stays as it was, which
@@ -480,11 +482,38 @@ class StagedDir:
                               "final pass (tried $XDG_RUNTIME_DIR, /run, /dev/shm, $TMPDIR)")
         return Path(d)
 
+    PREFIX = "migrated-final-"
+
+    @classmethod
+    def sweep(cls, base: Path) -> list[Path]:
+        """Remove staging dirs in ``base`` left by a process that is gone (an agent killed with -9
+        during a freeze leaves one: a copy of the hash file, in RAM); returns what was removed.
+        A dir whose process (``migrated-final-PID-...``) still runs is left alone."""
+        import shutil
+
+        removed = []
+        for d in base.glob(cls.PREFIX + "*-*"):
+            pid = d.name[len(cls.PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or not d.is_dir() or d.is_symlink():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive (or another process got its pid: leave it)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        return removed
+
     def stage(self) -> Path:
         import shutil
         import tempfile
 
-        self.path = Path(tempfile.mkdtemp(prefix="migrated-final-", dir=self._base()))
+        base = self._base()
+        self.sweep(base)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=base))
         if self.real.is_dir():
             for f in self.real.iterdir():
                 if f.is_file() and (self.names is None or f.name in self.names):
