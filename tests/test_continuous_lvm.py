@@ -33,8 +33,17 @@ from tests.asshd import (
     asyncssh_server,  # noqa: F401 - the `sshd` fixture of this module
 )
 from tests.conftest import cli, repo_env
-from tests.loopfs import can_write, loop_ext4, root_only, run
-from tests.test_continuous import fsck_clean, mounted_ro, tree_digest, wchan, writer_process
+from tests.loopfs import (
+    can_write,
+    fsck_clean,
+    loop_ext4,
+    mounted_ro,
+    root_only,
+    run,
+    tree_digest,
+    wchan,
+    writer_process,
+)
 
 VG, LV = "vg0", "data"
 
