@@ -60,3 +60,26 @@ def test_agent_cannot_write_source_disks() -> None:
     assert ("CapabilityBoundingSet", "CAP_DAC_READ_SEARCH") in [tuple(s) for s in settings]
     assert "ProtectSystem=strict" in text and "Type=notify" in text and "WatchdogSec=" in text
     assert "ExecStartPre=/usr/bin/migrated check-config" in text
+
+
+def with_drop_in(tmp_path: Path, unit: str, drop_in: str) -> Path:
+    """The unit as systemd sees it with the drop-in installed: a drop-in's lines are parsed after the
+    unit's, exactly as if appended to it (list settings add up, single ones are replaced)."""
+    path = staged(tmp_path, unit)
+    path.write_text(path.read_text() + "\n" + (REPO / "systemd" / drop_in).read_text())
+    return path
+
+
+def test_cutover_drop_in_verifies_and_keeps_the_sandbox(tmp_path: Path) -> None:
+    path = with_drop_in(tmp_path, "migrated.service", "cutover.conf")
+    r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=50", "--no-pager", str(path)],
+                       capture_output=True, text=True, timeout=120)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 3.0, r.stdout  # 2.6 measured (1.8 without): root with CAP_SYS_ADMIN, sandboxed
+    text = path.read_text()
+    device_allow = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("DeviceAllow=")]
+    assert all(not v.startswith("block-") or v.split()[1] == "r" for v in device_allow), device_allow
+    assert "SecureBits=noroot-locked" in text  # uid 0 gets the ambient set only

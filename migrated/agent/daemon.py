@@ -724,6 +724,12 @@ class Agent:
         mapping = self._disk_mapping(t)
         if not mapping:
             raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
+        if continuous_task.is_continuous(t.spec):
+            from migrated.source.privileges import check_cutover
+
+            problem = check_cutover(str(t.spec.get("Quiesce") or "freeze"), [src for src, _ in mapping])
+            if problem:
+                raise UsageError(f"task {t.task_id}: {problem}")
         endpoint = self._endpoint(t)
         ignore = t.spec.get("IgnoreChecks", ())
         # checks run when a task starts afresh; a resume from a checkpoint already passed them
