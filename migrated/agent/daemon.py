@@ -256,6 +256,7 @@ class Agent:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; READY=1 once the socket is bound and the state loaded."""
+        self._thaw_leftovers()
         self.load()
         if self.source is not None:
             structlog.contextvars.bind_contextvars(source_id=self.source.source_id)  # SOURCE_ID in the journal
@@ -274,6 +275,27 @@ class Agent:
             except* _Stop:
                 pass
         log.info("migrated stopped")
+
+    def _thaw_leftovers(self) -> None:
+        """Freezes of this agent are recorded in its runtime dir while they last (the guardian's
+        ``--record``; $RUNTIME_DIRECTORY under systemd, else set here to the control socket's
+        directory). A record found at start means the agent and its guardian were both killed
+        mid-freeze: thaw what it names now (the unit's ExecStopPost does the same at stop)."""
+        from migrated.source.freeze import FreezeError, default_record, thaw_recorded
+
+        if not os.environ.get("RUNTIME_DIRECTORY"):
+            os.environ["RUNTIME_DIRECTORY"] = self.cfg.runtime_dir
+        path = default_record()
+        if path is None:
+            return
+        try:
+            rec = thaw_recorded(path)
+        except FreezeError as e:
+            log.error("a freeze record of a killed agent could not be thawed", record=path, error=str(e))
+            return
+        if rec is not None:
+            log.warning("thawed filesystems a killed agent and its guardian left frozen",
+                        mountpoints=rec["mountpoints"], was_frozen=rec["was_frozen"])
 
     def stop(self) -> None:
         """Begin a clean shutdown (SIGTERM/SIGINT): checkpoint, STOPPING=1, exit."""

@@ -249,6 +249,50 @@ class FreezeReport:
         return max(0.0, self.thawed_at - self.frozen_at)
 
 
+def default_record() -> str | None:
+    """Where the guardian records what it froze (module doc of migrated.source.guardian): the
+    service's runtime directory (systemd sets $RUNTIME_DIRECTORY, tmpfs), else nowhere."""
+    d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return os.path.join(d, "frozen.json") if d else None
+
+
+def thaw_recorded(path: str) -> dict[str, Any] | None:
+    """Thaw what a guardian recorded in ``path`` and remove the record; None if there is none.
+    Returns {"mountpoints": [...], "was_frozen": {mountpoint: bool}, "guardian_pid": N,
+    "guardian_alive": bool}. FreezeError (the record kept) if a mountpoint could not be thawed."""
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        mounts = [str(m) for m in rec["mountpoints"]]
+        pid = int(rec.get("guardian_pid") or 0)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FreezeError(f"freeze record {path} is unreadable ({e}); thaw by hand: migrated thaw DISK") from None
+    alive = pid > 0 and _is_guardian(pid)
+    was: dict[str, bool] = {}
+    errors: list[str] = []
+    for m in reversed(mounts):  # inner mounts first
+        try:
+            was[m] = thaw_fs(m)
+        except FreezeError as e:
+            was[m], _ = False, errors.append(str(e))
+    if errors:  # the record stays for another try
+        raise FreezeError("; ".join(errors))
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return {"mountpoints": mounts, "was_frozen": was, "guardian_pid": pid, "guardian_alive": alive}
+
+
+
+def _is_guardian(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"migrated.source.guardian" in f.read()
+    except OSError:
+        return False
+
+
 class GuardedFreeze:
     """Freeze ``mountpoints`` for at most ``budget`` seconds, via a guardian process.
 
@@ -264,9 +308,11 @@ class GuardedFreeze:
     in reverse: pass outer mounts first (as :func:`mounted_filesystems` returns them).
     """
 
-    def __init__(self, mountpoints: list[str], budget: float, *, python: str = sys.executable) -> None:
+    def __init__(self, mountpoints: list[str], budget: float, *, python: str = sys.executable,
+                 record: str | None = None) -> None:
         if budget <= 0:
             raise ValueError("freeze budget must be positive")
+        self.record = record if record is not None else default_record()
         self.mountpoints = list(mountpoints)
         self.budget = budget
         self.python = python
@@ -296,6 +342,8 @@ class GuardedFreeze:
         args = [self.python, "-m", "migrated.source.guardian", "--budget", str(self.budget)]
         for m in self.mountpoints:
             args += ["--mount", m]
+        if self.record:
+            args += ["--record", self.record]
         # own session: a Ctrl-C on our terminal does not reach it; cwd "/" holds no mount busy.
         # stderr inherited: the guardian writes there only after everything is thawed.
         self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/",

@@ -29,8 +29,13 @@ Rules this process keeps (see docs/consistency.md):
   filesystem and would block us, and with us the thaw). It reports on its
   stdout pipe, and writes one line to stderr only after everything is thawed.
 * SIGKILL of the guardian itself cannot be caught: the parent notices (its
-  pipe closes) and thaws itself. Both killed at once leaves the filesystems
-  frozen; ``migrated thaw DISK`` (or ``fsfreeze -u``) is the manual way out.
+  pipe closes) and thaws itself. Both killed at once (systemd's final SIGKILL
+  of the whole unit) would leave the filesystems frozen: with ``--record PATH``
+  (on tmpfs, e.g. ``$RUNTIME_DIRECTORY/frozen.json``) the guardian writes what
+  it is about to freeze there *before* the first FIFREEZE and removes it once
+  everything is thawed, and ``migrated thaw --recorded`` (the unit's
+  ``ExecStopPost=``, and the daemon at start) thaws what a dead guardian left.
+  ``migrated thaw DISK`` (or ``fsfreeze -u``) is the manual way out.
 * Before freezing it syncs the filesystems while they are still writable, so
   FIFREEZE has little left to flush and the frozen window stays short.
 """
@@ -87,9 +92,29 @@ def _syncfs(fd: int) -> None:
         os.sync()
 
 
+def write_record(path: str, mounts: list[str], budget: float) -> bool:
+    """Record what is about to be frozen (tmp file + rename). False, and nothing written, when
+    ``path`` lies on one of ``mounts`` (a record there would block on the freeze it describes)."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        dev = os.stat(d).st_dev
+        if any(os.stat(m).st_dev == dev for m in mounts):
+            return False
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"guardian_pid": os.getpid(), "mountpoints": mounts, "budget": budget,
+                       "since": time.time()}, f)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+
+
 class Guardian:
-    def __init__(self, mounts: list[str], budget: float, wakeup: int) -> None:
+    def __init__(self, mounts: list[str], budget: float, wakeup: int, record: str | None = None) -> None:
         self.wakeup = wakeup  # read end of the signal wakeup pipe
+        self.record = record
+        self.recorded = False
         self.mounts = mounts
         self.budget = budget
         self.fds: list[int] = []
@@ -102,6 +127,8 @@ class Guardian:
             self.fds.append(os.open(m, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
 
     def freeze_all(self) -> bool:
+        if self.record:
+            self.recorded = write_record(self.record, self.mounts, self.budget)
         for fd in self.fds:
             _syncfs(fd)
         for i, fd in enumerate(self.fds):
@@ -177,6 +204,9 @@ class Guardian:
             for fd in self.fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if self.recorded and not self.frozen and not self.errors:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.record)  # type: ignore[arg-type]
             if self.frozen_at is not None:
                 with contextlib.suppress(OSError, ValueError):
                     sys.stderr.write(
@@ -190,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="migrated-guardian", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, required=True, help="seconds the filesystems may stay frozen")
     p.add_argument("--mount", action="append", required=True, help="mountpoint to freeze (repeat)")
+    p.add_argument("--record", help="file (on tmpfs) naming what is frozen while it is; removed after the thaw")
     args = p.parse_args(argv)
     if args.budget <= 0:
         p.error("--budget must be positive")
@@ -200,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # the OOM killer must not pick the process holding the thaw
     with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
         f.write("-1000")
-    return Guardian(args.mount, args.budget, wake_r).run()
+    return Guardian(args.mount, args.budget, wake_r, args.record).run()
 
 
 if __name__ == "__main__":
