@@ -1,4 +1,4 @@
-"""The cutover options of CreateTask (Quiesce, PreHook, PostHook, FreezeBudgetSeconds) and the live
+"""The cutover options of CreateTask (Quiesce, PreHook, PostHook, FreezeBudgetSeconds, SnapshotSize) and the live
 change of a continuous task's rounds (ModifyTaskRounds): the pydantic rules (table tests), the SQLite
 round trip, and the API on a real console with a real SQLite file (the agent side is played by
 hand with PollCommands, as in test_console_api.py)."""
@@ -31,7 +31,25 @@ def refusal(**over: object) -> tuple[str, str]:
      "parameter Quiesce: unknown quiesce method 'snapshot'; choose freeze, hooks, none, lvm"),
     ({"ContinuousSync": True, "Quiesce": "hooks"}, "InvalidParameterValue",
      "parameter PreHook: required when Quiesce is hooks"),
-    ({"ContinuousSync": True, "Quiesce": "lvm"}, "InvalidParameterValue", "parameter Quiesce: lvm is not available"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "lots"}, "InvalidParameterValue",
+     "parameter SnapshotSize: 'lots' is not a snapshot size: use a size like 2G or 512M, or 20%ORIGIN"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "20%"}, "InvalidParameterValue",
+     "parameter SnapshotSize: '20%' is not a snapshot size"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "2G\n"}, "InvalidParameterValue",
+     "parameter SnapshotSize"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "2G; rm -rf /"}, "InvalidParameterValue",
+     "parameter SnapshotSize"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": ""}, "InvalidParameterValue",
+     "parameter SnapshotSize"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "1" * 40}, "InvalidParameterValue",
+     "parameter SnapshotSize: String should have at most 32 characters"),
+    ({"ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": 2}, "InvalidParameter", "parameter SnapshotSize"),
+    ({"ContinuousSync": True, "SnapshotSize": "2G"}, "InvalidParameterValue",
+     "parameter SnapshotSize: only with Quiesce lvm"),
+    ({"ContinuousSync": True, "Quiesce": "freeze", "SnapshotSize": "2G"}, "InvalidParameterValue",
+     "parameter SnapshotSize: only with Quiesce lvm"),
+    ({"SnapshotSize": "2G"}, "InvalidParameterValue", "parameter SnapshotSize: only for a task with ContinuousSync"),
+    ({"Quiesce": "lvm"}, "InvalidParameterValue", "parameter Quiesce: only for a task with ContinuousSync true"),
     ({"ContinuousSync": True, "FreezeBudgetSeconds": 0}, "InvalidParameterValue", "parameter FreezeBudgetSeconds"),
     ({"ContinuousSync": True, "FreezeBudgetSeconds": 601}, "InvalidParameterValue",
      "parameter FreezeBudgetSeconds: Input should be less than or equal to 600"),
@@ -62,6 +80,34 @@ def test_create_task_cutover_options_accepted():
     # hooks around a freeze are fine too; everything optional
     assert P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "PostHook": "true"}).Quiesce is None
     assert P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "Quiesce": "none"}).Quiesce == "none"
+    # an LVM snapshot, with the agent's default size or a given one (hooks around it are fine too)
+    lvm = P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "Quiesce": "lvm"})
+    assert (lvm.Quiesce, lvm.SnapshotSize) == ("lvm", None)
+    lvm = P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": "20%ORIGIN",
+                                       "PreHook": "systemctl stop app", "PostHook": "systemctl start app"})
+    assert (lvm.Quiesce, lvm.SnapshotSize, lvm.PreHook) == ("lvm", "20%ORIGIN", "systemctl stop app")
+
+
+@pytest.mark.parametrize("size", ["2G", "512M", "512", "1.5T", "100k", "20%ORIGIN", "50%FREE", "10%VG",
+                                  "lots", "20%", "2 G", "2G\n", "-1G", "2GiB", "20%origin", "1" * 40])
+def test_console_and_agent_accept_the_same_snapshot_sizes(size):
+    """The console's SnapshotSize rule is the agent's (--snapshot-size): one shared function, so a
+    size the console accepts never fails on the source, and the other way round."""
+    from migrated.engine.continuous import ContinuousOptions
+    from migrated.errors import MigratedError
+
+    try:
+        ContinuousOptions(quiesce="lvm", snapshot_size=size).validate()
+        agent_ok = True
+    except MigratedError:
+        agent_ok = False
+    try:
+        P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "Quiesce": "lvm", "SnapshotSize": size})
+        console_ok = True
+    except ValidationError:
+        console_ok = False
+    assert console_ok == agent_ok
+    assert console_ok == (size in {"2G", "512M", "512", "1.5T", "100k", "20%ORIGIN", "50%FREE", "10%VG"})
 
 
 @pytest.mark.parametrize("params, words", [
@@ -82,8 +128,8 @@ async def test_cutover_options_survive_a_reopen_and_old_rows_read(tmp_path):
     await store.open()
     k = await store.create_key("agent", "a", 1.0)
     sid = await source(store, k.secret_id)
-    opts = {"RoundIntervalSeconds": 30, "ReadLimitKBps": None, "Quiesce": "hooks", "PreHook": "sv stop 'a b'",
-            "PostHook": "sv start \"a b\" # ü", "FreezeBudgetSeconds": 45}
+    opts = {"RoundIntervalSeconds": 30, "ReadLimitKBps": None, "Quiesce": "lvm", "PreHook": "sv stop 'a b'",
+            "PostHook": "sv start \"a b\" # ü", "FreezeBudgetSeconds": 45, "SnapshotSize": "20%ORIGIN"}
     await store.create_task(replace(task("t1", sid), continuous=opts), unfinished_states=["created"])
     await store.update_task("t1", expect_state="created", now=2.0,
                             changes={"continuous": {**opts, "RoundIntervalSeconds": 5, "ReadLimitKBps": 0}})
@@ -99,6 +145,10 @@ async def test_cutover_options_survive_a_reopen_and_old_rows_read(tmp_path):
         assert t1 is not None and t1.continuous == {**opts, "RoundIntervalSeconds": 5, "ReadLimitKBps": 0}
         t0 = await store.get_task("t0")
         assert t0 is not None and t0.continuous == {"RoundIntervalSeconds": 7, "ReadLimitKBps": None}
+        # an old row reads as "no snapshot size given" (the agent's default) in the views
+        from migrated.console.service import ConsoleService
+        assert ConsoleService.agent_task_view(t0)["SnapshotSize"] is None
+        assert ConsoleService.agent_task_view(t1)["SnapshotSize"] == "20%ORIGIN"
     finally:
         await store.close()
 
@@ -174,6 +224,46 @@ async def test_api_cutover_options_and_live_rounds(console):
         assert view["Quiesce"] is None and view["PreHook"] is None and view["ContinuousSync"] is False
 
 
+async def test_api_lvm_quiesce_reaches_the_agent(console):
+    """Quiesce lvm and SnapshotSize: refused with the parameter named, stored, shown by DescribeTasks,
+    and in the start command's task spec the agent gets from PollCommands, which the agent's own
+    spec reader turns into an LVM-snapshot cutover of that size."""
+    from migrated.agent.continuous_task import _options
+    from migrated.agent.state import TaskRecord
+
+    sid, sk = await console.new_key("agent")
+    async with console.client(sid, sk) as agent, console.client(console.admin_id, console.admin_key) as admin:
+        src = await register(agent)
+        for over, words in [({"Quiesce": "lvm", "SnapshotSize": "20 percent"},
+                             "parameter SnapshotSize: '20 percent' is not a snapshot size"),
+                            ({"SnapshotSize": "2G"}, "parameter SnapshotSize: only with Quiesce lvm"),
+                            ({"Quiesce": "hooks", "PreHook": "true", "SnapshotSize": "2G"},
+                             "parameter SnapshotSize: only with Quiesce lvm")]:
+            with pytest.raises(ConsoleError) as ei:
+                await admin.call("CreateTask", task_params(src, ContinuousSync=True, **over))
+            assert ei.value.code == "InvalidParameterValue" and words in ei.value.message, ei.value
+        _, total = await console.service.storage.list_tasks()
+        assert total == 0, "nothing stored for a refused request"
+
+        # without a size: null, and the agent uses its default
+        tid = (await admin.call("CreateTask", task_params(src, ContinuousSync=True, Quiesce="lvm")))["TaskId"]
+        (view,) = (await admin.call("DescribeTasks", {"TaskIds": [tid]}))["TaskSet"]
+        assert (view["Quiesce"], view["SnapshotSize"]) == ("lvm", None)
+        await admin.call("DeleteTask", {"TaskId": tid})
+
+        tid = (await admin.call("CreateTask", task_params(src, ContinuousSync=True, Quiesce="lvm",
+                                                          SnapshotSize="20%ORIGIN", FreezeBudgetSeconds=15)))["TaskId"]
+        (view,) = (await admin.call("DescribeTasks", {"TaskIds": [tid]}))["TaskSet"]
+        assert (view["Quiesce"], view["SnapshotSize"], view["FreezeBudgetSeconds"]) == ("lvm", "20%ORIGIN", 15)
+        await admin.call("StartTask", {"TaskId": tid})
+        (start,) = (await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1}))["Commands"]
+        spec = start["Task"]
+        assert (spec["ContinuousSync"], spec["Quiesce"], spec["SnapshotSize"]) == (True, "lvm", "20%ORIGIN")
+        copts = _options(TaskRecord(task_id=tid, spec=spec, state="starting"))
+        copts.validate()
+        assert (copts.quiesce, copts.snapshot_size, copts.freeze_budget) == ("lvm", "20%ORIGIN", 15.0)
+
+
 def test_console_cli_cutover_options_and_set_rounds(tmp_path):
     """`migrate-console tasks create --continuous --quiesce ... --pre-hook @FILE`, `tasks show`,
     `tasks set-rounds` as real processes against a real console process."""
@@ -224,5 +314,29 @@ def test_console_cli_cutover_options_and_set_rounds(tmp_path):
         assert r.returncode == 0, r.stderr
         assert f"task {task_id}: a round every 5 s, source read limit 1024 KB/s" in r.stdout
         assert "every 5 s, source read limit 1024 KB/s" in run_cli("tasks", "show", task_id, *c).stdout
+
+        # --quiesce lvm --snapshot-size, on a second source (one unfinished task per source)
+        async def registers2() -> str:
+            async with ConsoleClient(proc.url, agent_key["SecretId"], agent_key["SecretKey"]) as a:
+                return await register(a, "web02")
+
+        src2 = asyncio.run(registers2())
+        create2 = [*create[:3], src2, *create[4:]]
+        r = run_cli(*create2, "--snapshot-size", "2G")
+        assert r.returncode == 2 and "--snapshot-size need --continuous" in r.stderr, r.stderr
+        r = run_cli(*create2, "--continuous", "--snapshot-size", "2G")
+        assert r.returncode != 0 and "parameter SnapshotSize: only with Quiesce lvm" in r.stderr, r.stderr
+        r = run_cli(*create2, "--continuous", "--quiesce", "lvm", "--snapshot-size", "20", "--json")
+        assert r.returncode == 0, r.stderr  # 20 MiB, as lvcreate reads a size without a unit
+        assert run_cli("tasks", "delete", json.loads(r.stdout)["TaskId"], *c).returncode == 0
+        r = run_cli(*create2, "--continuous", "--quiesce", "lvm", "--snapshot-size", "20%", "--json")
+        assert r.returncode != 0 and "parameter SnapshotSize: '20%' is not a snapshot size" in r.stderr, r.stderr
+        r = run_cli(*create2, "--continuous", "--quiesce", "lvm", "--snapshot-size", "20%ORIGIN", "--json")
+        assert r.returncode == 0, r.stderr
+        lvm_id = json.loads(r.stdout)["TaskId"]
+        assert "quiesce lvm (snapshot size 20%ORIGIN), freeze budget 30 s" in run_cli("tasks", "show", lvm_id,
+                                                                                      *c).stdout
+        view = json.loads(run_cli("tasks", "show", lvm_id, "--json", *c).stdout)
+        assert (view["Quiesce"], view["SnapshotSize"]) == ("lvm", "20%ORIGIN")
     finally:
         assert proc.stop() == 0

@@ -34,6 +34,13 @@ def test_form_fields_map_to_the_api_parameters() -> None:
     _, errors = form_to_params("src-1", good_form(continuous=True, read_limit_mib="lots", freeze_budget="1m"), "UTC")
     assert errors == {"read_limit_mib": "must be a number of MiB/s up to 102400 (0 or empty: no limit)",
                       "freeze_budget": "must be a whole number of seconds"}
+    params, errors = form_to_params("src-1", good_form(continuous=True, quiesce="lvm", snapshot_size="20%ORIGIN"),
+                                    "UTC")
+    assert errors == {} and (params["Quiesce"], params["SnapshotSize"]) == ("lvm", "20%ORIGIN")
+    params, _ = form_to_params("src-1", good_form(continuous=True, quiesce="lvm"), "UTC")
+    assert "SnapshotSize" not in params, "empty: the agent's default"
+    _, errors = form_to_params("src-1", good_form(snapshot_size="2G"), "UTC")
+    assert errors["snapshot_size"].startswith("only for incremental sync until cutover")
 
 
 async def test_cutover_fieldset_errors_stored_options_and_live_rounds(console: Console) -> None:  # noqa: F811
@@ -52,9 +59,11 @@ async def test_cutover_fieldset_errors_stored_options_and_live_rounds(console: C
         fieldset = page[page.index('<fieldset id="cutover-options"'):]
         fieldset = fieldset[:fieldset.index("</fieldset>")]
         assert "Advanced: rounds and cutover" in fieldset and "data-for-continuous" in fieldset
-        for name in ("round_interval", "read_limit_mib", "quiesce", "pre_hook", "post_hook", "freeze_budget"):
+        for name in ("round_interval", "read_limit_mib", "quiesce", "snapshot_size", "pre_hook", "post_hook",
+                     "freeze_budget"):
             assert f'name="{name}"' in fieldset, name
         assert "Runs as root on the source server" in fieldset
+        assert '<option value="lvm">LVM snapshot of the source volume' in fieldset
         csrf = await page_csrf(s, url)
 
         # the API's rules, beside their fields, with what was typed kept
@@ -125,3 +134,40 @@ async def test_cutover_fieldset_errors_stored_options_and_live_rounds(console: C
             assert 'id="rounds-form"' not in await r.text()
         async with s.post(f"{console.url}/ui/tasks/{one}/rounds", data={"csrf": csrf, "round_interval": "5"}) as r:
             assert "is not a continuous task" in flash(await r.text())
+
+
+async def test_lvm_snapshot_option_on_the_form_and_the_task_page(console: Console) -> None:  # noqa: F811
+    """Quiesce "LVM snapshot" and its size: the API's refusals beside the snapshot-size field with
+    what was typed kept, what is stored, and what the task page shows."""
+    agent_id, agent_key = await console.new_key("agent", "a")
+    async with console.client(agent_id, agent_key) as agent:
+        src = await register(agent)
+    url = f"{console.url}/ui/sources/{src}/new-task"
+    base = {"region": "ap-guangzhou", "name": "n1", "target_type": "image", "image_name": "img",
+            "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
+            "disk-0-target": "/dev/vda", "continuous": "on"}
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        csrf = await page_csrf(s, url)
+        async with s.post(url, data={**base, "csrf": csrf, "quiesce": "lvm", "snapshot_size": "20 percent"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert error_beside(body, "snapshot_size").startswith(
+            "'20 percent' is not a snapshot size: use a size like 2G or 512M, or 20%ORIGIN")
+        assert '<option value="lvm" selected>' in body and 'value="20 percent"' in body
+        async with s.post(url, data={**base, "csrf": csrf, "snapshot_size": "2G"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert error_beside(body, "snapshot_size").startswith("only with Quiesce lvm")
+        _, total = await console.service.storage.list_tasks()
+        assert total == 0
+
+        async with s.post(url, data={**base, "csrf": csrf, "quiesce": "lvm", "snapshot_size": "20%ORIGIN"},
+                          allow_redirects=False) as r:
+            assert r.status == 303, await r.text()
+            task_url = f"{console.url}{r.headers['Location']}"
+        (view,) = (await console.admin_call("DescribeTasks", {"TaskIds": [task_url.rsplit("/", 1)[1]]}))["TaskSet"]
+        assert (view["Quiesce"], view["SnapshotSize"]) == ("lvm", "20%ORIGIN")
+        async with s.get(task_url) as r:
+            page = htmllib.unescape(await r.text())
+        assert "quiesce: LVM snapshot (snapshot size 20%ORIGIN); freeze budget 30 s" in page

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from migrated.errors import ConfigError, ConsoleError, MigratedError, StateError, UsageError
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
 DEFAULT_CREDENTIALS = Path("~/.config/migrate-console/credentials.yaml")
@@ -172,7 +173,9 @@ def task_lines(t: dict[str, Any]) -> str:
             lines.append(f"In effect     a round every {now_every:g} s, source read limit "
                          + (f"{now_limit} KB/s" if now_limit else "unlimited") + " (as the agent last reported)")
         hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
-        lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}, freeze budget "
+        snap = (f" (snapshot size {t.get('SnapshotSize') or DEFAULT_SNAPSHOT_SIZE})"
+                if t.get("Quiesce") == "lvm" else "")
+        lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}{snap}, freeze budget "
                      f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
                      + " (--json shows the hook commands)" * bool(hooks))
         rounds = rounds_line(p)
@@ -356,13 +359,14 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         params["ScheduledStartTime"] = _schedule(args.schedule)
     continuous_flags = {"RoundIntervalSeconds": args.round_interval, "ReadLimitKBps": args.read_limit,
                         "Quiesce": args.quiesce, "PreHook": _hook_arg(args.pre_hook, "--pre-hook"),
-                        "PostHook": _hook_arg(args.post_hook, "--post-hook"), "FreezeBudgetSeconds": args.freeze_budget}
+                        "PostHook": _hook_arg(args.post_hook, "--post-hook"), "FreezeBudgetSeconds": args.freeze_budget,
+                        "SnapshotSize": args.snapshot_size}
     if args.continuous:
         params["ContinuousSync"] = True
         params.update({k: v for k, v in continuous_flags.items() if v is not None})
     elif any(v is not None for v in continuous_flags.values()):
-        raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook and --freeze-budget "
-                         "need --continuous")
+        raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook, --freeze-budget and "
+                         "--snapshot-size need --continuous")
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -506,7 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="incremental sync until cutover: rounds after the full pass until 'tasks cutover'")
     t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (default 60)")
     t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit during the rounds, KB/s")
-    t.add_argument("--quiesce", help="cutover: freeze (default), hooks, none")
+    t.add_argument("--quiesce", help="cutover: freeze (default), hooks, none, lvm (LVM snapshot of the source "
+                                     "volume, docs/consistency.md)")
+    t.add_argument("--snapshot-size", metavar="SIZE",
+                   help=f"--quiesce lvm: the snapshot's copy-on-write space, e.g. 2G or 20%%ORIGIN "
+                        f"(default {DEFAULT_SNAPSHOT_SIZE.replace('%', '%%')})")
     t.add_argument("--pre-hook", metavar="CMD|@FILE",
                    help="cutover: shell command run as root on the source before the final pass (stop services); "
                         "@FILE reads it from FILE")

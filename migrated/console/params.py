@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from migrated.model.lvmsize import MAX_SNAPSHOT_SIZE_CHARS, SNAPSHOT_SIZE_HINT, snapshot_size_ok
 from migrated.model.states import TaskState
 
 ID = Annotated[str, Field(min_length=1, max_length=64)]
@@ -28,7 +29,7 @@ QUIESCE_METHODS = ("freeze", "hooks", "none", "lvm")
 MIN_FREEZE_BUDGET, MAX_FREEZE_BUDGET = 1, 600
 # CreateTask parameters that only a continuous task takes
 CONTINUOUS_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook",
-                     "FreezeBudgetSeconds")
+                     "FreezeBudgetSeconds", "SnapshotSize")
 
 
 def _one_line(v: str) -> str:
@@ -181,6 +182,8 @@ class CreateTask(_P):
     PreHook: HookCommand | None = None
     PostHook: HookCommand | None = None
     FreezeBudgetSeconds: int | None = Field(None, ge=MIN_FREEZE_BUDGET, le=MAX_FREEZE_BUDGET)  # default 30
+    # Quiesce lvm only: the snapshot's copy-on-write space, as lvcreate takes it (agent default 10%ORIGIN)
+    SnapshotSize: Annotated[str, Field(min_length=1, max_length=MAX_SNAPSHOT_SIZE_CHARS)] | None = None
     TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
     TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
     DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
@@ -210,15 +213,22 @@ class CreateTask(_P):
             raise ValueError(f"unknown quiesce method {v[:40]!r}; choose {', '.join(QUIESCE_METHODS)}")
         return v
 
+    @field_validator("SnapshotSize")
+    @classmethod
+    def _snapshot_size(cls, v: str | None) -> str | None:
+        if v is not None and not snapshot_size_ok(v):
+            raise ValueError(f"{v!r} is not a snapshot size: {SNAPSHOT_SIZE_HINT} (as lvcreate takes it)")
+        return v
+
     @model_validator(mode="after")
     def _cutover(self) -> CreateTask:
         if not self.ContinuousSync:
             given = [n for n in CONTINUOUS_PARAMS if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"parameter {given[0]}: only for a task with ContinuousSync true")
-        if self.Quiesce == "lvm":
-            raise ValueError("parameter Quiesce: lvm is not available yet (see docs/consistency.md); "
-                             "use freeze, hooks or none")
+        if self.SnapshotSize is not None and self.Quiesce != "lvm":
+            raise ValueError("parameter SnapshotSize: only with Quiesce lvm (the LVM snapshot's copy-on-write "
+                             "space); leave it out, or set Quiesce to lvm")
         if self.Quiesce == "hooks" and not (self.PreHook or self.PostHook):
             raise ValueError("parameter PreHook: required when Quiesce is hooks (give PreHook and/or PostHook)")
         return self

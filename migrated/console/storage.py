@@ -125,8 +125,9 @@ class TaskRecord:
     image_id: str = ""  # the cloud image made from the target (image tasks, cloud enabled)
     image_state: str = ""  # "" | PENDING | CREATING | NORMAL | FAILED | SKIPPED (Tencent states as reported)
     # continuous sync (None = one-shot): the CreateTask parameters params.CONTINUOUS_PARAMS
-    # {"RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook", "FreezeBudgetSeconds"},
-    # each None when not given (older rows hold only the first two); ModifyTaskRounds changes the first two
+    # {"RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook", "FreezeBudgetSeconds",
+    # "SnapshotSize"}, each None when not given (older rows hold fewer keys: read with .get);
+    # ModifyTaskRounds changes the first two
     continuous: dict[str, Any] | None = None
 
 

@@ -44,18 +44,18 @@ from dataclasses import dataclass
 import structlog
 
 from migrated.errors import QuiesceError
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE, SNAPSHOT_SIZE_HINT, snapshot_size_ok
 
 log = structlog.get_logger(__name__)
 
 PREFIX = "migrated-snap-"
-DEFAULT_SIZE = "10%ORIGIN"
-_SIZE = re.compile(r"^\d+(\.\d+)?[kKmMgGtT]?$|^\d+%(ORIGIN|FREE|VG)$")
+DEFAULT_SIZE = DEFAULT_SNAPSHOT_SIZE
 
 
 def check_size(size: str) -> None:
     """QuiesceError (a UsageError at the CLI) unless ``size`` is something lvcreate takes."""
-    if not _SIZE.match(size):
-        raise QuiesceError(f"--snapshot-size {size!r}: use a size like 2G or 512M, or 20%ORIGIN")
+    if not snapshot_size_ok(size):
+        raise QuiesceError(f"--snapshot-size {size!r}: {SNAPSHOT_SIZE_HINT}")
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ class ServiceBackend:
             continuous=t.continuous is not None, round_interval=c.get("RoundIntervalSeconds"),
             read_limit_kbps=c.get("ReadLimitKBps"), quiesce=str(c.get("Quiesce") or ""),
             pre_hook=str(c.get("PreHook") or ""), post_hook=str(c.get("PostHook") or ""),
-            freeze_budget=c.get("FreezeBudgetSeconds"),
+            freeze_budget=c.get("FreezeBudgetSeconds"), snapshot_size=str(c.get("SnapshotSize") or ""),
         )
 
     async def list_tasks(self) -> list[TaskView]:

@@ -42,10 +42,12 @@ PARAM_FIELD = {
     "PreHook": "pre_hook",
     "PostHook": "post_hook",
     "FreezeBudgetSeconds": "freeze_budget",
+    "SnapshotSize": "snapshot_size",
 }
 
 # the continuous-only form fields, in the order their errors are shown
-CONTINUOUS_FIELDS = ("round_interval", "read_limit_mib", "quiesce", "pre_hook", "post_hook", "freeze_budget")
+CONTINUOUS_FIELDS = ("round_interval", "read_limit_mib", "quiesce", "snapshot_size", "pre_hook", "post_hook",
+                     "freeze_budget")
 ONLY_CONTINUOUS = "only for incremental sync until cutover (tick it, or leave this empty)"
 
 # friendlier words for the API's pattern rules (the rule itself stays the API's)
@@ -143,6 +145,8 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
                 errors.update(e.fields)
         if form.quiesce:
             p["Quiesce"] = form.quiesce
+        if form.snapshot_size:  # the API refuses it unless Quiesce is lvm, and says so beside the field
+            p["SnapshotSize"] = form.snapshot_size
         if form.pre_hook:
             p["PreHook"] = form.pre_hook
         if form.post_hook:

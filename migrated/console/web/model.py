@@ -80,7 +80,8 @@ class TaskView:
     continuous: bool = False  # incremental sync until cutover
     round_interval: int | None = None  # seconds between rounds (None: the agent's default, 60)
     read_limit_kbps: int | None = None  # source read limit during the rounds, KiB/s (None/0: unlimited)
-    quiesce: str = ""  # cutover: freeze | hooks | none ("" = the default, freeze)
+    quiesce: str = ""  # cutover: freeze | hooks | none | lvm ("" = the default, freeze)
+    snapshot_size: str = ""  # cutover with lvm: the snapshot's copy-on-write space ("" = the default, 10%ORIGIN)
     pre_hook: str = ""  # cutover: shell commands run as root on the source around the final pass
     post_hook: str = ""
     freeze_budget: int | None = None  # cutover: seconds (None: the agent's default, 30)
@@ -106,7 +107,8 @@ class TaskForm:
     round_interval: str = ""  # seconds between rounds, "" = default (60)
     read_limit_mib: str = ""  # source read limit during the rounds, MiB/s, "" = unlimited
     # "Advanced: cutover" (continuous only)
-    quiesce: str = ""  # "" = default (freeze) | freeze | hooks | none
+    quiesce: str = ""  # "" = default (freeze) | freeze | hooks | none | lvm
+    snapshot_size: str = ""  # quiesce lvm only: e.g. 2G or 20%ORIGIN, "" = default (10%ORIGIN)
     pre_hook: str = ""
     post_hook: str = ""
     freeze_budget: str = ""  # seconds, "" = default (30)

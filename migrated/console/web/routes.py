@@ -356,7 +356,7 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     host_key=s("host_key"), disks=disks, continuous=post.get("continuous") == "on",
                     round_interval=s("round_interval"), read_limit_mib=s("read_limit_mib"), quiesce=s("quiesce"),
                     pre_hook=s("pre_hook"), post_hook=s("post_hook"),
-                    freeze_budget=s("freeze_budget"))
+                    freeze_budget=s("freeze_budget"), snapshot_size=s("snapshot_size"))
 
 
 def _default_form(source: SourceView) -> TaskForm:
