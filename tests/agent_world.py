@@ -136,6 +136,26 @@ class World:
         })
         return task["TaskId"]
 
+    def create_continuous_task(self, source_id: str, name: str, **extra: Any) -> str:
+        """A ContinuousSync task of this world's disk onto its target, rounds 1 s apart unless
+        ``extra`` says otherwise (any CreateTask parameter)."""
+        return self.admin_call("CreateTask", {
+            "SourceId": source_id, "TaskName": name, "Region": "ap-guangzhou", "TargetType": "image",
+            "ImageName": f"{name}-image", "TargetSsh": f"{self.sshd.user}@127.0.0.1:{self.sshd.port}",
+            "TargetHostKey": self.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
+            "DiskMapping": [{"Source": str(self.source), "Target": str(self.target)}], **extra,
+        })["TaskId"]
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``migratectl --socket SOCKET ARGS`` as a subprocess."""
+        return subprocess.run([*cli("migratectl"), "--socket", str(self.socket), *args],
+                              env=repo_env(COLUMNS="200"), capture_output=True, text=True, timeout=60)
+
+    def events(self, task_id: str) -> list[str]:
+        """The task's event messages as the console shows them."""
+        return [e["Message"] for e in
+                self.admin_call("DescribeTaskEvents", {"TaskId": task_id, "Limit": 1000})["EventSet"]]
+
     def task(self, task_id: str) -> dict[str, Any]:
         return self.admin_call("DescribeTasks", {"TaskIds": [task_id]})["TaskSet"][0]
 

@@ -30,7 +30,6 @@ import pytest
 
 from migrated.model.checkpoint import Checkpoint
 from tests.agent_world import World, ctl_status, make_world, wait_for
-from tests.conftest import cli, repo_env
 from tests.loopfs import (
     FrozenRecorder,
     LoopFs,
@@ -78,24 +77,6 @@ def busy(tmp_path: Path, sshd) -> Iterator[Busy]:
             w.console.stop()
 
 
-def ctl(w: World, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cli("migratectl"), "--socket", str(w.socket), *args], env=repo_env(COLUMNS="200"),
-                          capture_output=True, text=True, timeout=60)
-
-
-def create_task(w: World, source_id: str, name: str, **extra: Any) -> str:
-    return w.admin_call("CreateTask", {
-        "SourceId": source_id, "TaskName": name, "Region": "ap-guangzhou", "TargetType": "image",
-        "ImageName": f"{name}-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-        "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
-        "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}], **extra,
-    })["TaskId"]
-
-
-def events(w: World, task_id: str) -> list[str]:
-    return [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id})["EventSet"]]
-
-
 def log_events(w: World, event: str, offset: int = 0) -> list[dict[str, Any]]:
     """The daemon's JSON log lines for ``event`` from character ``offset`` on (whole lines only)."""
     out = []
@@ -114,7 +95,7 @@ def start_rounds(b: Busy, name: str, **extra: Any) -> str:
     w = b.w
     source_id = w.register()
     assert (b.state / "source.json").exists()  # the state dir really is on the busy filesystem
-    return create_task(w, source_id, name, **extra)
+    return w.create_continuous_task(source_id, name, **extra)
 
 
 def check_target(b: Busy, record: dict[str, str] | None, tmp: Path) -> None:
@@ -138,15 +119,15 @@ def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tm
         wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 3,
                  "the full pass and two rounds", timeout=180)
         # lifting the limit live holds for the rounds after it (it used to come back at the next round)
-        r = ctl(w, "bandwidth", "0")
+        r = w.ctl("bandwidth", "0")
         assert r.returncode == 0, r.stderr
         mark = len(w.daemon_log())
         starts = wait_for(lambda: log_events(w, "sync_start", mark), "a round to start after the limit was lifted")
         assert starts[0]["bwlimit"] is None, starts[0]
-        r = ctl(w, "bandwidth", "4M")  # slow again: the recorder reads every file while frozen
+        r = w.ctl("bandwidth", "4M")  # slow again: the recorder reads every file while frozen
         assert r.returncode == 0, r.stderr
         rec.start()
-        r = ctl(w, "cutover")
+        r = w.ctl("cutover")
         assert r.returncode == 0, r.stderr
         wait_for(lambda: w.task(task_id)["State"] in ("success", "failed"), "the cutover to end", timeout=180)
         rec.done.set()
@@ -161,7 +142,7 @@ def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tm
         assert downtime is not None and 0 < downtime < 30
         local = ctl_status(w.socket)["task"]
         assert local["state"] == "success" and local["downtime_seconds"] == pytest.approx(downtime, abs=0.01)
-        evs = events(w, task_id)
+        evs = w.events(task_id)
         assert any(f"cutover: final pass with the source quiesced (freeze: {b.fs.mountpoint})" in m for m in evs), evs
         assert any(m.startswith("cutover done: downtime") and "blocks verified" in m for m in evs), evs
         # one freeze, thawed because the daemon said so (not by the guardian's budget)
@@ -201,7 +182,7 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
         wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 2,
                  "the full pass and a round", timeout=180)
         # a slow link from now on: the final pass stays frozen long enough to be caught in the act
-        r = ctl(w, "bandwidth", "256K")
+        r = w.ctl("bandwidth", "256K")
         assert r.returncode == 0, r.stderr
         cut = w.admin_call("CutoverTask", {"TaskId": task_id})
         assert cut["CommandId"]
@@ -240,7 +221,7 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
         rec.start()
         daemon = w.daemon()
         wait_for(lambda: ctl_status(w.socket, allow_down=True).get("task"), "the restarted daemon's socket")
-        r = ctl(w, "bandwidth", "0")  # the fast link again, for the final pass after the restart
+        r = w.ctl("bandwidth", "0")  # the fast link again, for the final pass after the restart
         assert r.returncode == 0, r.stderr
         wait_for(lambda: w.task(task_id)["State"] in ("success", "failed"), "the cutover after the restart",
                  timeout=180)
@@ -256,7 +237,7 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
         lines = guardian_lines(w)
         assert len(lines) == 2 and lines[1].endswith("(told)"), lines
         assert rec.freezes_seen == 1
-        evs = events(w, task_id)
+        evs = w.events(task_id)
         assert any(m.startswith("cutover done: downtime") for m in evs), evs
         assert staging_dirs(killed) == []  # the next cutover swept a dead daemon's copy away
     finally:

@@ -10,14 +10,12 @@ source as it was at the cutover (nothing writes it after the cutover request her
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.agent_world import World, ctl_status, make_world, wait_for
-from tests.conftest import cli, repo_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -31,11 +29,6 @@ def world(tmp_path: Path, sshd) -> Iterator[World]:
         yield w
     finally:
         w.console.stop()
-
-
-def ctl(w: World, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cli("migratectl"), "--socket", str(w.socket), *args], env=repo_env(COLUMNS="200"),
-                          capture_output=True, text=True, timeout=60)
 
 
 def scribble(path: Path, offset: int, n: int) -> bytes:
@@ -52,14 +45,9 @@ def test_continuous_rounds_then_cutover(world: World) -> None:
     daemon = w.daemon()
     try:
         w.wait_daemon_online()
-        task_id = w.admin_call("CreateTask", {
-            "SourceId": source_id, "TaskName": "rounds", "Region": "ap-guangzhou", "TargetType": "image",
-            "ImageName": "rounds-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-            "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
-            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
-        })["TaskId"]
+        task_id = w.create_continuous_task(source_id, "rounds")
         # not syncing yet: the console refuses a cutover, and so does the daemon (no task yet)
-        r = ctl(w, "cutover")
+        r = w.ctl("cutover")
         assert r.returncode == 2 and "no task on this agent" in r.stderr
 
         w.admin_call("StartTask", {"TaskId": task_id})
@@ -79,7 +67,7 @@ def test_continuous_rounds_then_cutover(world: World) -> None:
         local = ctl_status(w.socket)["task"]
         assert local["state"] == "syncing" and local["round"] >= 2 and local["lag_seconds"] is not None
         assert local["forecast_seconds"] is not None and local["advice"] in ("keep-going", "cutover")
-        shown = ctl(w, "status")
+        shown = w.ctl("status")
         assert shown.returncode == 0, shown.stderr
         assert "round " in shown.stdout
         assert "per round" in shown.stdout and "forecast of the final pass" in shown.stdout, shown.stdout
@@ -88,7 +76,7 @@ def test_continuous_rounds_then_cutover(world: World) -> None:
         # pause while syncing -> paused at a checkpoint; start -> rounds again
         w.admin_call("PauseTask", {"TaskId": task_id})
         wait_for(lambda: w.task(task_id)["State"] == "paused", "paused")
-        r = ctl(w, "cutover")
+        r = w.ctl("cutover")
         assert r.returncode == 2 and "cutover is allowed when syncing" in r.stderr
         w.admin_call("StartTask", {"TaskId": task_id})
         before = w.task(task_id)["Progress"]["Round"]
@@ -96,7 +84,7 @@ def test_continuous_rounds_then_cutover(world: World) -> None:
         wait_for(lambda: w.task(task_id)["State"] == "syncing" and w.task(task_id)["Progress"]["Round"] > before,
                  "the rounds to continue after the pause")
 
-        r = ctl(w, "cutover")
+        r = w.ctl("cutover")
         assert r.returncode == 0, r.stderr
         assert "cutover after the round in progress" in r.stdout
         wait_for(lambda: w.task(task_id)["State"] == "success", "success after the cutover", timeout=120)
@@ -121,12 +109,7 @@ def test_kill9_while_syncing_then_console_cutover(world: World) -> None:
     daemon = w.daemon()
     try:
         w.wait_daemon_online()
-        task_id = w.admin_call("CreateTask", {
-            "SourceId": source_id, "TaskName": "kill", "Region": "ap-guangzhou", "TargetType": "image",
-            "ImageName": "kill-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-            "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
-            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
-        })["TaskId"]
+        task_id = w.create_continuous_task(source_id, "kill")
         w.admin_call("StartTask", {"TaskId": task_id})
         wait_for(lambda: w.task(task_id)["State"] == "syncing" and (w.task(task_id)["Progress"]["Round"] or 0) >= 2,
                  "rounds")

@@ -57,12 +57,7 @@ def test_daemon_without_cap_sys_admin_refuses_a_freeze_cutover_at_start(tmp_path
             daemon = w.daemon(prefix=("setpriv", "--bounding-set", "-sys_admin", "--"))
             try:
                 w.wait_daemon_online()
-                task_id = w.admin_call("CreateTask", {
-                    "SourceId": source_id, "TaskName": "nocap", "Region": "ap-guangzhou", "TargetType": "image",
-                    "ImageName": "nocap-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-                    "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
-                    "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
-                })["TaskId"]
+                task_id = w.create_continuous_task(source_id, "nocap")
                 w.admin_call("StartTask", {"TaskId": task_id})
                 wait_for(lambda: w.task(task_id)["State"] == "failed", "the task to be refused")
                 msg = w.task(task_id)["Message"]

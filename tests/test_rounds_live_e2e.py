@@ -8,14 +8,12 @@ live change reaches the running rounds: the assertions count rounds, they never 
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.agent_world import World, ctl_status, make_world, wait_for
-from tests.conftest import cli, repo_env
 from tests.test_continuous_e2e import scribble
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -32,15 +30,6 @@ def world(tmp_path: Path, sshd) -> Iterator[World]:
         w.console.stop()
 
 
-def ctl(w: World, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cli("migratectl"), "--socket", str(w.socket), *args], env=repo_env(COLUMNS="200"),
-                          capture_output=True, text=True, timeout=60)
-
-
-def events(w: World, task_id: str) -> list[str]:
-    return [e["Message"] for e in w.admin_call("DescribeTaskEvents", {"TaskId": task_id, "Limit": 1000})["EventSet"]]
-
-
 def rounds(w: World, task_id: str) -> int:
     return int(w.task(task_id)["Progress"]["Round"] or 0)
 
@@ -52,16 +41,11 @@ def test_cutover_options_and_live_round_changes(world: World) -> None:
     pre, post = w.tmp / "pre-hook-ran", w.tmp / "post-hook-ran"
     try:
         w.wait_daemon_online()
-        r = ctl(w, "set", "--round-interval", "5")
+        r = w.ctl("set", "--round-interval", "5")
         assert r.returncode == 2 and "no task on this agent" in r.stderr, r.stderr
-        task_id = w.admin_call("CreateTask", {
-            "SourceId": source_id, "TaskName": "live", "Region": "ap-guangzhou", "TargetType": "image",
-            "ImageName": "live-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-            "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 600,
-            "Quiesce": "hooks", "PreHook": f"PASSWORD={SECRET} true && touch {pre}",
-            "PostHook": f"touch {post} # {SECRET}", "FreezeBudgetSeconds": 60,
-            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
-        })["TaskId"]
+        task_id = w.create_continuous_task(
+            source_id, "live", RoundIntervalSeconds=600, Quiesce="hooks", FreezeBudgetSeconds=60,
+            PreHook=f"PASSWORD={SECRET} true && touch {pre}", PostHook=f"touch {post} # {SECRET}")
         view = w.task(task_id)
         assert (view["Quiesce"], view["FreezeBudgetSeconds"], view["RoundIntervalSeconds"]) == ("hooks", 60, 600)
         w.admin_call("StartTask", {"TaskId": task_id})
@@ -79,14 +63,14 @@ def test_cutover_options_and_live_round_changes(world: World) -> None:
         scribble(w.source, 2 << 20, 64 << 10)
         wait_for(lambda: rounds(w, task_id) >= 3, "rounds at the console's new 1 s interval")
         wait_for(lambda: w.task(task_id)["Progress"]["RoundIntervalSeconds"] == 1, "the console to show 1 s")
-        assert any(m.startswith("round interval 600 -> 1 s (by console)") for m in events(w, task_id))
+        assert any(m.startswith("round interval 600 -> 1 s (by console)") for m in w.events(task_id))
 
         # migratectl: back to 600 s with a read limit; kept across a daemon restart
-        r = ctl(w, "set", "--round-interval", "10m", "--read-limit", "20MiB", "--json")
+        r = w.ctl("set", "--round-interval", "10m", "--read-limit", "20MiB", "--json")
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert "round interval 1 -> 600 s" in out["message"] and "20.0 MiB/s" in out["message"], out
-        shown = ctl(w, "status")
+        shown = w.ctl("status")
         assert "a round every 600 s, source read limit 20.0 MiB/s" in shown.stdout, shown.stdout
         wait_for(lambda: (w.task(task_id)["Progress"]["RoundIntervalSeconds"],
                           w.task(task_id)["Progress"]["ReadLimitKBps"]) == (600, 20480),
@@ -100,7 +84,7 @@ def test_cutover_options_and_live_round_changes(world: World) -> None:
         before = rounds(w, task_id)
 
         # migratectl shortens it again: rounds go on
-        r = ctl(w, "set", "--round-interval", "1", "--read-limit", "unlimited")
+        r = w.ctl("set", "--round-interval", "1", "--read-limit", "unlimited")
         assert r.returncode == 0 and "round interval 600 -> 1 s" in r.stdout, r.stdout + r.stderr
         scribble(w.source, 4 << 20, 64 << 10)
         wait_for(lambda: rounds(w, task_id) >= before + 2, "rounds at migratectl's new 1 s interval")
@@ -111,10 +95,10 @@ def test_cutover_options_and_live_round_changes(world: World) -> None:
         wait_for(lambda: w.task(task_id)["State"] == "success", "success after the cutover", timeout=120)
         assert pre.exists() and post.exists(), "both hooks ran on the source"
         assert w.target.read_bytes() == w.source.read_bytes()
-        msgs = events(w, task_id)
+        msgs = w.events(task_id)
         assert any(m.startswith("cutover: pre hook exited with status 0") for m in msgs), msgs
         assert any(m.startswith("cutover: post hook exited with status 0") for m in msgs), msgs
-        r = ctl(w, "set", "--round-interval", "5")
+        r = w.ctl("set", "--round-interval", "5")
         assert r.returncode == 2 and "is success; nothing to change" in r.stderr, r.stderr
     finally:
         rc = daemon.stop()
@@ -122,7 +106,7 @@ def test_cutover_options_and_live_round_changes(world: World) -> None:
     # hooks run as root and may hold passwords: never in the daemon's log or the task's events
     assert SECRET not in w.daemon_log()
     assert SECRET not in (w.tmp / "console.log").read_text(errors="replace")
-    assert not any(SECRET in m for m in events(w, task_id))
+    assert not any(SECRET in m for m in w.events(task_id))
 
 
 def test_a_failing_hook_fails_the_cutover_without_telling_its_secret(world: World) -> None:
@@ -134,14 +118,9 @@ def test_a_failing_hook_fails_the_cutover_without_telling_its_secret(world: Worl
     post = w.tmp / "post-hook-ran"
     try:
         w.wait_daemon_online()
-        task_id = w.admin_call("CreateTask", {
-            "SourceId": source_id, "TaskName": "badhook", "Region": "ap-guangzhou", "TargetType": "image",
-            "ImageName": "badhook-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-            "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
-            "Quiesce": "hooks", "PreHook": f"echo 'login failed for {SECRET}' >&2; exit 3",
-            "PostHook": f"echo {SECRET}; touch {post}; exit 4",
-            "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
-        })["TaskId"]
+        task_id = w.create_continuous_task(
+            source_id, "badhook", Quiesce="hooks",
+            PreHook=f"echo 'login failed for {SECRET}' >&2; exit 3", PostHook=f"echo {SECRET}; touch {post}; exit 4")
         w.admin_call("StartTask", {"TaskId": task_id})
         wait_for(lambda: w.task(task_id)["State"] == "syncing", "the rounds")
         w.admin_call("CutoverTask", {"TaskId": task_id})
@@ -156,7 +135,7 @@ def test_a_failing_hook_fails_the_cutover_without_telling_its_secret(world: Worl
     assert rc == 0, w.daemon_log()[-3000:]
     assert SECRET not in w.daemon_log()
     assert SECRET not in (w.tmp / "console.log").read_text(errors="replace")
-    shown = [view["Message"], *events(w, task_id)]
+    shown = [view["Message"], *w.events(task_id)]
     assert not any(SECRET in m for m in shown), shown
 
 
@@ -170,13 +149,7 @@ def test_hooks_are_refused_unless_the_agent_allows_them(tmp_path: Path, sshd) ->
         daemon = w.daemon()
         try:
             w.wait_daemon_online()
-            task_id = w.admin_call("CreateTask", {
-                "SourceId": source_id, "TaskName": "nohooks", "Region": "ap-guangzhou", "TargetType": "image",
-                "ImageName": "nohooks-image", "TargetSsh": f"{w.sshd.user}@127.0.0.1:{w.sshd.port}",
-                "TargetHostKey": w.sshd.host_key_line, "ContinuousSync": True, "RoundIntervalSeconds": 1,
-                "Quiesce": "hooks", "PreHook": f"touch {ran}",
-                "DiskMapping": [{"Source": str(w.source), "Target": str(w.target)}],
-            })["TaskId"]
+            task_id = w.create_continuous_task(source_id, "nohooks", Quiesce="hooks", PreHook=f"touch {ran}")
             w.admin_call("StartTask", {"TaskId": task_id})
             wait_for(lambda: w.task(task_id)["State"] == "failed", "the task to be refused")
             msg = w.task(task_id)["Message"]
