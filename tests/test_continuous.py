@@ -37,11 +37,13 @@ from tests.loopfs import (
 
 async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, *extra: str, state: Path,
                   until_stderr: str | None = None, then_signal: int = signal.SIGTERM,
-                  timeout: float = 240) -> tuple[int, dict | None, str]:
+                  timeout: float = 240, env: dict[str, str] | None = None) -> tuple[int, dict | None, str]:
+    """``migrated sync --continuous SRC DST EXTRA...`` as a subprocess: (exit code, its --json summary,
+    its stderr). ``until_stderr``: send ``then_signal`` once a stderr line contains it."""
     args = [*cli("migrated"), "sync", src, sshd.target(dst), *sshd.ssh_args(), "--state-dir", str(state),
             "--recv-command", "upload", "--json", "--continuous", *extra]
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=repo_env())
+                                                stderr=asyncio.subprocess.PIPE, env=env or repo_env())
     err_lines: list[str] = []
     signalled = False
 

@@ -44,6 +44,7 @@ from tests.loopfs import (
     wchan,
     writer_process,
 )
+from tests.test_continuous import run_cli as continuous_run_cli
 
 VG, LV = "vg0", "data"
 
@@ -79,37 +80,9 @@ def entries(log: list[dict], cmd: str) -> list[dict]:
 async def run_cli(sshd: AsyncSSHD, src: str, dst: Path, env: dict[str, str], *extra: str, state: Path,
                   until_stderr: str | None = None, then_signal: int = signal.SIGTERM,
                   timeout: float = 240) -> tuple[int, dict | None, str]:
-    args = [*cli("migrated"), "sync", src, sshd.target(dst), *sshd.ssh_args(), "--state-dir", str(state),
-            "--recv-command", "upload", "--json", "--continuous", "--quiesce", "lvm", *extra]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=env)
-    err_lines: list[str] = []
-
-    async def read_err() -> None:
-        assert proc.stderr is not None
-        signalled = False
-        while line := await proc.stderr.readline():
-            text = line.decode(errors="replace")
-            err_lines.append(text)
-            if until_stderr and until_stderr in text and not signalled:
-                signalled = True
-                proc.send_signal(then_signal)
-
-    async def collect() -> bytes:
-        assert proc.stdout is not None
-        out, _, _ = await asyncio.gather(proc.stdout.read(), read_err(), proc.wait())
-        return out
-
-    try:
-        out = await asyncio.wait_for(collect(), timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    err = "".join(err_lines)
-    print(err[-4000:])
-    text = out.decode().strip()
-    return proc.returncode or 0, json.loads(text.splitlines()[-1]) if text else None, err
+    """test_continuous.run_cli with ``--quiesce lvm`` and the fake lvm2 on PATH (``env``)."""
+    return await continuous_run_cli(sshd, src, dst, "--quiesce", "lvm", *extra, state=state, env=env,
+                                    until_stderr=until_stderr, then_signal=then_signal, timeout=timeout)
 
 
 class BlockedWatch(threading.Thread):

@@ -452,38 +452,38 @@ async def delete_confirm(request: web.Request, session: Session) -> web.StreamRe
                   denied="" if allowed else str(ActionDenied(Action.DELETE, task.state)))
 
 
+async def _change_task(session: Session, task_id: str, change: Awaitable[Any], what: str, done: str,
+                       event: str) -> web.StreamResponse:
+    """Run a task change from a form; flash ``done`` or why ``what`` was not changed; back to the task."""
+    try:
+        await change
+    except FormErrors as e:
+        session.flash.append(("error", f"{what} not changed: {'; '.join(e.fields.values()) or e.general}"))
+    except MigratedError as e:
+        session.flash.append(("error", f"{what} not changed: {e}"))
+    else:
+        log.info(event, task_id=task_id, secret_id=session.secret_id)
+        session.flash.append(("ok", done))
+    return _redirect(f"/ui/tasks/{quote(task_id)}")
+
+
 @page
 async def task_bandwidth(request: web.Request, session: Session) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     post = await request.post()
-    try:
-        await request.app[BACKEND].set_bandwidth(task_id, str(post.get("bandwidth_mbps", "")),
-                                                 actor=session.secret_id)
-    except FormErrors as e:
-        session.flash.append(("error", f"Bandwidth limit not changed: {'; '.join(e.fields.values()) or e.general}"))
-    except MigratedError as e:
-        session.flash.append(("error", f"Bandwidth limit not changed: {e}"))
-    else:
-        log.info("web.task_bandwidth", task_id=task_id, secret_id=session.secret_id)
-        session.flash.append(("ok", "Bandwidth limit changed; a running task applies it at once."))
-    return _redirect(f"/ui/tasks/{quote(task_id)}")
+    change = request.app[BACKEND].set_bandwidth(task_id, str(post.get("bandwidth_mbps", "")), actor=session.secret_id)
+    return await _change_task(session, task_id, change, "Bandwidth limit",
+                              "Bandwidth limit changed; a running task applies it at once.", "web.task_bandwidth")
 
 
 @page
 async def task_rounds(request: web.Request, session: Session) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     post = await request.post()
-    try:
-        await request.app[BACKEND].set_rounds(task_id, str(post.get("round_interval", "")),
-                                              str(post.get("read_limit_mib", "")), actor=session.secret_id)
-    except FormErrors as e:
-        session.flash.append(("error", f"Rounds not changed: {'; '.join(e.fields.values()) or e.general}"))
-    except MigratedError as e:
-        session.flash.append(("error", f"Rounds not changed: {e}"))
-    else:
-        log.info("web.task_rounds", task_id=task_id, secret_id=session.secret_id)
-        session.flash.append(("ok", "Rounds changed; running rounds apply it at once."))
-    return _redirect(f"/ui/tasks/{quote(task_id)}")
+    change = request.app[BACKEND].set_rounds(task_id, str(post.get("round_interval", "")),
+                                             str(post.get("read_limit_mib", "")), actor=session.secret_id)
+    return await _change_task(session, task_id, change, "Rounds", "Rounds changed; running rounds apply it at once.",
+                              "web.task_rounds")
 
 
 @page
