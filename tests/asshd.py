@@ -138,6 +138,8 @@ class AsyncSSHD:
         for p in self.children:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(p.wait(), 5)
+            if p.stdin is not None:  # a handler cancelled before its pump closed it: close it here,
+                p.stdin.close()     # or the transport is collected after the loop is gone (a warning)
 
     def ssh_args(self) -> list[str]:
         """CLI arguments that connect to this server."""
