@@ -279,3 +279,45 @@ def test_a_staging_dir_of_a_dead_process_is_swept_and_a_live_ones_kept(tmp_path:
         (d / "x.hashes").write_bytes(b"h")
     assert StagedDir.sweep(tmp_path) == [gone]
     assert not gone.exists() and live.exists() and other.exists()
+
+
+@loop_test
+def test_one_shot_task_with_a_consistent_finish_freezes_once_after_its_full_pass(busy: Busy, tmp_path: Path) -> None:
+    """CreateTask ConsistentFinish (no ContinuousSync): full pass of the busy ext4, then at once the
+    cutover: frozen final pass, every block verified, success with its downtime. No rounds, never
+    *syncing*; the target is the filesystem as it was at the freeze."""
+    b, w = busy, busy.w
+    task_id = start_rounds(b, "finish", ContinuousSync=False, ConsistentFinish=True, RoundIntervalSeconds=None,
+                           BandwidthLimitKBps=4096)  # slow enough for the recorder to read every file while frozen
+    view = w.task(task_id)
+    assert (view["ContinuousSync"], view["ConsistentFinish"]) == (False, True)
+    daemon = w.daemon()
+    rec = FrozenRecorder(b.writer.pid, b.fs.mountpoint)
+    states: set[str] = set()
+    try:
+        w.wait_daemon_online()
+        rec.start()
+        w.admin_call("StartTask", {"TaskId": task_id})
+
+        def finished() -> bool:
+            states.add(w.task(task_id)["State"])
+            return w.task(task_id)["State"] in ("success", "failed")
+
+        wait_for(finished, "the full pass and the cutover", timeout=240)
+        rec.done.set()
+        rec.join()
+        final = w.task(task_id)
+        assert final["State"] == "success", (final, w.daemon_log()[-4000:])
+        assert "syncing" not in states, states
+        assert 0 < final["Progress"]["DowntimeSeconds"] < 30
+        evs = w.events(task_id)
+        assert any(m.startswith("full pass: ") and m.endswith("cutting over now (consistent finish)") for m in evs), evs
+        assert any(m.startswith("cutover done: downtime") and "blocks verified" in m for m in evs), evs
+        assert not any(m.startswith("round ") for m in evs), evs
+        assert rec.freezes_seen == 1
+        assert can_write(b.fs.mountpoint, timeout=30)
+    finally:
+        rec.done.set()
+        rc = daemon.stop()
+    assert rc == 0, w.daemon_log()[-3000:]
+    check_target(b, rec.record, tmp_path)

@@ -49,7 +49,8 @@ def refusal(**over: object) -> tuple[str, str]:
     ({"ContinuousSync": True, "Quiesce": "freeze", "SnapshotSize": "2G"}, "InvalidParameterValue",
      "parameter SnapshotSize: only with Quiesce lvm"),
     ({"SnapshotSize": "2G"}, "InvalidParameterValue", "parameter SnapshotSize: only for a task with ContinuousSync"),
-    ({"Quiesce": "lvm"}, "InvalidParameterValue", "parameter Quiesce: only for a task with ContinuousSync true"),
+    ({"Quiesce": "lvm"}, "InvalidParameterValue",
+     "parameter Quiesce: only for a task with ContinuousSync or ConsistentFinish true"),
     ({"ContinuousSync": True, "FreezeBudgetSeconds": 0}, "InvalidParameterValue", "parameter FreezeBudgetSeconds"),
     ({"ContinuousSync": True, "FreezeBudgetSeconds": 601}, "InvalidParameterValue",
      "parameter FreezeBudgetSeconds: Input should be less than or equal to 600"),
@@ -61,9 +62,19 @@ def refusal(**over: object) -> tuple[str, str]:
      f"parameter PreHook: String should have at most {P.MAX_HOOK_CHARS} characters"),
     ({"ContinuousSync": True, "PreHook": "   "}, "InvalidParameterValue", "parameter PreHook: must not be blank"),
     ({"ContinuousSync": True, "PreHook": ""}, "InvalidParameterValue", "parameter PreHook"),
-    ({"Quiesce": "freeze"}, "InvalidParameterValue", "parameter Quiesce: only for a task with ContinuousSync true"),
-    ({"PreHook": "true"}, "InvalidParameterValue", "parameter PreHook: only for a task with ContinuousSync true"),
+    ({"Quiesce": "freeze"}, "InvalidParameterValue",
+     "parameter Quiesce: only for a task with ContinuousSync or ConsistentFinish true"),
+    ({"PreHook": "true"}, "InvalidParameterValue",
+     "parameter PreHook: only for a task with ContinuousSync or ConsistentFinish true"),
     ({"ReadLimitKBps": 100}, "InvalidParameterValue", "parameter ReadLimitKBps: only for a task with ContinuousSync"),
+    # a one-shot task with a consistent finish takes the cutover options, not the round ones
+    ({"ConsistentFinish": True, "RoundIntervalSeconds": 30}, "InvalidParameterValue",
+     "parameter RoundIntervalSeconds: only for a task with ContinuousSync true"),
+    ({"ConsistentFinish": True, "ReadLimitKBps": 100}, "InvalidParameterValue",
+     "parameter ReadLimitKBps: only for a task with ContinuousSync true"),
+    ({"ConsistentFinish": True, "ContinuousSync": True}, "InvalidParameterValue",
+     "parameter ConsistentFinish: a ContinuousSync task always ends with a cutover"),
+    ({"ConsistentFinish": True, "Quiesce": "hooks"}, "InvalidParameterValue", "parameter PreHook: required"),
     ({"ContinuousSync": True, "Freeze": True}, "UnknownParameter", "unknown parameter Freeze"),
 ])
 def test_create_task_cutover_options_refused_with_the_parameter_named(over, code, words):
@@ -72,6 +83,9 @@ def test_create_task_cutover_options_refused_with_the_parameter_named(over, code
 
 
 def test_create_task_cutover_options_accepted():
+    finish = P.CreateTask.model_validate({**BASE, "ConsistentFinish": True, "Quiesce": "freeze",
+                                         "FreezeBudgetSeconds": 20, "PreHook": "systemctl stop app"})
+    assert (finish.ConsistentFinish, finish.ContinuousSync, finish.FreezeBudgetSeconds) == (True, False, 20)
     p = P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "Quiesce": "hooks",
                                      "PreHook": "systemctl stop app", "PostHook": "systemctl start app",
                                      "FreezeBudgetSeconds": 600})
@@ -222,6 +236,22 @@ async def test_api_cutover_options_and_live_rounds(console):
         assert "not a continuous task (created without ContinuousSync)" in ei.value.message
         (view,) = (await admin.call("DescribeTasks", {"TaskIds": [one]}))["TaskSet"]
         assert view["Quiesce"] is None and view["PreHook"] is None and view["ContinuousSync"] is False
+        assert view["ConsistentFinish"] is False
+
+        # a one-shot task with a consistent finish: its cutover options reach the agent; no rounds to change
+        await admin.call("DeleteTask", {"TaskId": one})
+        fin = (await admin.call("CreateTask", task_params(src, ConsistentFinish=True, Quiesce="freeze",
+                                                          FreezeBudgetSeconds=12)))["TaskId"]
+        (view,) = (await admin.call("DescribeTasks", {"TaskIds": [fin]}))["TaskSet"]
+        assert (view["ContinuousSync"], view["ConsistentFinish"], view["FreezeBudgetSeconds"]) == (False, True, 12)
+        with pytest.raises(ConsoleError) as ei:
+            await admin.call("ModifyTaskRounds", {"TaskId": fin, "RoundIntervalSeconds": 5})
+        assert ei.value.code == "FailedOperation.NotContinuous"
+        await admin.call("StartTask", {"TaskId": fin})
+        cmds = (await agent.call("PollCommands", {"SourceId": src, "WaitSeconds": 1}))["Commands"]
+        start = [c for c in cmds if c["Action"] == "start"][-1]
+        assert (start["Task"]["ContinuousSync"], start["Task"]["ConsistentFinish"]) == (False, True)
+        assert (start["Task"]["Quiesce"], start["Task"]["FreezeBudgetSeconds"]) == ("freeze", 12)
 
 
 async def test_api_lvm_quiesce_reaches_the_agent(console):
@@ -338,5 +368,17 @@ def test_console_cli_cutover_options_and_set_rounds(tmp_path):
                                                                                       *c).stdout
         view = json.loads(run_cli("tasks", "show", lvm_id, "--json", *c).stdout)
         assert (view["Quiesce"], view["SnapshotSize"]) == ("lvm", "20%ORIGIN")
+        assert run_cli("tasks", "delete", lvm_id, *c).returncode == 0
+
+        # a one-shot task with a consistent finish
+        r = run_cli(*create2, "--consistent-finish", "--round-interval", "30")
+        assert r.returncode == 2 and "a consistent finish has no rounds" in r.stderr, r.stderr
+        r = run_cli(*create2, "--consistent-finish", "--continuous")
+        assert r.returncode == 2 and "always ends with a cutover" in r.stderr, r.stderr
+        r = run_cli(*create2, "--consistent-finish", "--freeze-budget", "15", "--json")
+        assert r.returncode == 0, r.stderr
+        shown = run_cli("tasks", "show", json.loads(r.stdout)["TaskId"], *c).stdout
+        assert "Finish        consistent: cutover right after the full pass" in shown, shown
+        assert "quiesce freeze, freeze budget 15 s" in shown and "Continuous" not in shown, shown
     finally:
         assert proc.stop() == 0

@@ -171,3 +171,38 @@ async def test_lvm_snapshot_option_on_the_form_and_the_task_page(console: Consol
         async with s.get(task_url) as r:
             page = htmllib.unescape(await r.text())
         assert "quiesce: LVM snapshot (snapshot size 20%ORIGIN); freeze budget 30 s" in page
+
+
+async def test_consistent_finish_on_the_form_and_the_task_page(console: Console) -> None:  # noqa: F811
+    """The "Consistent finish" box: with the cutover options it makes a one-shot task that cuts over
+    right after its full pass; a round setting with it is refused beside that field; the task page
+    says so and offers no rounds form."""
+    agent_id, agent_key = await console.new_key("agent", "a")
+    async with console.client(agent_id, agent_key) as agent:
+        src = await register(agent)
+    url = f"{console.url}/ui/sources/{src}/new-task"
+    base = {"region": "ap-guangzhou", "name": "n1", "target_type": "image", "image_name": "img",
+            "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
+            "disk-0-target": "/dev/vda", "consistent_finish": "on"}
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        csrf = await page_csrf(s, url)
+        async with s.post(url, data={**base, "csrf": csrf, "round_interval": "30"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert error_beside(body, "round_interval").startswith("only for a task with ContinuousSync true")
+        assert 'name="consistent_finish" id="consistent_finish" checked' in body
+        async with s.post(url, data={**base, "csrf": csrf, "continuous": "on"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert "always ends with a cutover" in error_beside(body, "consistent_finish")
+        async with s.post(url, data={**base, "csrf": csrf, "freeze_budget": "12"}, allow_redirects=False) as r:
+            assert r.status == 303, await r.text()
+            task_url = f"{console.url}{r.headers['Location']}"
+        (view,) = (await console.admin_call("DescribeTasks", {"TaskIds": [task_url.rsplit("/", 1)[1]]}))["TaskSet"]
+        assert (view["ContinuousSync"], view["ConsistentFinish"], view["FreezeBudgetSeconds"]) == (False, True, 12)
+        async with s.get(task_url) as r:
+            page = htmllib.unescape(await r.text())
+        assert "Consistent finish" in page and "a cutover right after the full pass" in page
+        assert "quiesce: freeze (default); freeze budget 12 s" in page
+        assert 'id="rounds-form"' not in page

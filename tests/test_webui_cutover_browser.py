@@ -28,8 +28,15 @@ async def test_cutover_options_in_a_real_browser(console: Console, agent, page) 
     fieldset = page.locator("#cutover-options")
     await expect(fieldset).to_contain_text("Advanced: rounds and cutover")
     await expect(page.get_by_label("Freeze budget")).to_be_disabled()  # one-shot task: means nothing
+    # a consistent finish takes the cutover options, not the round ones
+    await page.get_by_label("Consistent finish").check()
+    await expect(page.get_by_label("Freeze budget")).to_be_enabled()
+    await expect(page.get_by_label("Seconds between rounds")).to_be_disabled()
+    await page.get_by_label("Consistent finish").uncheck()
+    await expect(page.get_by_label("Freeze budget")).to_be_disabled()
     await page.get_by_label("Incremental sync until cutover").check()
     await expect(page.get_by_label("Freeze budget")).to_be_enabled()
+    await expect(page.get_by_label("Seconds between rounds")).to_be_enabled()
     await fits_the_screen(page)
 
     await page.get_by_label("Destination region").fill("ap-guangzhou")

@@ -72,7 +72,14 @@ class Steer:
 
 
 def is_continuous(spec: dict[str, Any]) -> bool:
-    return bool(spec.get("ContinuousSync"))
+    """Run through the rounds-and-cutover engine: a ContinuousSync task, or a one-shot task with a
+    consistent finish (ConsistentFinish: the cutover right after the full pass, no rounds)."""
+    return bool(spec.get("ContinuousSync") or spec.get("ConsistentFinish"))
+
+
+def finishes_at_once(spec: dict[str, Any]) -> bool:
+    """ConsistentFinish without ContinuousSync: cut over as soon as the full pass is done."""
+    return bool(spec.get("ConsistentFinish")) and not spec.get("ContinuousSync")
 
 
 def carry(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +102,9 @@ def cutover(agent: Agent) -> str:
     t = agent.task
     if t is None:
         raise StateError("no task on this agent")
-    if not is_continuous(t.spec):
-        raise StateError(f"task {t.task_id} is not a continuous task (create it with ContinuousSync)")
+    if not is_continuous(t.spec) or finishes_at_once(t.spec):
+        raise StateError(f"task {t.task_id} is not a continuous task (create it with ContinuousSync)"
+                         + ("; it cuts over by itself when its full pass is done" if finishes_at_once(t.spec) else ""))
     if S(t.state) is not S.SYNCING:
         raise StateError(f"cannot cutover a task that is {t.state}; cutover is allowed when syncing")
     cc = getattr(agent, "_continuous", None)
@@ -119,7 +127,7 @@ def settings(t: TaskRecord) -> tuple[float, int | None]:
 
 def fill_settings(p: TaskProgress, t: TaskRecord) -> None:
     """Show the interval and the read limit in effect with a continuous task's progress."""
-    if is_continuous(t.spec):
+    if is_continuous(t.spec) and not finishes_at_once(t.spec):
         p.round_interval_seconds, p.read_limit_bps = settings(t)
 
 
@@ -130,7 +138,7 @@ def set_rounds(agent: Agent, interval: float | None, read_limit_kbps: int | None
     t = agent.task
     if t is None:
         raise StateError("no task on this agent")
-    if not is_continuous(t.spec):
+    if not is_continuous(t.spec) or finishes_at_once(t.spec):
         raise StateError(f"task {t.task_id} is not a continuous task (created without ContinuousSync): the round "
                          "interval and the source read limit apply only to continuous tasks")
     if S(t.state).finished:
@@ -224,8 +232,9 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
     cc = ContinuousControl(control)
     if getattr(control, "stop_requested", False):
         cc.stop(getattr(control, "stop_reason", "") or "stop requested")
-    if S(t.state) is S.VERIFYING:
-        cc.request_cutover()  # asked for before a restart or a failed attempt: not lost
+    at_once = finishes_at_once(t.spec)
+    if S(t.state) is S.VERIFYING or at_once:
+        cc.request_cutover()  # asked for before a restart or a failed attempt (not lost), or a consistent finish
     agent._continuous = cc
     agent._control = Steer(cc)
     index = {src: i for i, (src, _) in enumerate(mapping)}
@@ -248,6 +257,11 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
             text = (f"round {n}: {format_bytes(e['bytes_changed'])} changed, {format_bytes(e['bytes_sent'])} sent "
                     f"in {e['seconds']:.1f} s" + (f"; {e['message']}" if e.get("message") else ""))
             log.info("round done", task_id=t.task_id, round=n, changed=e["bytes_changed"], advice=e.get("advice"))
+            if S(t.state) is S.TRANSFERRING and at_once:
+                agent.event("info", f"full pass: {format_bytes(e['bytes_changed'])} changed, "
+                                    f"{format_bytes(e['bytes_sent'])} sent in {e['seconds']:.1f} s; cutting over now "
+                                    "(consistent finish)")
+                return
             if S(t.state) is S.TRANSFERRING:
                 agent.set_state(S.SYNCING, "rounds", ("rounds resumed from the checkpoint; " if base
                                                       else "full pass done; ") + text)

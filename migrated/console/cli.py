@@ -143,6 +143,30 @@ def rounds_line(p: dict[str, Any]) -> str:
         convergence=p.get("Convergence", ""), advice=p.get("Advice", ""), downtime_seconds=p.get("DowntimeSeconds")))
 
 
+def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> None:
+    """The rounds (ContinuousSync) and cutover lines of ``tasks show``."""
+    if t.get("ContinuousSync"):
+        every = t.get("RoundIntervalSeconds")
+        lines.append("Continuous    incremental rounds until cutover"
+                     + f", every {every if every is not None else 60} s"
+                     + (f", source read limit {t['ReadLimitKBps']} KB/s" if t.get("ReadLimitKBps") else ""))
+        now_every, now_limit = p.get("RoundIntervalSeconds"), p.get("ReadLimitKBps")
+        if now_every is not None:
+            lines.append(f"In effect     a round every {now_every:g} s, source read limit "
+                         + (f"{now_limit} KB/s" if now_limit else "unlimited") + " (as the agent last reported)")
+    hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
+    snap = (f" (snapshot size {t.get('SnapshotSize') or DEFAULT_SNAPSHOT_SIZE})"
+            if t.get("Quiesce") == "lvm" else "")
+    lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}{snap}, freeze budget "
+                 f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
+                 + " (--json shows the hook commands)" * bool(hooks))
+    rounds = rounds_line(p) if t.get("ContinuousSync") else ""
+    if rounds:
+        lines.append(f"Rounds        {rounds}")
+    elif p.get("DowntimeSeconds") is not None:
+        lines.append(f"Downtime      {p['DowntimeSeconds']:.2f} s (the freeze of the final pass)")
+
+
 def task_lines(t: dict[str, Any]) -> str:
     from migrated.model.status import format_duration
 
@@ -163,24 +187,11 @@ def task_lines(t: dict[str, Any]) -> str:
     if p["BytesTotal"]:
         lines.append(f"Progress      {p['Percent']:.1f}%  {_fmt_bytes(p['BytesDone'])} / {_fmt_bytes(p['BytesTotal'])}"
                      f"  {_fmt_bytes(p['RateBps'])}/s  ETA {format_duration(p['EtaSeconds'])}")
-    if t.get("ContinuousSync"):
-        every = t.get("RoundIntervalSeconds")
-        lines.append("Continuous    incremental rounds until cutover"
-                     + f", every {every if every is not None else 60} s"
-                     + (f", source read limit {t['ReadLimitKBps']} KB/s" if t.get("ReadLimitKBps") else ""))
-        now_every, now_limit = p.get("RoundIntervalSeconds"), p.get("ReadLimitKBps")
-        if now_every is not None:
-            lines.append(f"In effect     a round every {now_every:g} s, source read limit "
-                         + (f"{now_limit} KB/s" if now_limit else "unlimited") + " (as the agent last reported)")
-        hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
-        snap = (f" (snapshot size {t.get('SnapshotSize') or DEFAULT_SNAPSHOT_SIZE})"
-                if t.get("Quiesce") == "lvm" else "")
-        lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}{snap}, freeze budget "
-                     f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
-                     + " (--json shows the hook commands)" * bool(hooks))
-        rounds = rounds_line(p)
-        if rounds:
-            lines.append(f"Rounds        {rounds}")
+    if t.get("ConsistentFinish"):
+        lines.append("Finish        consistent: cutover right after the full pass (source quiesced for the final "
+                     "pass, every block verified)")
+    if t.get("ContinuousSync") or t.get("ConsistentFinish"):
+        _cutover_lines(t, p, lines)
     if t["Message"]:
         lines.append(f"Message       {t['Message']}")
     lines.append(f"Actions       {', '.join(t['AllowedActions']) or '(none)'}")
@@ -361,12 +372,19 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
                         "Quiesce": args.quiesce, "PreHook": _hook_arg(args.pre_hook, "--pre-hook"),
                         "PostHook": _hook_arg(args.post_hook, "--post-hook"), "FreezeBudgetSeconds": args.freeze_budget,
                         "SnapshotSize": args.snapshot_size}
+    if args.continuous and args.consistent_finish:
+        raise UsageError("--consistent-finish is for a one-shot task; a --continuous task always ends with a cutover")
     if args.continuous:
         params["ContinuousSync"] = True
         params.update({k: v for k, v in continuous_flags.items() if v is not None})
+    elif args.consistent_finish:
+        if args.round_interval is not None or args.read_limit is not None:
+            raise UsageError("--round-interval and --read-limit need --continuous (a consistent finish has no rounds)")
+        params["ConsistentFinish"] = True
+        params.update({k: v for k, v in continuous_flags.items() if v is not None})
     elif any(v is not None for v in continuous_flags.values()):
         raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook, --freeze-budget and "
-                         "--snapshot-size need --continuous")
+                         "--snapshot-size need --continuous (or, all but the first two, --consistent-finish)")
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -508,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk mapping, repeatable (default: system disk and every mounted disk)")
     t.add_argument("--continuous", action="store_true",
                    help="incremental sync until cutover: rounds after the full pass until 'tasks cutover'")
+    t.add_argument("--consistent-finish", action="store_true",
+                   help="one-shot task that ends with a cutover right after its full pass: the source quiesced "
+                        "for a short final pass, every block verified (takes the cutover options below)")
     t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (default 60)")
     t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit during the rounds, KB/s")
     t.add_argument("--quiesce", help="cutover: freeze (default), hooks, none, lvm (LVM snapshot of the source "

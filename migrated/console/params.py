@@ -30,6 +30,7 @@ MIN_FREEZE_BUDGET, MAX_FREEZE_BUDGET = 1, 600
 # CreateTask parameters that only a continuous task takes
 CONTINUOUS_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook",
                      "FreezeBudgetSeconds", "SnapshotSize")
+ROUND_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps")  # the rest is the cutover: ConsistentFinish takes it too
 
 
 def _one_line(v: str) -> str:
@@ -174,6 +175,9 @@ class CreateTask(_P):
     BandwidthLimitKBps: int = Field(0, ge=0, le=100 * 1024 * 1024)
     Checksum: bool = False
     ContinuousSync: bool = False  # incremental rounds after the full pass until CutoverTask
+    # a one-shot task that ends with a cutover (quiesced final pass, every block verified) right after
+    # its full pass; takes the cutover options below, not the round ones
+    ConsistentFinish: bool = False
     RoundIntervalSeconds: int | None = Field(None, ge=0, le=86400)  # pause between rounds (default 60)
     ReadLimitKBps: int | None = Field(None, ge=0, le=100 * 1024 * 1024)  # source read limit during the rounds
     # cutover options (continuous tasks only; see docs/consistency.md). Hooks are commands the agent
@@ -222,10 +226,15 @@ class CreateTask(_P):
 
     @model_validator(mode="after")
     def _cutover(self) -> CreateTask:
+        if self.ContinuousSync and self.ConsistentFinish:
+            raise ValueError("parameter ConsistentFinish: a ContinuousSync task always ends with a cutover; "
+                             "give one of the two")
         if not self.ContinuousSync:
-            given = [n for n in CONTINUOUS_PARAMS if getattr(self, n) is not None]
+            allowed = () if not self.ConsistentFinish else tuple(n for n in CONTINUOUS_PARAMS if n not in ROUND_PARAMS)
+            given = [n for n in CONTINUOUS_PARAMS if getattr(self, n) is not None and n not in allowed]
             if given:
-                raise ValueError(f"parameter {given[0]}: only for a task with ContinuousSync true")
+                what = "ContinuousSync true" if given[0] in ROUND_PARAMS else "ContinuousSync or ConsistentFinish true"
+                raise ValueError(f"parameter {given[0]}: only for a task with {what}")
         if self.SnapshotSize is not None and self.Quiesce != "lvm":
             raise ValueError("parameter SnapshotSize: only with Quiesce lvm (the LVM snapshot's copy-on-write "
                              "space); leave it out, or set Quiesce to lvm")

@@ -84,6 +84,17 @@ CMD_CUTOVER = "cutover"
 CMD_SET_ROUNDS = "set-rounds"  # Params: {RoundIntervalSeconds?, ReadLimitKBps?}
 
 
+
+def is_continuous(t: TaskRecord) -> bool:
+    """A ContinuousSync task (rounds until CutoverTask). Its options live in ``t.continuous``."""
+    return t.continuous is not None and not t.continuous.get("ConsistentFinish")
+
+
+def consistent_finish(t: TaskRecord) -> bool:
+    """A one-shot task that ends with a cutover right after its full pass (CreateTask ConsistentFinish);
+    its cutover options live in ``t.continuous`` too, with ``ConsistentFinish: true``."""
+    return bool(t.continuous and t.continuous.get("ConsistentFinish"))
+
 class ApiError(Exception):
     """An error the API answers with ``{"Error": {"Code", "Message"}}``. Messages hold no secrets."""
 
@@ -186,7 +197,8 @@ class ConsoleService:
             "Checksum": t.checksum,
             "DiskMapping": [{"Source": a, "Target": b} for a, b in t.disk_mapping],
             "State": t.state,
-            "ContinuousSync": t.continuous is not None,
+            "ContinuousSync": is_continuous(t),
+            "ConsistentFinish": consistent_finish(t),
             # continuous tasks only (null otherwise): the rounds, and the cutover (docs/consistency.md)
             **{n: (t.continuous or {}).get(n) for n in P.CONTINUOUS_PARAMS},
         }
@@ -498,7 +510,9 @@ class ConsoleService:
             target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
             checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
             created_at=now, updated_at=now,
-            continuous=({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync else None),
+            continuous=({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync
+                        else {**{n: getattr(p, n) for n in P.CONTINUOUS_PARAMS}, "ConsistentFinish": True}
+                        if p.ConsistentFinish else None),
         )
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
@@ -614,7 +628,7 @@ class ConsoleService:
         for _attempt in range(5):
             t = await self._task(p.TaskId)
             state = TaskState(t.state)
-            if t.continuous is None:
+            if not is_continuous(t):
                 raise ApiError("FailedOperation.NotContinuous",
                                f"task {t.task_id} is not a continuous task (created without ContinuousSync): the "
                                "round interval and the source read limit apply only to continuous tasks")

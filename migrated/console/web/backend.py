@@ -14,7 +14,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from migrated.console import params as P
-from migrated.console.service import UNFINISHED_STATES, ApiError, Caller, ConsoleService
+from migrated.console.service import (
+    UNFINISHED_STATES,
+    ApiError,
+    Caller,
+    ConsoleService,
+    consistent_finish,
+    is_continuous,
+)
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import StateError
 from migrated.model.states import Action, TaskState
@@ -117,7 +124,8 @@ class ServiceBackend:
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,
-            continuous=t.continuous is not None, round_interval=c.get("RoundIntervalSeconds"),
+            continuous=is_continuous(t), consistent_finish=consistent_finish(t),
+            round_interval=c.get("RoundIntervalSeconds"),
             read_limit_kbps=c.get("ReadLimitKBps"), quiesce=str(c.get("Quiesce") or ""),
             pre_hook=str(c.get("PreHook") or ""), post_hook=str(c.get("PostHook") or ""),
             freeze_budget=c.get("FreezeBudgetSeconds"), snapshot_size=str(c.get("SnapshotSize") or ""),

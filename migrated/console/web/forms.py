@@ -36,6 +36,7 @@ PARAM_FIELD = {
     "TargetHostKey": "host_key",
     "DiskMapping": "disks",
     "ContinuousSync": "continuous",
+    "ConsistentFinish": "consistent_finish",
     "RoundIntervalSeconds": "round_interval",
     "ReadLimitKBps": "read_limit_mib",
     "Quiesce": "quiesce",
@@ -48,7 +49,7 @@ PARAM_FIELD = {
 # the continuous-only form fields, in the order their errors are shown
 CONTINUOUS_FIELDS = ("round_interval", "read_limit_mib", "quiesce", "snapshot_size", "pre_hook", "post_hook",
                      "freeze_budget")
-ONLY_CONTINUOUS = "only for incremental sync until cutover (tick it, or leave this empty)"
+ONLY_CONTINUOUS = "only for incremental sync until cutover or a consistent finish (tick one, or leave this empty)"
 
 # friendlier words for the API's pattern rules (the rule itself stays the API's)
 PATTERN_HINT = {
@@ -129,8 +130,11 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
             p["TargetInstanceId"] = form.target_instance
     else:
         errors["target_type"] = "choose image or instance"
-    if form.continuous:
-        p["ContinuousSync"] = True
+    if form.continuous or form.consistent_finish:
+        if form.continuous:
+            p["ContinuousSync"] = True
+        if form.consistent_finish:  # both ticked: the API says which to keep, beside the field
+            p["ConsistentFinish"] = True
         for name, param in (("round_interval", "RoundIntervalSeconds"), ("freeze_budget", "FreezeBudgetSeconds")):
             text = getattr(form, name)
             if text:

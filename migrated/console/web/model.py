@@ -78,6 +78,7 @@ class TaskView:
     message: str = ""  # the last thing a person should read (failure reason)
     source_online: bool = True
     continuous: bool = False  # incremental sync until cutover
+    consistent_finish: bool = False  # one-shot, ending with a cutover right after the full pass
     round_interval: int | None = None  # seconds between rounds (None: the agent's default, 60)
     read_limit_kbps: int | None = None  # source read limit during the rounds, KiB/s (None/0: unlimited)
     quiesce: str = ""  # cutover: freeze | hooks | none | lvm ("" = the default, freeze)
@@ -104,6 +105,7 @@ class TaskForm:
     host_key: str = ""
     disks: list[tuple[str, bool, str]] = field(default_factory=list)  # (source disk, migrate?, target device)
     continuous: bool = False  # incremental sync until cutover
+    consistent_finish: bool = False  # one-shot, ending with a cutover right after the full pass
     round_interval: str = ""  # seconds between rounds, "" = default (60)
     read_limit_mib: str = ""  # source read limit during the rounds, MiB/s, "" = unlimited
     # "Advanced: cutover" (continuous only)

@@ -354,6 +354,7 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     target_instance=s("target_instance"), start_at=s("start_at"), bandwidth_mbps=s("bandwidth_mbps"),
                     checksum=post.get("checksum") == "on", ssh_endpoint=s("ssh_endpoint"),
                     host_key=s("host_key"), disks=disks, continuous=post.get("continuous") == "on",
+                    consistent_finish=post.get("consistent_finish") == "on",
                     round_interval=s("round_interval"), read_limit_mib=s("read_limit_mib"), quiesce=s("quiesce"),
                     pre_hook=s("pre_hook"), post_hook=s("post_hook"),
                     freeze_budget=s("freeze_budget"), snapshot_size=s("snapshot_size"))

@@ -166,13 +166,19 @@
     form.querySelectorAll("[data-target-type]").forEach(function (r) { r.addEventListener("change", update); });
     update();
     // the rounds and cutover options mean something only with "incremental sync until cutover"
+    // (the cutover ones with "consistent finish" too; the round ones only with the former)
     var continuous = form.querySelector("#continuous");
+    var finish = form.querySelector("#consistent_finish");
     function updateContinuous() {
-      form.querySelectorAll("[data-for-continuous]").forEach(function (block) {
-        block.disabled = !continuous.checked;
-      });
+      var rounds = continuous.checked, cutover = continuous.checked || (finish && finish.checked);
+      form.querySelectorAll("[data-for-continuous]").forEach(function (block) { block.disabled = !cutover; });
+      form.querySelectorAll("[data-for-rounds]").forEach(function (i) { i.disabled = !rounds; });
     }
-    if (continuous) { continuous.addEventListener("change", updateContinuous); updateContinuous(); }
+    if (continuous) {
+      continuous.addEventListener("change", updateContinuous);
+      if (finish) { finish.addEventListener("change", updateContinuous); }
+      updateContinuous();
+    }
   }
 
   function timeZone() {
