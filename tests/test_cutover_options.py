@@ -75,6 +75,12 @@ def refusal(**over: object) -> tuple[str, str]:
     ({"ConsistentFinish": True, "ContinuousSync": True}, "InvalidParameterValue",
      "parameter ConsistentFinish: a ContinuousSync task always ends with a cutover"),
     ({"ConsistentFinish": True, "Quiesce": "hooks"}, "InvalidParameterValue", "parameter PreHook: required"),
+    ({"ContinuousSync": True, "HookTimeoutSeconds": 60}, "InvalidParameterValue",
+     "parameter HookTimeoutSeconds: only with PreHook or PostHook"),
+    ({"ContinuousSync": True, "PreHook": "true", "HookTimeoutSeconds": 0}, "InvalidParameterValue",
+     "parameter HookTimeoutSeconds"),
+    ({"ContinuousSync": True, "PreHook": "true", "HookTimeoutSeconds": 3601}, "InvalidParameterValue",
+     "parameter HookTimeoutSeconds"),
     ({"ContinuousSync": True, "Freeze": True}, "UnknownParameter", "unknown parameter Freeze"),
 ])
 def test_create_task_cutover_options_refused_with_the_parameter_named(over, code, words):
@@ -84,8 +90,10 @@ def test_create_task_cutover_options_refused_with_the_parameter_named(over, code
 
 def test_create_task_cutover_options_accepted():
     finish = P.CreateTask.model_validate({**BASE, "ConsistentFinish": True, "Quiesce": "freeze",
-                                         "FreezeBudgetSeconds": 20, "PreHook": "systemctl stop app"})
+                                         "FreezeBudgetSeconds": 20, "PreHook": "systemctl stop app",
+                                         "HookTimeoutSeconds": 900})
     assert (finish.ConsistentFinish, finish.ContinuousSync, finish.FreezeBudgetSeconds) == (True, False, 20)
+    assert finish.HookTimeoutSeconds == 900
     p = P.CreateTask.model_validate({**BASE, "ContinuousSync": True, "Quiesce": "hooks",
                                      "PreHook": "systemctl stop app", "PostHook": "systemctl start app",
                                      "FreezeBudgetSeconds": 600})
@@ -241,7 +249,8 @@ async def test_api_cutover_options_and_live_rounds(console):
         # a one-shot task with a consistent finish: its cutover options reach the agent; no rounds to change
         await admin.call("DeleteTask", {"TaskId": one})
         fin = (await admin.call("CreateTask", task_params(src, ConsistentFinish=True, Quiesce="freeze",
-                                                          FreezeBudgetSeconds=12)))["TaskId"]
+                                                          FreezeBudgetSeconds=12, PostHook="systemctl start app",
+                                                          HookTimeoutSeconds=900)))["TaskId"]
         (view,) = (await admin.call("DescribeTasks", {"TaskIds": [fin]}))["TaskSet"]
         assert (view["ContinuousSync"], view["ConsistentFinish"], view["FreezeBudgetSeconds"]) == (False, True, 12)
         with pytest.raises(ConsoleError) as ei:
@@ -252,6 +261,12 @@ async def test_api_cutover_options_and_live_rounds(console):
         start = [c for c in cmds if c["Action"] == "start"][-1]
         assert (start["Task"]["ContinuousSync"], start["Task"]["ConsistentFinish"]) == (False, True)
         assert (start["Task"]["Quiesce"], start["Task"]["FreezeBudgetSeconds"]) == ("freeze", 12)
+        # what the agent makes of it (its own spec reader)
+        from migrated.agent.continuous_task import _options
+        from migrated.agent.state import TaskRecord as AgentTask
+
+        copts = _options(AgentTask(task_id=fin, spec=start["Task"], state="starting"))
+        assert (copts.hook_timeout, copts.freeze_budget, copts.post_hook) == (900.0, 12.0, "systemctl start app")
 
 
 async def test_api_lvm_quiesce_reaches_the_agent(console):

@@ -196,13 +196,20 @@ async def test_consistent_finish_on_the_form_and_the_task_page(console: Console)
             body = await r.text()
             assert r.status == 400
         assert "always ends with a cutover" in error_beside(body, "consistent_finish")
-        async with s.post(url, data={**base, "csrf": csrf, "freeze_budget": "12"}, allow_redirects=False) as r:
+        async with s.post(url, data={**base, "csrf": csrf, "hook_timeout": "900"}) as r:
+            body = await r.text()
+            assert r.status == 400
+        assert error_beside(body, "hook_timeout").startswith("only with PreHook or PostHook")
+        async with s.post(url, data={**base, "csrf": csrf, "freeze_budget": "12", "post_hook": "systemctl start app",
+                                     "hook_timeout": "900"}, allow_redirects=False) as r:
             assert r.status == 303, await r.text()
             task_url = f"{console.url}{r.headers['Location']}"
         (view,) = (await console.admin_call("DescribeTasks", {"TaskIds": [task_url.rsplit("/", 1)[1]]}))["TaskSet"]
         assert (view["ContinuousSync"], view["ConsistentFinish"], view["FreezeBudgetSeconds"]) == (False, True, 12)
+        assert view["HookTimeoutSeconds"] == 900
         async with s.get(task_url) as r:
             page = htmllib.unescape(await r.text())
         assert "Consistent finish" in page and "a cutover right after the full pass" in page
         assert "quiesce: freeze (default); freeze budget 12 s" in page
+        assert "Hook timeout" in page and "900 s" in page
         assert 'id="rounds-form"' not in page

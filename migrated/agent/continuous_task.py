@@ -219,6 +219,9 @@ def _options(t: TaskRecord) -> Any:
     budget = spec.get("FreezeBudgetSeconds")
     if isinstance(budget, int | float) and budget > 0:
         copts.freeze_budget = float(budget)
+    hook_timeout = spec.get("HookTimeoutSeconds")
+    if isinstance(hook_timeout, int | float) and not isinstance(hook_timeout, bool) and hook_timeout > 0:
+        copts.hook_timeout = float(hook_timeout)
     return copts
 
 

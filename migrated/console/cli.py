@@ -159,6 +159,7 @@ def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> No
             if t.get("Quiesce") == "lvm" else "")
     lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}{snap}, freeze budget "
                  f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
+                 + (f" (timeout {t.get('HookTimeoutSeconds') or 300} s)" if hooks else "")
                  + " (--json shows the hook commands)" * bool(hooks))
     rounds = rounds_line(p) if t.get("ContinuousSync") else ""
     if rounds:
@@ -371,7 +372,7 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
     continuous_flags = {"RoundIntervalSeconds": args.round_interval, "ReadLimitKBps": args.read_limit,
                         "Quiesce": args.quiesce, "PreHook": _hook_arg(args.pre_hook, "--pre-hook"),
                         "PostHook": _hook_arg(args.post_hook, "--post-hook"), "FreezeBudgetSeconds": args.freeze_budget,
-                        "SnapshotSize": args.snapshot_size}
+                        "SnapshotSize": args.snapshot_size, "HookTimeoutSeconds": args.hook_timeout}
     if args.continuous and args.consistent_finish:
         raise UsageError("--consistent-finish is for a one-shot task; a --continuous task always ends with a cutover")
     if args.continuous:
@@ -383,8 +384,9 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         params["ConsistentFinish"] = True
         params.update({k: v for k, v in continuous_flags.items() if v is not None})
     elif any(v is not None for v in continuous_flags.values()):
-        raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook, --freeze-budget and "
-                         "--snapshot-size need --continuous (or, all but the first two, --consistent-finish)")
+        raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook, --hook-timeout, "
+                         "--freeze-budget and --snapshot-size need --continuous (or, all but the first two, "
+                         "--consistent-finish)")
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -544,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "once the pre hook ran")
     t.add_argument("--freeze-budget", type=int, metavar="S", help="cutover: hard limit of the freeze, 1-600 s "
                                                                   "(default 30)")
+    t.add_argument("--hook-timeout", type=int, metavar="S",
+                   help="cutover: seconds each hook may run before it is killed, 1-3600 (default 300)")
     t.set_defaults(func=cmd_tasks_create)
     t = tasks.add_parser("list", parents=[api], help="list tasks")
     t.add_argument("--source")

@@ -27,9 +27,10 @@ _HOSTKEY_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-[A-Za-z0-9@.-
 MAX_HOOK_CHARS = 1024
 QUIESCE_METHODS = ("freeze", "hooks", "none", "lvm")
 MIN_FREEZE_BUDGET, MAX_FREEZE_BUDGET = 1, 600
+MAX_HOOK_TIMEOUT = 3600
 # CreateTask parameters that only a continuous task takes
 CONTINUOUS_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook",
-                     "FreezeBudgetSeconds", "SnapshotSize")
+                     "FreezeBudgetSeconds", "SnapshotSize", "HookTimeoutSeconds")
 ROUND_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps")  # the rest is the cutover: ConsistentFinish takes it too
 
 
@@ -186,6 +187,8 @@ class CreateTask(_P):
     PreHook: HookCommand | None = None
     PostHook: HookCommand | None = None
     FreezeBudgetSeconds: int | None = Field(None, ge=MIN_FREEZE_BUDGET, le=MAX_FREEZE_BUDGET)  # default 30
+    # seconds each hook may run before its process group is killed (agent default 300)
+    HookTimeoutSeconds: int | None = Field(None, ge=1, le=MAX_HOOK_TIMEOUT)
     # Quiesce lvm only: the snapshot's copy-on-write space, as lvcreate takes it (agent default 10%ORIGIN)
     SnapshotSize: Annotated[str, Field(min_length=1, max_length=MAX_SNAPSHOT_SIZE_CHARS)] | None = None
     TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
@@ -238,6 +241,8 @@ class CreateTask(_P):
         if self.SnapshotSize is not None and self.Quiesce != "lvm":
             raise ValueError("parameter SnapshotSize: only with Quiesce lvm (the LVM snapshot's copy-on-write "
                              "space); leave it out, or set Quiesce to lvm")
+        if self.HookTimeoutSeconds is not None and not (self.PreHook or self.PostHook):
+            raise ValueError("parameter HookTimeoutSeconds: only with PreHook or PostHook")
         if self.Quiesce == "hooks" and not (self.PreHook or self.PostHook):
             raise ValueError("parameter PreHook: required when Quiesce is hooks (give PreHook and/or PostHook)")
         return self

@@ -43,12 +43,13 @@ PARAM_FIELD = {
     "PreHook": "pre_hook",
     "PostHook": "post_hook",
     "FreezeBudgetSeconds": "freeze_budget",
+    "HookTimeoutSeconds": "hook_timeout",
     "SnapshotSize": "snapshot_size",
 }
 
 # the continuous-only form fields, in the order their errors are shown
 CONTINUOUS_FIELDS = ("round_interval", "read_limit_mib", "quiesce", "snapshot_size", "pre_hook", "post_hook",
-                     "freeze_budget")
+                     "hook_timeout", "freeze_budget")
 ONLY_CONTINUOUS = "only for incremental sync until cutover or a consistent finish (tick one, or leave this empty)"
 
 # friendlier words for the API's pattern rules (the rule itself stays the API's)
@@ -135,7 +136,8 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
             p["ContinuousSync"] = True
         if form.consistent_finish:  # both ticked: the API says which to keep, beside the field
             p["ConsistentFinish"] = True
-        for name, param in (("round_interval", "RoundIntervalSeconds"), ("freeze_budget", "FreezeBudgetSeconds")):
+        for name, param in (("round_interval", "RoundIntervalSeconds"), ("freeze_budget", "FreezeBudgetSeconds"),
+                            ("hook_timeout", "HookTimeoutSeconds")):
             text = getattr(form, name)
             if text:
                 try:

@@ -86,6 +86,7 @@ class TaskView:
     pre_hook: str = ""  # cutover: shell commands run as root on the source around the final pass
     post_hook: str = ""
     freeze_budget: int | None = None  # cutover: seconds (None: the agent's default, 30)
+    hook_timeout: int | None = None  # cutover: seconds each hook may run (None: the agent default, 300)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class TaskForm:
     pre_hook: str = ""
     post_hook: str = ""
     freeze_budget: str = ""  # seconds, "" = default (30)
+    hook_timeout: str = ""  # seconds each hook may run, "" = default (300)
 
 
 class FormErrors(Exception):

@@ -357,7 +357,8 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     consistent_finish=post.get("consistent_finish") == "on",
                     round_interval=s("round_interval"), read_limit_mib=s("read_limit_mib"), quiesce=s("quiesce"),
                     pre_hook=s("pre_hook"), post_hook=s("post_hook"),
-                    freeze_budget=s("freeze_budget"), snapshot_size=s("snapshot_size"))
+                    freeze_budget=s("freeze_budget"), snapshot_size=s("snapshot_size"),
+                    hook_timeout=s("hook_timeout"))
 
 
 def _default_form(source: SourceView) -> TaskForm:
