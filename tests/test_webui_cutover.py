@@ -136,16 +136,21 @@ async def test_cutover_fieldset_errors_stored_options_and_live_rounds(console: C
             assert "is not a continuous task" in flash(await r.text())
 
 
-async def test_lvm_snapshot_option_on_the_form_and_the_task_page(console: Console) -> None:  # noqa: F811
-    """Quiesce "LVM snapshot" and its size: the API's refusals beside the snapshot-size field with
-    what was typed kept, what is stored, and what the task page shows."""
+async def new_task_form(console: Console, **boxes: str) -> tuple[str, dict[str, str]]:  # noqa: F811
+    """A registered source's new-task URL and a valid form for it (plus ``boxes``)."""
     agent_id, agent_key = await console.new_key("agent", "a")
     async with console.client(agent_id, agent_key) as agent:
         src = await register(agent)
-    url = f"{console.url}/ui/sources/{src}/new-task"
-    base = {"region": "ap-guangzhou", "name": "n1", "target_type": "image", "image_name": "img",
-            "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
-            "disk-0-target": "/dev/vda", "continuous": "on"}
+    return f"{console.url}/ui/sources/{src}/new-task", {
+        "region": "ap-guangzhou", "name": "n1", "target_type": "image", "image_name": "img",
+        "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
+        "disk-0-target": "/dev/vda", **boxes}
+
+
+async def test_lvm_snapshot_option_on_the_form_and_the_task_page(console: Console) -> None:  # noqa: F811
+    """Quiesce "LVM snapshot" and its size: the API's refusals beside the snapshot-size field with
+    what was typed kept, what is stored, and what the task page shows."""
+    url, base = await new_task_form(console, continuous="on")
     async with http() as s:
         await login(s, console.url, console.admin_id, console.admin_key)
         csrf = await page_csrf(s, url)
@@ -177,13 +182,7 @@ async def test_consistent_finish_on_the_form_and_the_task_page(console: Console)
     """The "Consistent finish" box: with the cutover options it makes a one-shot task that cuts over
     right after its full pass; a round setting with it is refused beside that field; the task page
     says so and offers no rounds form."""
-    agent_id, agent_key = await console.new_key("agent", "a")
-    async with console.client(agent_id, agent_key) as agent:
-        src = await register(agent)
-    url = f"{console.url}/ui/sources/{src}/new-task"
-    base = {"region": "ap-guangzhou", "name": "n1", "target_type": "image", "image_name": "img",
-            "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
-            "disk-0-target": "/dev/vda", "consistent_finish": "on"}
+    url, base = await new_task_form(console, consistent_finish="on")
     async with http() as s:
         await login(s, console.url, console.admin_id, console.admin_key)
         csrf = await page_csrf(s, url)
