@@ -121,6 +121,9 @@ class SourceDisk:
             direct = self._read_direct(offset, length)
             if direct is not None:
                 return direct
+        return self._read_buffered(offset, length)
+
+    def _read_buffered(self, offset: int, length: int) -> bytes:
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as e:
@@ -158,7 +161,7 @@ class SourceDisk:
             if direct is not None:
                 return direct
         before = resident_pages(self.fd, offset, length)
-        data = self.read(offset, length)
+        data = self._read_buffered(offset, length)  # (a refused O_DIRECT read is not tried twice)
         if before is not None:
             self.drop_cache(offset, length, keep=before)
         return data
