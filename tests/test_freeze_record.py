@@ -73,10 +73,11 @@ def test_the_daemon_thaws_a_recorded_freeze_when_it_starts(tmp_path: Path, monke
     cfg = Config(state_dir=str(tmp_path / "state"), control=ControlConfig(socket=str(run / "control.sock")))
     with loop_ext4(tmp_path, size_mb=32) as fs:
         frozen_and_orphaned(fs.mountpoint, run / "frozen.json")
-        Agent(cfg, None, AgentStore(tmp_path / "state"))._thaw_leftovers()  # what `migrated run` does first
+        agent = Agent(cfg, None, AgentStore(tmp_path / "state"))
+        agent._thaw_leftovers()  # what `migrated run` does first
         assert can_write(fs.mountpoint)
         assert not (run / "frozen.json").exists()
-        assert os.environ["RUNTIME_DIRECTORY"] == str(run)  # later freezes of this daemon are recorded there
+        assert agent.freeze_record == str(run / "frozen.json")  # later freezes of this daemon are recorded there
 
 
 def test_a_thawed_freeze_leaves_no_record(tmp_path: Path) -> None:

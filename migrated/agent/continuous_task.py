@@ -232,6 +232,7 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
     from migrated.engine.continuous import ContinuousControl, run_continuous_disks
 
     copts = _options(t)
+    copts.freeze_record = agent.freeze_record
     cc = ContinuousControl(control)
     if getattr(control, "stop_requested", False):
         cc.stop(getattr(control, "stop_reason", "") or "stop requested")

@@ -276,18 +276,20 @@ class Agent:
                 pass
         log.info("migrated stopped")
 
-    def _thaw_leftovers(self) -> None:
-        """Freezes of this agent are recorded in its runtime dir while they last (the guardian's
-        ``--record``; $RUNTIME_DIRECTORY under systemd, else set here to the control socket's
-        directory). A record found at start means the agent and its guardian were both killed
-        mid-freeze: thaw what it names now (the unit's ExecStopPost does the same at stop)."""
-        from migrated.source.freeze import FreezeError, default_record, thaw_recorded
+    @property
+    def freeze_record(self) -> str:
+        """Where this agent's freezes are recorded while they last (the guardian's ``--record``):
+        $RUNTIME_DIRECTORY/frozen.json under systemd, else in the control socket's directory."""
+        from migrated.source.freeze import default_record
 
-        if not os.environ.get("RUNTIME_DIRECTORY"):
-            os.environ["RUNTIME_DIRECTORY"] = self.cfg.runtime_dir
-        path = default_record()
-        if path is None:
-            return
+        return default_record() or os.path.join(self.cfg.runtime_dir, "frozen.json")
+
+    def _thaw_leftovers(self) -> None:
+        """A freeze record found at start means the agent and its guardian were both killed
+        mid-freeze: thaw what it names now (the unit's ExecStopPost does the same at stop)."""
+        from migrated.source.freeze import FreezeError, thaw_recorded
+
+        path = self.freeze_record
         try:
             rec = thaw_recorded(path)
         except FreezeError as e:

@@ -504,15 +504,18 @@ class ConsoleService:
             sizes = {d.name: d for d in s.disks}
             disks = [SourceDisk(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
             warnings, image_name = await self._cloud_checks(p, task_id, disks, image_name)
+        # the options of a continuous task, or of a one-shot one with a consistent finish (flagged)
+        continuous = ({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync or p.ConsistentFinish
+                      else None)
+        if p.ConsistentFinish and continuous is not None:  # (ContinuousSync with it was refused)
+            continuous["ConsistentFinish"] = True
         rec = TaskRecord(
             task_id=task_id, source_id=s.source_id, name=p.TaskName, description=p.Description, region=p.Region,
             target_type=p.TargetType, image_name=image_name, target_instance_id=instance_id,
             target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
             checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
             created_at=now, updated_at=now,
-            continuous=({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync
-                        else {**{n: getattr(p, n) for n in P.CONTINUOUS_PARAMS}, "ConsistentFinish": True}
-                        if p.ConsistentFinish else None),
+            continuous=continuous,
         )
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)

@@ -113,6 +113,9 @@ class ContinuousOptions:
     track_writes: bool = True  # trace writes so the final pass reads only them (migrated.source.tracker)
     snapshot_size: str = "10%ORIGIN"  # --quiesce lvm: copy-on-write space of each snapshot (lvcreate size)
     verify: bool = True
+    # where the freeze guardian records what it froze while it is frozen (tmpfs; migrated.source.guardian);
+    # None: $RUNTIME_DIRECTORY/frozen.json under systemd, else no record
+    freeze_record: str | None = None
 
     def validate(self) -> None:
         if self.quiesce not in QUIESCE_METHODS:
@@ -604,7 +607,8 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
     control.phase = Phase.FINAL_PASS
     saved_limit = control.read_limit
     control.set_read_limit(None)  # the server is waiting: read as fast as we can
-    fz = GuardedFreeze([m.mountpoint for m in mounts], copts.freeze_budget) if mounts else None
+    fz = (GuardedFreeze([m.mountpoint for m in mounts], copts.freeze_budget, record=copts.freeze_record)
+          if mounts else None)
     started = time.monotonic()
     results: list[SyncResult] = []
     try:

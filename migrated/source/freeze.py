@@ -276,7 +276,8 @@ def thaw_recorded(path: str) -> dict[str, Any] | None:
         try:
             was[m] = thaw_fs(m)
         except FreezeError as e:
-            was[m], _ = False, errors.append(str(e))
+            was[m] = False
+            errors.append(str(e))
     if errors:  # the record stays for another try
         raise FreezeError("; ".join(errors))
     with contextlib.suppress(OSError):
