@@ -136,6 +136,12 @@ class World:
         })
         return task["TaskId"]
 
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.console.stop()
+
     def create_continuous_task(self, source_id: str, name: str, **extra: Any) -> str:
         """A ContinuousSync task of this world's disk onto its target, rounds 1 s apart unless
         ``extra`` says otherwise (any CreateTask parameter)."""

@@ -95,6 +95,12 @@ class FakeTencentCloud:
         self.port = self._runner.addresses[0][1]
         return self
 
+    async def __aenter__(self) -> FakeTencentCloud:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()

@@ -23,11 +23,8 @@ LIMIT_KBPS = 3072  # 3 MiB/s: the transfer takes ~8 s, long enough to pause and 
 
 @pytest.fixture
 def world(tmp_path: Path, sshd) -> Iterator[World]:
-    w = make_world(tmp_path, sshd, DISK_MIB)
-    try:
+    with make_world(tmp_path, sshd, DISK_MIB) as w:
         yield w
-    finally:
-        w.console.stop()
 
 
 def test_register_run_pause_resume_kill9_success(world: World) -> None:

@@ -25,11 +25,8 @@ DISK_MIB = 16
 
 @pytest.fixture
 def world(tmp_path: Path, sshd) -> Iterator[World]:
-    w = make_world(tmp_path, sshd, DISK_MIB, console_port=free_port())
-    try:
+    with make_world(tmp_path, sshd, DISK_MIB, console_port=free_port()) as w:
         yield w
-    finally:
-        w.console.stop()
 
 
 def notify_messages(sock: socket.socket) -> list[str]:

@@ -21,11 +21,8 @@ R = "ap-guangzhou"
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeTencentCloud]:
-    f = await FakeTencentCloud().start()
-    try:
+    async with FakeTencentCloud() as f:
         yield f
-    finally:
-        await f.stop()
 
 
 def write_config(tmp_path: Path, endpoint: str, key: str = SECRET_KEY) -> Path:

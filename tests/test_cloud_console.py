@@ -29,12 +29,9 @@ R = "ap-guangzhou"
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeTencentCloud]:
-    f = await FakeTencentCloud().start()
-    f.security_groups["sg-open1234"] = [rule(0, port="22")]
-    try:
+    async with FakeTencentCloud() as f:
+        f.security_groups["sg-open1234"] = [rule(0, port="22")]
         yield f
-    finally:
-        await f.stop()
 
 
 def creds_file(tmp_path: Path) -> str:

@@ -35,11 +35,8 @@ DATA = SourceDisk("/dev/vdb", 100 << 30)
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeTencentCloud]:
-    f = await FakeTencentCloud().start()
-    try:
+    async with FakeTencentCloud() as f:
         yield f
-    finally:
-        await f.stop()
 
 
 @pytest.fixture

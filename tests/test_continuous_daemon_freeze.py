@@ -69,12 +69,9 @@ class Busy:
 def busy(tmp_path: Path, sshd) -> Iterator[Busy]:
     with loop_ext4(tmp_path, size_mb=96) as fs:
         state = fs.mountpoint / "migrated-state"
-        w = make_world(tmp_path, sshd, 0, agent_config={"state_dir": str(state)}, source=Path(fs.loopdev))
-        try:
-            with writer_process(fs.mountpoint) as writer:
-                yield Busy(w, fs, writer, state)
-        finally:
-            w.console.stop()
+        with (make_world(tmp_path, sshd, 0, agent_config={"state_dir": str(state)}, source=Path(fs.loopdev)) as w,
+              writer_process(fs.mountpoint) as writer):
+            yield Busy(w, fs, writer, state)
 
 
 def log_events(w: World, event: str, offset: int = 0) -> list[dict[str, Any]]:

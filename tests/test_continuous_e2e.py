@@ -24,11 +24,8 @@ DISK_MIB = 8
 
 @pytest.fixture
 def world(tmp_path: Path, sshd) -> Iterator[World]:
-    w = make_world(tmp_path, sshd, DISK_MIB)
-    try:
+    with make_world(tmp_path, sshd, DISK_MIB) as w:
         yield w
-    finally:
-        w.console.stop()
 
 
 def scribble(path: Path, offset: int, n: int) -> bytes:

@@ -50,22 +50,18 @@ def test_daemon_without_cap_sys_admin_refuses_a_freeze_cutover_at_start(tmp_path
     """The daemon runs without CAP_SYS_ADMIN (setpriv drops it from the bounding set, as the hardened
     unit does); its source is a mounted ext4 on a loop device. The task fails at start with the fix
     named; nothing was frozen and the target was never written."""
-    with loop_ext4(tmp_path, size_mb=32) as fs:
-        w = make_world(tmp_path, sshd, 0, source=Path(fs.loopdev))
+    with loop_ext4(tmp_path, size_mb=32) as fs, make_world(tmp_path, sshd, 0, source=Path(fs.loopdev)) as w:
+        source_id = w.register()
+        daemon = w.daemon(prefix=("setpriv", "--bounding-set", "-sys_admin", "--"))
         try:
-            source_id = w.register()
-            daemon = w.daemon(prefix=("setpriv", "--bounding-set", "-sys_admin", "--"))
-            try:
-                w.wait_daemon_online()
-                task_id = w.create_continuous_task(source_id, "nocap")
-                w.admin_call("StartTask", {"TaskId": task_id})
-                wait_for(lambda: w.task(task_id)["State"] == "failed", "the task to be refused")
-                msg = w.task(task_id)["Message"]
-                assert f"freeze the filesystems mounted from {fs.loopdev} ({fs.mountpoint})" in msg, msg
-                assert "lacks CAP_SYS_ADMIN" in msg and "systemd/cutover.conf" in msg, msg
-                assert not w.target.exists(), "nothing may reach the target"
-                assert can_write(fs.mountpoint), "the source filesystem is writable"
-            finally:
-                assert daemon.stop() == 0, w.daemon_log()[-3000:]
+            w.wait_daemon_online()
+            task_id = w.create_continuous_task(source_id, "nocap")
+            w.admin_call("StartTask", {"TaskId": task_id})
+            wait_for(lambda: w.task(task_id)["State"] == "failed", "the task to be refused")
+            msg = w.task(task_id)["Message"]
+            assert f"freeze the filesystems mounted from {fs.loopdev} ({fs.mountpoint})" in msg, msg
+            assert "lacks CAP_SYS_ADMIN" in msg and "systemd/cutover.conf" in msg, msg
+            assert not w.target.exists(), "nothing may reach the target"
+            assert can_write(fs.mountpoint), "the source filesystem is writable"
         finally:
-            w.console.stop()
+            assert daemon.stop() == 0, w.daemon_log()[-3000:]

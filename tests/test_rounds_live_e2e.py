@@ -23,11 +23,8 @@ SECRET = "hunter2-do-not-log"
 
 @pytest.fixture
 def world(tmp_path: Path, sshd) -> Iterator[World]:
-    w = make_world(tmp_path, sshd, 8, agent_config={"allow_console_hooks": True})
-    try:
+    with make_world(tmp_path, sshd, 8, agent_config={"allow_console_hooks": True}) as w:
         yield w
-    finally:
-        w.console.stop()
 
 
 def rounds(w: World, task_id: str) -> int:
@@ -142,9 +139,8 @@ def test_a_failing_hook_fails_the_cutover_without_telling_its_secret(world: Worl
 def test_hooks_are_refused_unless_the_agent_allows_them(tmp_path: Path, sshd) -> None:
     """An agent with the default config (allow_console_hooks: false) fails a task that carries hooks
     at start, says how to allow them, and never runs the command."""
-    w = make_world(tmp_path, sshd, 4)
-    ran = w.tmp / "hook-ran"
-    try:
+    with make_world(tmp_path, sshd, 4) as w:
+        ran = w.tmp / "hook-ran"
         source_id = w.register()
         daemon = w.daemon()
         try:
@@ -157,5 +153,3 @@ def test_hooks_are_refused_unless_the_agent_allows_them(tmp_path: Path, sshd) ->
             assert not ran.exists()
         finally:
             assert daemon.stop() == 0, w.daemon_log()[-3000:]
-    finally:
-        w.console.stop()
