@@ -63,6 +63,7 @@ from migrated.console.storage import (
     new_id,
 )
 from migrated.errors import CloudError, TargetError
+from migrated.model.bandwidth import format_kbps
 from migrated.model.states import (
     Action,
     ActionDenied,
@@ -614,7 +615,8 @@ class ConsoleService:
             command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
                        if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
                                     TaskState.VERIFYING, TaskState.PAUSED) else None)
-            event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
+            event = ("info", "", f"bandwidth limit {format_kbps(t.bandwidth_limit_kbps)} -> "
+                                 f"{format_kbps(p.BandwidthLimitKBps)}")
             try:
                 t, cmd = await self.storage.update_task(
                     t.task_id, expect_state=state.value, changes={"bandwidth_limit_kbps": p.BandwidthLimitKBps},
