@@ -15,6 +15,7 @@ from migrated.model.bandwidth import (
     Unit,
     format_kbps,
     format_rate,
+    kbps_text,
     parse_kbps,
     parse_rate,
     to_kbps,
@@ -116,3 +117,19 @@ def test_what_is_shown_reads_back_as_the_same_limit() -> None:
     for kbps in (1, 977, 9766, 20480, 102400, MAX_KBPS):
         shown = format_kbps(kbps).replace(" ", "")
         assert abs(parse_kbps(shown, KB) - kbps) <= kbps * 0.05 + 1
+
+
+@pytest.mark.parametrize(("kbps", "text"), [(None, ""), (0, ""), (1, "1KiB/s"), (9766, "9766KiB/s"),
+                                            (20480, "20MiB/s"), (MAX_KBPS, "102400MiB/s")])
+def test_kbps_text_reads_back_exactly(kbps: int | None, text: str) -> None:
+    assert kbps_text(kbps) == text
+    if kbps:
+        for bare in (KB, MBIT, MIB, BYTES):
+            assert parse_kbps(text, bare) == kbps
+
+
+def test_out_of_range_is_told_apart_from_unreadable() -> None:
+    for typed, unreadable in (("fast", True), ("200G", False), ("0.1", False)):
+        with pytest.raises(RateError) as ei:
+            parse_rate(typed, BYTES)
+        assert ei.value.unreadable is unreadable

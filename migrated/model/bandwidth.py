@@ -59,7 +59,12 @@ _RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([A-Za-z]*(?:/[sS])?)")
 
 
 class RateError(ValueError):
-    """Not a limit this module can read; the message says what to type instead."""
+    """Not a limit this module can read; the message says what to type instead. ``unreadable`` is
+    false when the text was a rate but out of range (over :data:`MAX_BPS`, under 1 byte/s)."""
+
+    def __init__(self, message: str, *, unreadable: bool = True) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable
 
 
 def _per_second_multiplier(unit: str) -> float | None:
@@ -90,9 +95,10 @@ def parse_rate(text: str, bare: Unit) -> int:
                         f"e.g. {EXAMPLES} (0 or unlimited: no limit)")
     value = float(m.group(1)) * factor
     if not math.isfinite(value) or value > MAX_BPS:
-        raise RateError(f"{text.strip()!r} is over the limit of {format_rate(MAX_BPS)}")
+        raise RateError(f"{text.strip()!r} is over the limit of {format_rate(MAX_BPS)}", unreadable=False)
     if value and round(value) == 0:
-        raise RateError(f"{text.strip()!r} is under 1 byte/s; use 0 or unlimited to remove the limit")
+        raise RateError(f"{text.strip()!r} is under 1 byte/s; use 0 or unlimited to remove the limit",
+                        unreadable=False)
     return round(value)
 
 
@@ -116,3 +122,11 @@ def format_rate(bps: float | None) -> str:
 def format_kbps(kbps: int | None) -> str:
     """An API limit in KB/s, shown as :func:`format_rate` shows it: 20480 -> ``20.0 MiB/s``."""
     return format_rate((kbps or 0) * 1024)
+
+
+def kbps_text(kbps: int | None) -> str:
+    """An API limit as an input reads it back exactly (to prefill a form): 20480 -> ``20MiB/s``,
+    9766 -> ``9766KiB/s``, 0/None -> ``""``."""
+    if not kbps:
+        return ""
+    return f"{kbps // 1024}MiB/s" if kbps % 1024 == 0 else f"{kbps}KiB/s"
