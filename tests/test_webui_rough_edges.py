@@ -104,7 +104,7 @@ async def test_eta_and_rate_do_not_wrap_and_tables_scroll_in_their_box(console: 
             html = await r.text()
         assert '<td data-f="eta" class="nowrap">' in html and '<td data-f="rate" class="nowrap">' in html
     css = (WEB / "static" / "app.css").read_text()
-    assert ".table-scroll { max-width: 100%; overflow-x: auto; }" in css
+    assert ".table-scroll { max-width: 100%; overflow-x: auto; position: relative; }" in css
     assert re.search(r"\.nowrap[^{]*\{ white-space: nowrap;", css)
 
 
