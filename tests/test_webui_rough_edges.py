@@ -19,6 +19,9 @@ from tests.test_webui_http import http, login, page_csrf
 
 WEB = Path(__file__).resolve().parent.parent / "migrated" / "console" / "web"
 TZ = "Europe/Berlin"  # what login() sends
+INSTANCE_FORM = {"region": "ap-guangzhou", "name": "n1", "target_type": "instance", "target_instance": "ins-abc12345",
+                 "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
+                 "disk-0-target": "/dev/vda"}
 
 
 @pytest.fixture
@@ -111,9 +114,7 @@ async def test_eta_and_rate_do_not_wrap_and_tables_scroll_in_their_box(console: 
 async def test_an_empty_image_name_is_flagged_with_the_other_errors(console: Console) -> None:
     src = await source(console)
     url = f"{console.url}/ui/sources/{src}/new-task"
-    form = {"region": "ap-guangzhou", "name": "", "target_type": "image", "image_name": "",
-            "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
-            "disk-0-target": "/dev/vda"}
+    form = {**INSTANCE_FORM, "name": "", "target_type": "image", "image_name": ""}
     async with http() as s:
         await login(s, console.url, console.admin_id, console.admin_key)
         csrf = await page_csrf(s, url)
@@ -147,9 +148,7 @@ async def test_the_form_says_and_checks_the_configured_lead_time(tmp_path: Path,
     async with running_console(tmp_path, scheduler={"min_lead_seconds": lead}) as console:
         src = await source(console)
         url = f"{console.url}/ui/sources/{src}/new-task"
-        form = {"region": "ap-guangzhou", "name": "n1", "target_type": "instance", "target_instance": "ins-abc12345",
-                "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
-                "disk-0-target": "/dev/vda"}
+        form = INSTANCE_FORM
         async with http() as s:
             await login(s, console.url, console.admin_id, console.admin_key)
             async with s.get(url) as r:
@@ -172,9 +171,7 @@ async def test_the_form_says_and_checks_the_configured_lead_time(tmp_path: Path,
 async def test_limits_in_any_unit_are_shown_as_mib(console: Console) -> None:
     src = await source(console)
     url = f"{console.url}/ui/sources/{src}/new-task"
-    form = {"region": "ap-guangzhou", "name": "n1", "target_type": "instance", "target_instance": "ins-abc12345",
-            "ssh_endpoint": "root@203.0.113.7", "host_key": HOST_KEY, "disk-0-migrate": "on",
-            "disk-0-target": "/dev/vda", "bandwidth_mbps": "20MiB/s"}
+    form = {**INSTANCE_FORM, "bandwidth_mbps": "20MiB/s"}
     async with http() as s:
         await login(s, console.url, console.admin_id, console.admin_key)
         csrf = await page_csrf(s, url)
