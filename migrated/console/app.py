@@ -30,7 +30,7 @@ from migrated.console import params as P
 from migrated.console.auth import Verifier
 from migrated.console.config import API_VERSION, ConsoleConfig
 from migrated.console.scheduler import Scheduler
-from migrated.console.service import ApiError, Caller, ConsoleService
+from migrated.console.service import ApiError, ConsoleService, Principal
 from migrated.console.storage import SQLiteStorage, Storage
 from migrated.console.web import setup_web
 
@@ -45,11 +45,11 @@ VERIFIER = web.AppKey("verifier", Verifier)
 class ActionSpec:
     role: str  # admin | agent
     model: type[BaseModel]
-    handler: Callable[[ConsoleService, Caller, Any], Awaitable[dict[str, Any]]]
+    handler: Callable[[ConsoleService, Principal, Any], Awaitable[dict[str, Any]]]
 
 
 def _spec(role: str, model: type[BaseModel], method: str) -> ActionSpec:
-    async def call(svc: ConsoleService, caller: Caller, p: Any) -> dict[str, Any]:
+    async def call(svc: ConsoleService, caller: Principal, p: Any) -> dict[str, Any]:
         return await getattr(svc, method)(caller, p)
 
     return ActionSpec(role, model, call)
@@ -222,7 +222,7 @@ async def api_handler(request: web.Request) -> web.Response:
         except ValidationError as exc:
             c, m = P.validation_error(exc)
             raise ApiError(c, m) from None
-        result = await spec.handler(svc, Caller(key), params)
+        result = await spec.handler(svc, Principal(key), params)
         result["RequestId"] = rid
         return _reply(result)
     except ApiError as exc:

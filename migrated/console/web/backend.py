@@ -17,8 +17,8 @@ from migrated.console import params as P
 from migrated.console.service import (
     UNFINISHED_STATES,
     ApiError,
-    Caller,
     ConsoleService,
+    Principal,
     consistent_finish,
     is_continuous,
 )
@@ -78,11 +78,11 @@ class ServiceBackend:
     async def admin_active(self, secret_id: str) -> bool:
         return await self._admin_key(secret_id) is not None
 
-    async def _caller(self, secret_id: str) -> Caller:
+    async def _caller(self, secret_id: str) -> Principal:
         k = await self._admin_key(secret_id)
         if k is None:
             raise StateError(f"the admin key {secret_id} was revoked; log in with another admin key")
-        return Caller(k)
+        return Principal(k)
 
     # -------------------------------------------------------------- sources
 
