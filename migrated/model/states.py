@@ -98,10 +98,6 @@ class ActionDenied(ValueError):
         self.action, self.state = action, state
 
 
-def can_transition(old: TaskState, new: TaskState) -> bool:
-    return (old, new) in _EDGES
-
-
 def transition(old: TaskState, new: TaskState) -> str:
     """Check the edge ``old -> new``; return why it exists (for the log line)."""
     try:
