@@ -31,7 +31,7 @@ from migrated.console.auth import Verifier
 from migrated.console.config import API_VERSION, ConsoleConfig
 from migrated.console.scheduler import Scheduler
 from migrated.console.service import ApiError, ConsoleService, Principal
-from migrated.console.storage import SQLiteStorage, Storage
+from migrated.console.storage import Storage, create_storage
 from migrated.console.web import setup_web
 
 log = structlog.get_logger(__name__)
@@ -271,7 +271,8 @@ def build_app(service: ConsoleService) -> web.Application:
 
 
 def make_storage(cfg: ConsoleConfig) -> Storage:
-    return SQLiteStorage(cfg.storage.path, heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
+    return create_storage(cfg.storage.backend, path=cfg.storage.path,
+                          heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
 
 
 def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Callable[[], float] = time.time
@@ -284,8 +285,7 @@ def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Cal
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics: Metrics = app[METRICS]  # type: ignore[assignment]
-        if isinstance(store, SQLiteStorage):
-            store.observe_write = metrics.writes.observe
+        store.observe_write = metrics.writes.observe
         await store.open()
         sched = Scheduler(service, tick_seconds=cfg.scheduler.tick_seconds)
         sched.start()
