@@ -174,7 +174,8 @@ class OutOfRange(ValueError):
 def check_int64(name: str, value: int, *, minimum: int = INT64_MIN) -> int:
     """``value`` if ``minimum <= value <= 2**63-1``, else :class:`OutOfRange` naming ``name``."""
     if not minimum <= value <= INT64_MAX:
-        raise OutOfRange(f"{name} must be between {minimum} and {INT64_MAX}, got {value}")
+        got = str(value) if value.bit_length() <= 128 else f"a {value.bit_length()}-bit number"
+        raise OutOfRange(f"{name} must be between {minimum} and {INT64_MAX}, got {got}")
     return value
 
 
