@@ -9,11 +9,12 @@ import asyncio
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from migrated.console import storage as storage_pkg
+from migrated.console.config import StorageConfig
 from migrated.console.storage import (
     INT64_MAX,
     DiskInfo,
@@ -270,3 +271,5 @@ def test_backends_by_name(tmp_path):
         create_storage("nope")
     s = create_storage("sqlite", path=tmp_path / "x.db", heartbeat_flush_seconds=1.0)
     assert isinstance(s.backend, storage_pkg.SQLiteBackend)
+    # the console config accepts exactly the backends there are
+    assert get_args(StorageConfig.model_fields["backend"].annotation) == tuple(storage_pkg.BACKENDS)
