@@ -64,6 +64,10 @@ from migrated.console.storage import (
 )
 from migrated.errors import CloudError, TargetError
 from migrated.model.states import (
+    AGENT_HOLDS,
+    AGENT_KEEPS,
+    NOT_STARTED,
+    UNFINISHED,
     Action,
     ActionDenied,
     IllegalTransition,
@@ -72,11 +76,12 @@ from migrated.model.states import (
     check_action,
     denied_actions,
     transition,
+    values,
 )
 
 log = structlog.get_logger(__name__)
 
-UNFINISHED_STATES = tuple(s.value for s in TaskState if not s.finished)
+UNFINISHED_STATES = values(UNFINISHED)
 
 # command actions the agent understands (Action values plus set-bandwidth)
 CMD_START, CMD_PAUSE, CMD_RETRY, CMD_DELETE, CMD_SET_BANDWIDTH = "start", "pause", "retry", "delete", "set-bandwidth"
@@ -560,7 +565,7 @@ class ConsoleService:
                 command = NewCommand(CMD_CUTOVER)
             else:  # delete
                 new = TaskState.DELETED
-                if state not in (TaskState.CREATED, TaskState.SCHEDULED):
+                if state not in NOT_STARTED:
                     command = NewCommand(CMD_DELETE)  # the agent holds a checkpoint / target to release
             if new != state:
                 why = transition(state, new)
@@ -612,8 +617,7 @@ class ConsoleService:
                                f"task {t.task_id}: cannot change the bandwidth of a task that is {state.value}; "
                                "allowed while it is not success or deleted")
             command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
-                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
-                                    TaskState.VERIFYING, TaskState.PAUSED) else None)
+                       if state in AGENT_HOLDS else None)
             event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
             try:
                 t, cmd = await self.storage.update_task(
@@ -642,8 +646,7 @@ class ConsoleService:
             change = {k: v for k, v in (("RoundIntervalSeconds", p.RoundIntervalSeconds),
                                         ("ReadLimitKBps", p.ReadLimitKBps)) if v is not None}
             command = (NewCommand(CMD_SET_ROUNDS, change)
-                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
-                                    TaskState.VERIFYING, TaskState.PAUSED, TaskState.FAILED) else None)
+                       if state in AGENT_KEEPS else None)
             by = caller.key.name or caller.secret_id
             what = ", ".join(f"{k} {t.continuous.get(k)} -> {v}" for k, v in change.items())
             try:

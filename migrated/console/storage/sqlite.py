@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migrated.model.states import TaskState
+
 from .interface import (
     Beat,
     CommandRecord,
@@ -43,6 +45,8 @@ from .interface import (
 from .wakeup import LocalWakeups
 
 T = TypeVar("T")
+
+_SCHEDULED = TaskState.SCHEDULED.value
 
 # ---------------------------------------------------------------- schema
 
@@ -494,7 +498,7 @@ class SQLiteBackend(Storage):
         def go() -> list[TaskRecord]:
             db = self._reader()
             rows = db.execute(
-                "SELECT * FROM tasks WHERE state='scheduled' AND scheduled_at<=? ORDER BY scheduled_at", (now,)
+                "SELECT * FROM tasks WHERE state=? AND scheduled_at<=? ORDER BY scheduled_at", (_SCHEDULED, now)
             ).fetchall()
             return [_task_from_row(r) for r in rows]
 
@@ -503,7 +507,7 @@ class SQLiteBackend(Storage):
     async def next_scheduled_time(self) -> float | None:
         def go() -> float | None:
             db = self._reader()
-            return db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state='scheduled'").fetchone()[0]
+            return db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state=?", (_SCHEDULED,)).fetchone()[0]
 
         return go()
 

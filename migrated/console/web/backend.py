@@ -24,7 +24,7 @@ from migrated.console.service import (
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import StateError
-from migrated.model.states import Action, TaskState
+from migrated.model.states import NOT_DELETED, Action, TaskState, values
 from migrated.model.status import DiskProgress, TaskProgress
 
 from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
@@ -133,7 +133,7 @@ class ServiceBackend:
         )
 
     async def list_tasks(self) -> list[TaskView]:
-        live = [s.value for s in TaskState if s != TaskState.DELETED]
+        live = values(NOT_DELETED)
         tasks, _ = await self.storage.list_tasks(states=live, limit=500)
         now = self.service.clock()
         sources = {s.source_id: s for s in await self.storage.list_sources()}

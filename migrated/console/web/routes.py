@@ -26,7 +26,7 @@ import structlog
 from aiohttp import web
 
 from migrated.errors import MigratedError, StateError
-from migrated.model.states import Action, ActionDenied, TaskState, allowed_actions
+from migrated.model.states import NOT_STARTED, Action, ActionDenied, TaskState, allowed_actions
 from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
 
 from .auth import (
@@ -164,7 +164,8 @@ def make_jinja() -> jinja2.Environment:
     )
     env.filters["bytes"] = format_bytes
     env.filters["ago"] = fmt_ago
-    env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action)
+    env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action,
+                       NOT_STARTED=NOT_STARTED)
     return env
 
 
