@@ -285,8 +285,9 @@ class Storage(abc.ABC):
     ) -> tuple[TaskRecord, CommandRecord | None]:
         """Atomically: if the task is in ``expect_state``, apply ``changes`` (column names of
         TaskRecord), enqueue ``command`` for the task's source and add ``event`` (level, stage,
-        message). StorageConflict when the state differs. Wakes the source's waiters (also when
-        the caller was cancelled after the commit)."""
+        message). StorageConflict when the state differs; ValueError for a column that does not
+        exist or may not change; OutOfRange for an integer past 64 bits. Wakes the source's
+        waiters (also when the caller was cancelled after the commit)."""
 
     @abc.abstractmethod
     async def due_scheduled_tasks(self, now: float) -> list[TaskRecord]:
