@@ -152,6 +152,51 @@ async def test_source_ownership_and_heartbeats_survive_reopen(store, backend_nam
     await store.open()  # the fixture closes it again
 
 
+async def test_paging_schedule_events_and_counts(store):
+    k = await store.create_key("agent", "a", 1.0)
+    sids = [await source(store, k.secret_id, machine=f"m{i}") for i in range(3)]
+    for i, sid in enumerate(sids):
+        await store.create_task(replace(task(f"t{i}", sid), created_at=float(i)), unfinished_states=["created"])
+    page, total = await store.list_tasks(limit=2)
+    assert ([t.task_id for t in page], total) == (["t2", "t1"], 3), "newest first"
+    page, total = await store.list_tasks(limit=2, offset=2)
+    assert ([t.task_id for t in page], total) == (["t0"], 3)
+    page, total = await store.list_tasks(task_ids=["t0", "t2", "nope"])
+    assert sorted(t.task_id for t in page) == ["t0", "t2"] and total == 2
+    # scheduled starts are rows: due ones earliest first, and the next time to wake for
+    assert await store.next_scheduled_time() is None
+    for tid, at in (("t0", 30.0), ("t1", 20.0)):
+        await store.update_task(tid, expect_state="created", changes={"state": "scheduled", "scheduled_at": at},
+                                now=2.0)
+    assert await store.next_scheduled_time() == 20.0
+    assert [t.task_id for t in await store.due_scheduled_tasks(25.0)] == ["t1"]
+    assert [t.task_id for t in await store.due_scheduled_tasks(30.0)] == ["t1", "t0"]
+    assert await store.task_state_counts() == {"created": 1, "scheduled": 2}
+    # events: oldest first, after an id, a limit
+    ids = [(await store.add_event("t2", sids[2], "info", "", f"e{i}", 3.0 + i)).event_id for i in range(4)]
+    assert [e.message for e in await store.list_events("t2")] == ["e0", "e1", "e2", "e3"]
+    assert [e.message for e in await store.list_events("t2", after_id=ids[1], limit=1)] == ["e2"]
+    assert await store.list_events("t0") == []
+
+
+async def test_removing_a_source_settles_its_commands_and_wake_all(store):
+    k = await store.create_key("agent", "a", 1.0)
+    sid = await source(store, k.secret_id)
+    await store.create_task(task("t1", sid), unfinished_states=["created"])
+    _, cmd = await store.update_task("t1", expect_state="created", changes={"state": "starting"},
+                                     command=NewCommand("start", {"X": 1}), now=2.0)
+    assert await store.count_pending_commands() == 1
+    assert [(c.action, c.params) for c in await store.list_commands("t1")] == [("start", {"X": 1})]
+    waiters = [store.command_waiter(sid), store.command_waiter("src-other")]
+    store.wake_all()
+    assert [await w.wait(5) for w in waiters] == [True, True]
+    assert await store.remove_source(sid) is True and await store.remove_source(sid) is False
+    assert await store.count_pending_commands() == 0
+    (c,) = await store.list_commands("t1")
+    assert (c.command_id, c.result, c.message) == (cmd.command_id, "error", "source removed")
+    assert await store.take_commands(sid, now=3.0, visibility_seconds=30) == ([], None)
+
+
 # ---------------------------------------------------------------- integers past 64 bits
 
 
