@@ -5,8 +5,8 @@ app by whoever builds it: ``build_app`` returns a plain ``web.Application`` and 
 
 Every API reply is HTTP 200 with ``Content-Type: application/json`` exactly (the
 Tencent SDK only looks for an error body then): ``{"Response": {..., "RequestId"}}``
-or ``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``. Errors become replies in
-one place, :func:`error_reply`: a
+or ``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``, always strict JSON (no NaN
+or Infinity). Errors become replies in one place, :func:`error_reply`: a
 :class:`~migrated.errors.MigratedError` answers with its class's API code. No request can
 produce a 500: anything unexpected is logged and answered ``InternalError``.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -171,8 +172,24 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by None (JSON has no spelling for them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _reply(payload: dict[str, Any]) -> web.Response:
-    return web.Response(body=json.dumps({"Response": payload}).encode(), headers={"Content-Type": "application/json"})
+    """Strict JSON only: a non-finite number (one stored before the API refused them) is served as null."""
+    try:
+        body = json.dumps({"Response": payload}, allow_nan=False)
+    except ValueError:
+        body = json.dumps({"Response": _finite(payload)}, allow_nan=False)
+    return web.Response(body=body.encode(), headers={"Content-Type": "application/json"})
 
 
 # pydantic's problem (params.validation_error) -> the class that answers it

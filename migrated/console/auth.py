@@ -79,7 +79,7 @@ class Verifier:
             if not headers.get(name):
                 raise MissingParameter(f"missing header {_title(name)}")
         raw_ts = headers["x-tc-timestamp"].strip()
-        if not raw_ts.isdigit():
+        if not (raw_ts.isascii() and raw_ts.isdigit()):  # isdigit alone takes "²", which int() refuses
             raise InvalidParameter("header X-TC-Timestamp must be a unix time in whole seconds")
         ts = int(raw_ts)
         auth_value = headers.get("authorization")
@@ -98,8 +98,10 @@ class Verifier:
         if auth.service != self.service:
             raise AuthError(f"the credential scope names service {auth.service!r}; this console is {self.service!r}",
                             detail="InvalidAuthorization")
-        if abs(now - ts) > self.window:
-            raise SignatureExpire(f"X-TC-Timestamp {ts} is {int(now - ts)} s from the server time {int(now)}; "
+        # 19 digits and more is past the year 10**10 (and beyond a float: now - ts would overflow)
+        if len(raw_ts) > 18 or abs(now - ts) > self.window:
+            shown, skew = (raw_ts, f"{int(now - ts)}") if len(raw_ts) <= 18 else (f"{raw_ts[:18]}...", "far")
+            raise SignatureExpire(f"X-TC-Timestamp {shown} is {skew} s from the server time {int(now)}; "
                                   f"allowed ±{self.window} s (check the client's clock)")
         key = await self.get_key(auth.secret_id)
         if key is None or not key.active:
