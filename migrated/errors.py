@@ -22,7 +22,7 @@ secret.
     ├── UsageError                     2     InvalidParameter                        bad CLI arguments or request
     │   ├── InvalidParameter           2     InvalidParameter[.*]                    wrong type or form
     │   ├── InvalidParameterValue      2     InvalidParameterValue                   parses, not acceptable
-    │   │   └── OutOfRange             2     InvalidParameterValue                   beyond 63 bits
+    │   │   └── OutOfRange             2     InvalidParameterValue                   beyond its bound
     │   ├── MissingParameter           2     MissingParameter                        parameter / header absent
     │   ├── UnknownParameter           2     UnknownParameter                        not taken by the action
     │   ├── InvalidAction              2     InvalidAction                           no such API action
@@ -119,7 +119,8 @@ class InvalidParameterValue(UsageError):
 
 
 class OutOfRange(InvalidParameterValue):
-    """A number beyond what the console stores and serves (every integer fits 63 bits)."""
+    """A number beyond its bound: what can be stored and served (every API integer fits 63 bits),
+    or a cap (a bandwidth over 100 GiB/s on the control socket)."""
 
 
 class MissingParameter(UsageError):

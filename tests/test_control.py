@@ -222,6 +222,8 @@ async def test_numbers_and_bodies_a_client_sends_are_bounded(rundir: Path) -> No
             code, reply = await call("/v1/bandwidth", body)
             assert code == 400 and words in reply["error"]["message"], (body[:30], code, reply)
             assert len(reply["error"]["message"]) < 300
+        code, reply = await call("/v1/bandwidth", json.dumps({"bps": 2**70}).encode())
+        assert reply["error"]["code"] == "OutOfRange" and reply["error"]["exit_code"] == 2
         code, reply = await call("/v1/bandwidth", b"{" + b" " * (70 * 1024) + b"}")
         assert code == 413 and reply["error"]["code"] == "UsageError", reply
         for body in ({"read_limit_bps": 2**70}, {"interval_seconds": float("nan")},

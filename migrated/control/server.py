@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from migrated.control import API_VERSION, MAX_BPS
-from migrated.errors import DaemonAlreadyRunning, MigratedError, StateError, UsageError
+from migrated.errors import DaemonAlreadyRunning, MigratedError, OutOfRange, StateError, UsageError
 
 log = structlog.get_logger(__name__)
 
@@ -133,7 +133,8 @@ def make_app(backend: ControlBackend) -> web.Application:
             raise UsageError('body must be {"bps": <bytes per second, 0 or null for unlimited>}')
         bps = data["bps"]
         if bps is not None and (isinstance(bps, bool) or not isinstance(bps, int) or not 0 <= bps <= MAX_BPS):
-            raise UsageError(f"bps must be a whole number 0-{MAX_BPS} (100 GiB/s) or null; got {_short(bps)}")
+            kind = OutOfRange if isinstance(bps, int) and bps > MAX_BPS else UsageError
+            raise kind(f"bps must be a whole number 0-{MAX_BPS} (100 GiB/s) or null; got {_short(bps)}")
         return web.json_response(await backend.set_bandwidth(bps or None))
 
     async def rounds(request: web.Request) -> web.Response:
@@ -148,7 +149,8 @@ def make_app(backend: ControlBackend) -> web.Application:
                                      or not 0 <= interval <= 86400):  # NaN fails the comparison too
             raise UsageError(f"interval_seconds must be a number of seconds 0-86400; got {_short(interval)}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_BPS):
-            raise UsageError(f"read_limit_bps must be a whole number 0-{MAX_BPS} (0 = unlimited); got {_short(limit)}")
+            kind = OutOfRange if isinstance(limit, int) and limit > MAX_BPS else UsageError
+            raise kind(f"read_limit_bps must be a whole number 0-{MAX_BPS} (0 = unlimited); got {_short(limit)}")
         return web.json_response(await backend.set_rounds(interval, limit))
 
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
