@@ -124,22 +124,32 @@ class OutOfRange(InvalidParameterValue):
 
 
 class MissingParameter(UsageError):
+    """A required API parameter or header is absent; the message names it."""
+
     api_code = "MissingParameter"
 
 
 class UnknownParameter(UsageError):
+    """A parameter the API action does not take (refused, as Tencent Cloud does)."""
+
     api_code = "UnknownParameter"
 
 
 class InvalidAction(UsageError):
+    """No such API action (checked after the signature)."""
+
     api_code = "InvalidAction"
 
 
 class NoSuchVersion(UsageError):
+    """An ``X-TC-Version`` this console does not serve."""
+
     api_code = "NoSuchVersion"
 
 
 class RequestTooLarge(UsageError):
+    """A request body over ``api.max_body_bytes``."""
+
     api_code = "RequestSizeLimitExceeded"
 
 
