@@ -118,9 +118,10 @@ class InvalidParameterValue(UsageError):
     api_code = "InvalidParameterValue"
 
 
-class OutOfRange(InvalidParameterValue):
-    """A number beyond its bound: what can be stored and served (every API integer fits 63 bits),
-    or a cap (a bandwidth over 100 GiB/s on the control socket)."""
+class OutOfRange(InvalidParameterValue, ValueError):
+    """A number beyond its bound: what can be stored and served (every API integer fits 63 bits;
+    storage's ``check_int64`` raises it too), or a cap (a bandwidth over 100 GiB/s on the control
+    socket). A ``ValueError`` as well, for callers of storage that expect one."""
 
 
 class MissingParameter(UsageError):

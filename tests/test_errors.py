@@ -111,3 +111,13 @@ def test_renderers_show_what_they_showed():
     assert format_bytes(float("inf")) == "?" and format_bytes(10**4000) == "?"
     assert format_duration(65) == "01:05" and format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"
     assert format_duration(math.inf) == "--:--"
+
+
+def test_storage_refuses_with_the_trees_out_of_range():
+    """One OutOfRange: what storage's check_int64 raises is answered InvalidParameterValue, not InternalError."""
+    from migrated.console.storage import OutOfRange, check_int64
+
+    assert OutOfRange is E.OutOfRange and issubclass(OutOfRange, ValueError)
+    with pytest.raises(E.InvalidParameterValue) as ei:
+        check_int64("offset", 2**63)
+    assert ei.value.api_code == "InvalidParameterValue" and ei.value.exit_code == E.ExitCode.USAGE
