@@ -206,9 +206,11 @@ async def test_a_stored_infinity_is_served_as_null_in_strict_json(tmp_path):
         async with c.client(aid, akey) as a:
             src = await register(a)
         tid = (await c.admin_call("CreateTask", task_params(src)))["TaskId"]
-        # what an older console stored when ReportTaskProgress took RateBps 1e400
+        # what an older console stored when ReportTaskProgress took RateBps 1e400 and 4,000-digit sizes
+        huge = {"Name": "/dev/vda", "BytesTotal": int("9" * 4000), "BytesDone": 1}
         await c.service.storage.update_task(tid, expect_state="created", now=time.time(), changes={
-            "progress": {"Disks": [], "RateBps": float("inf"), "EtaSeconds": float("nan"), "UpdatedAt": time.time()}})
+            "progress": {"Disks": [huge], "RateBps": float("inf"), "EtaSeconds": float("nan"),
+                         "UpdatedAt": time.time()}})
         body = json.dumps({"TaskIds": [tid]}).encode()
         h = tc3.sign_headers(secret_id=c.admin_id, secret_key=c.admin_key, service="migrate",
                              host=c.url.removeprefix("http://"), action="DescribeTasks", version="2026-11-01",
@@ -217,6 +219,7 @@ async def test_a_stored_infinity_is_served_as_null_in_strict_json(tmp_path):
             raw = await r.read()
         (t,) = _strict_json(raw)["Response"]["TaskSet"]
         assert t["Progress"]["RateBps"] is None and t["Progress"]["EtaSeconds"] is None, t["Progress"]
+        assert t["Progress"]["Percent"] == 0.0  # 1 of a 4,000-digit total: no OverflowError
         assert b"Infinity" not in raw and b"NaN" not in raw
 
 

@@ -97,6 +97,7 @@ from migrated.model.states import (
     transition,
     values,
 )
+from migrated.model.status import percent_done
 
 log = structlog.get_logger(__name__)
 
@@ -236,7 +237,7 @@ class ConsoleService:
                 "Disks": disks,
                 "BytesTotal": total,
                 "BytesDone": done,
-                "Percent": round(100.0 * done / total, 2) if total else 0.0,
+                "Percent": percent_done(done, total),
                 "RateBps": p.get("RateBps", 0.0),
                 "EtaSeconds": p.get("EtaSeconds"),
                 "LagSeconds": p.get("LagSeconds"),

@@ -122,6 +122,15 @@ def _finite(x: object) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def percent_done(done: float, total: float) -> float:
+    """``100 * done / total`` rounded to 0.01, 0.0 without a total. Never raises (a stored 4,000-digit
+    total is beyond a float)."""
+    try:
+        return round(100.0 * done / total, 2) if total else 0.0
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return 0.0
+
+
 def format_bytes(n: float) -> str:
     """``1.5 MiB``. Never raises, whatever an agent reported: "?" for what is not a finite number."""
     x = _finite(n)
