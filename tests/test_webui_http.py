@@ -346,3 +346,5 @@ async def test_what_an_agent_reported_cannot_break_the_pages(console: Console) -
                      "/ui/api/tasks", f"/ui/tasks/{tid}", f"/ui/api/tasks/{tid}"):
             async with s.get(f"{console.url}{path}") as r:
                 assert r.status == 200, (path, r.status, (await r.text())[:500])
+                if "/api/" in path:  # strict JSON: no NaN / Infinity
+                    json.loads(await r.text(), parse_constant=lambda c: pytest.fail(f"{path}: {c}"))
