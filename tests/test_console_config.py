@@ -95,3 +95,14 @@ def test_sign_headers_round_trip():
 def test_malformed_authorization(value):
     with pytest.raises(tc3.MalformedAuthorization):
         tc3.parse_authorization(value)
+
+
+def test_console_file_errors_have_line_column_and_all_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("listen:\n  port: 70000\nagents:\n  max_wait_seconds: 60\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(ei.value).splitlines() == [
+        f"{p}: line 2, column 9: listen.port: must be <= 65535, got 70000",
+        f"{p}: line 4, column 21: agents.max_wait_seconds: must be <= 30, got 60",
+    ]
