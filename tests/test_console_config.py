@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_sample_config_parses():
     cfg = load_config(REPO / "etc" / "console.yaml")
-    assert cfg.listen.host == "0.0.0.0" and cfg.listen.port == 8930
+    assert cfg.listen.host == "127.0.0.1" and cfg.listen.port == 8930  # was 0.0.0.0 (issue 10: plain HTTP)
     assert cfg.storage.path == "/var/lib/migrate-console/console.db"
     assert cfg.agents.heartbeat_interval_seconds == 10 and cfg.agents.offline_after_missed == 3
     assert cfg.scheduler.min_lead_seconds == 600
