@@ -19,6 +19,7 @@ SUBCOMMANDS: list[str] = [
     "migrated.cli.version_cmd",
     "migrated.cli.agent_cmds",
     "migrated.cli.thaw_cmd",
+    "migrated.cli.install_units",
 ]
 
 
