@@ -67,3 +67,9 @@ def test_check_config(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "listen.tls: cannot load" in r.stderr
+    (tmp_path / "afile").write_text("")
+    db = write_config(tmp_path, tmp_path / "afile" / "console.db")
+    r = subprocess.run([*cli("migrate-console"), "check-config", "--config", str(db)], env=repo_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"storage.path: {tmp_path / 'afile'} is not a directory" in r.stderr

@@ -207,15 +207,28 @@ def task_lines(t: dict[str, Any]) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """What ``serve`` would refuse before it listens: the config, and the TLS files it names."""
+    """What ``serve`` would refuse before it listens: the config, the TLS files it names, a database
+    path it cannot create or write (under the unit's sandbox, where ExecStartPre runs too)."""
     from migrated.console.config import load_config
 
     cfg = load_config(args.config)
     _ssl_context(cfg)
+    _check_storage_path(Path(cfg.storage.path))
     scheme = "https" if cfg.listen.tls is not None else "http"
     print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, "
           f"{cfg.storage.backend} {cfg.storage.path})")
     return 0
+
+
+def _check_storage_path(db: Path) -> None:
+    """The database file, or the nearest directory above it that exists (storage creates the rest),
+    must be writable: SQLite writes the file and its -wal/-shm files beside it."""
+    existing = next(p for p in (db.parent, *db.parent.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is not a directory, so {db} cannot be created", path="storage.path")
+    for p in (existing, db) if db.exists() else (existing,):
+        if not os.access(p, os.W_OK):
+            raise ConfigError(f"{p} is not writable by this user (uid {os.getuid()})", path="storage.path")
 
 
 def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
