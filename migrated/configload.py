@@ -96,8 +96,12 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, pos: _Positions, dups: list[Issue]) -> None:
+def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, pos: _Positions, dups: list[Issue],
+          inside: frozenset[int] = frozenset()) -> None:
     pos.values[loc] = _mark(node)
+    if id(node) in inside:  # an alias of a node that contains it (&a [*a]): nothing more to locate
+        return
+    inside = inside | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, tuple[int, int]] = {}
         for knode, vnode in node.value:
@@ -111,10 +115,10 @@ def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, pos: _Positions, d
                 dups.append(Issue(_path((*loc, key)), f"duplicate key (first at line {seen[key][0]})", line, col))
             seen[key] = _mark(knode)
             pos.keys[(*loc, key)] = _mark(knode)
-            _walk(loader, vnode, (*loc, key), pos, dups)
+            _walk(loader, vnode, (*loc, key), pos, dups, inside)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(loader, item, (*loc, i), pos, dups)
+            _walk(loader, item, (*loc, i), pos, dups, inside)
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, _Positions, list[Issue]]:
@@ -163,6 +167,24 @@ def _unwrap_model(tp: Any) -> Any:
         models = [a for a in get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
         return models[0] if models else tp
     return tp
+
+
+def _empty_sections_as_defaults(model: type[BaseModel], data: dict[Any, Any]) -> dict[Any, Any]:
+    """``section:`` with nothing under it (YAML null, e.g. every line commented out) means the section's
+    defaults, where the section may not be null itself (``cloud:`` may: null there means "no cloud")."""
+    out = dict(data)
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        section = _unwrap_model(field.annotation)
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue
+        if value is None and section is field.annotation:  # not Optional: null is not a choice there
+            out[key] = {}
+        elif isinstance(value, dict):
+            out[key] = _empty_sections_as_defaults(section, value)
+    return out
 
 
 def _shown(value: Any) -> str:
@@ -223,7 +245,7 @@ def validate(model: type[M], data: Any, source: str, positions: _Positions | Non
                             *(at or (None, None))))
         raise config_error(source, issues)
     try:
-        result = model.model_validate(data)
+        result = model.model_validate(_empty_sections_as_defaults(model, data))
     except ValidationError as exc:
         for e in exc.errors():
             loc = tuple(e["loc"]) + tuple((e.get("ctx") or {}).get("below", ()))

@@ -173,3 +173,20 @@ def test_python_callers_are_validated_too() -> None:
     with pytest.raises(ValueError, match="absolute path"):
         Config(state_dir="relative")
     assert Config(disks=["/dev/vda"]).disks == ("/dev/vda",)
+
+
+def test_an_empty_section_is_its_defaults() -> None:
+    """`heartbeat:` with every line under it commented out is the defaults (as before the shared loader),
+    for the console's config too; a section that may be null keeps null (the console's `cloud:`)."""
+    from migrated.console.config import ConsoleConfig
+    from migrated.console.config import parse_config as parse_console
+
+    assert parse_config("heartbeat:\n  # interval: 5\nconsole:\n") == Config()
+    assert parse_console({"listen": None, "cloud": None}) == ConsoleConfig()
+    assert parse_console({"listen": {"tls": None}}).listen.tls is None
+
+
+def test_a_recursive_alias_does_not_hang_the_loader() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("disks: &a [*a]\n", "m.yaml")
+    assert "m.yaml: line 1, column 8: disks[0]: must be a string" in str(info.value)
