@@ -347,4 +347,4 @@ async def test_what_an_agent_reported_cannot_break_the_pages(console: Console) -
             async with s.get(f"{console.url}{path}") as r:
                 assert r.status == 200, (path, r.status, (await r.text())[:500])
                 if "/api/" in path:  # strict JSON: no NaN / Infinity
-                    json.loads(await r.text(), parse_constant=lambda c: pytest.fail(f"{path}: {c}"))
+                    json.loads(await r.text(), parse_constant=lambda c, p=path: pytest.fail(f"{p}: {c}"))
