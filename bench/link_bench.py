@@ -141,7 +141,7 @@ def run_link_bench(args: argparse.Namespace) -> dict[str, object]:
                     sparse_copy(base, src)
 
                     def measure(phase: str, tool: str, argv: list[str] | None, target: Path, expect: str,
-                                kind: str = kind) -> LinkRow:  # fmt: skip
+                                kind: str = kind, rate: str = rate) -> LinkRow:  # fmt: skip
                         row = LinkRow(phase, tool, image=kind, link=rate, source_bytes=args.size)
                         rows.append(row)
                         if argv is None:
