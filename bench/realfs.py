@@ -267,8 +267,12 @@ def apply_fs_delta(image: Path, fraction: float = 0.01, seed: int = 2,
         # deleted and rewritten: distinct existing files (never the same file twice)
         for op in ("deleted", "rewritten"):
             share = int(budget * DELTA_SHARES[op])
-            while existing and man.ops[op].bytes < share:
+            skipped: list[str] = []
+            while existing and man.ops[op].bytes < share * 0.99:
                 rel = existing.pop()
+                if man.ops[op].bytes + base.sizes[rel] > share:
+                    skipped.append(rel)  # too big for what is left of the share: the next op may take it
+                    continue
                 path = "/" + rel
                 data = debugfs_read(image, path) if op == "rewritten" else None
                 size = len(data) if data is not None else base.sizes[rel]
@@ -280,6 +284,7 @@ def apply_fs_delta(image: Path, fraction: float = 0.01, seed: int = 2,
                 man.ops[op].files += 1
                 man.ops[op].bytes += size
                 man.paths[op].append(path)
+            existing += reversed(skipped)
         # new: a new directory of incompressible and text files
         cmds += ["cd /srv", "mkdir new"]
         pool = _text_pool(rng, 1 * MiB)
