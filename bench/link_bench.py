@@ -282,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, default=2 * GiB, help="size of both images (default 2GiB)")
     p.add_argument("--delta", type=float, default=0.01,
-                   help="realfs: fraction of the file bytes changed; synthetic: of the image (default 0.01)")
+                   help="realfs: fraction of file bytes changed; synthetic: of the image (default 0.01)")  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rates", type=lambda s: s.split(","), default=["100mbit", "1gbit"],
-                   help="comma-separated tc rates, 'none' for unlimited loopback (default 100mbit,1gbit)")
+                   help="comma-separated tc rates, 'none' for unlimited loopback (default 100mbit,1gbit)")  # fmt: skip
     p.add_argument("--images", type=lambda s: s.split(","), default=["realfs", "synthetic"])
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/migrated-bench/link"))
     p.add_argument("--timeout", type=float, default=1800, help="per-row timeout in seconds")
