@@ -334,8 +334,8 @@ def build_app(service: ConsoleService) -> web.Application:
 
 
 def make_storage(cfg: ConsoleConfig) -> Storage:
-    return create_storage(cfg.storage.backend, path=cfg.storage.path,
-                          heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
+    return create_storage(cfg.storage.backend, heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds,
+                          **cfg.storage.backend_options())
 
 
 def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Callable[[], float] = time.time

@@ -4,6 +4,7 @@
 
     migrate-console serve --config /etc/migrate-console/console.yaml
     migrate-console check-config --config /etc/migrate-console/console.yaml   (the unit's ExecStartPre)
+    migrate-console storage upgrade --config /etc/migrate-console/console.yaml
     migrate-console keys create --local --config console.yaml --role admin --name ops \
         --save ~/.config/migrate-console/credentials.yaml
     migrate-console keys create --role agent --name fleet
@@ -211,10 +212,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     _ssl_context(cfg)
-    _check_storage_path(Path(cfg.storage.path))
+    if cfg.storage.backend == "sqlite":
+        _check_storage_path(Path(cfg.storage.path))
+    else:  # the password is readable and the server answers it (errors name storage.<key>)
+        asyncio.run(_open_storage(cfg, lambda store: None))
     scheme = "https" if cfg.listen.tls is not None else "http"
-    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, "
-          f"{cfg.storage.backend} {cfg.storage.path})")
+    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, {cfg.storage.describe()})")
+    return 0
+
+
+async def _open_storage(cfg: Any, then: Any) -> Any:
+    """Open the configured backend bare (its schema upgrade runs), call ``then(store)``, close."""
+    from migrated.console.storage import BACKENDS
+
+    store = BACKENDS[cfg.storage.backend](**cfg.storage.backend_options())
+    await store.open()
+    try:
+        return then(store)
+    finally:
+        await store.close()
+
+
+def cmd_storage_upgrade(args: argparse.Namespace) -> int:
+    """Apply the schema upgrades the database lacks (``serve`` does too, at start) and say what happened."""
+    from migrated.console.config import load_config
+
+    cfg = load_config(args.config)
+    before, now = asyncio.run(_open_storage(cfg, lambda s: (s.schema_upgraded_from, s.schema_version)))
+    print(f"{cfg.storage.describe()}: " + (f"schema upgraded from version {before} to {now}" if before is not None
+                                           else f"schema version {now}, up to date"))
     return 0
 
 
@@ -282,7 +308,7 @@ async def _serve(cfg: Any) -> int:
         host, port = runner.addresses[0][:2]
         scheme = "https" if ssl_ctx else "http"
         print(f"migrate-console listening on {scheme}://{host}:{port}", flush=True)
-        log.info("console listening", url=f"{scheme}://{host}:{port}", db=cfg.storage.path)
+        log.info("console listening", url=f"{scheme}://{host}:{port}", db=cfg.storage.describe())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -530,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate console.yaml and its TLS files (for ExecStartPre)")
     s.add_argument("--config", required=True, help="console.yaml")
     s.set_defaults(func=cmd_check_config)
+
+    st = sub.add_parser("storage", help="the console's database").add_subparsers(dest="storage_cmd", required=True,
+                                                                                metavar="ACTION")
+    s = st.add_parser("upgrade", help="apply the schema upgrades the database lacks (serve applies them at start)")
+    s.add_argument("--config", required=True, help="console.yaml")
+    s.set_defaults(func=cmd_storage_upgrade)
 
     s = sub.add_parser("serve", help="run the console")
     s.add_argument("--config", required=True, help="console.yaml")

@@ -33,6 +33,7 @@ from .interface import (
     EventRecord,
     KeyRecord,
     NewCommand,
+    SchemaTooNew,
     SourceRecord,
     Storage,
     StorageConflict,
@@ -89,7 +90,9 @@ CREATE INDEX IF NOT EXISTS events_task ON events(task_id, event_id);
 
 SCHEMA_VERSION = "3"
 
-# schema upgrades, applied in order to an older file: version -> the statements that lead to the next
+# schema upgrades, numbered steps applied in order to an older file at open (one transaction):
+# version -> the statements that lead to the next; a newer file than SCHEMA_VERSION is refused
+# (SchemaTooNew). A change to _SCHEMA gets a step here and SCHEMA_VERSION one up.
 _MIGRATIONS = {
     "1": ("ALTER TABLE tasks ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
           "ALTER TABLE tasks ADD COLUMN image_state TEXT NOT NULL DEFAULT ''"),
@@ -182,9 +185,15 @@ class SQLiteBackend(Storage):
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        self.schema_upgraded_from = None
+        if row is not None and row[0].isdigit() and int(row[0]) > int(SCHEMA_VERSION):
+            db.close()
+            raise SchemaTooNew(f"{self.path} is on schema version {row[0]}, this console knows up to "
+                               f"{SCHEMA_VERSION}: run the newer console (or restore the file)", path="storage.path")
         if row is None:
             db.execute("INSERT INTO meta(k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif row[0] in _MIGRATIONS:
+            self.schema_upgraded_from = int(row[0])
             version = row[0]
             db.execute("BEGIN IMMEDIATE")  # one transaction: an upgrade lands whole or not at all
             try:
@@ -200,6 +209,7 @@ class SQLiteBackend(Storage):
             row = (version,)
         if row is not None and row[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"{self.path}: schema version {row[0]}, this console knows {SCHEMA_VERSION}")
+        self.schema_version = int(SCHEMA_VERSION)
         self._db = db
 
     def _reader(self) -> sqlite3.Connection:
