@@ -403,7 +403,7 @@ async def test_sqlite_upgrades_an_old_file_in_numbered_steps(tmp_path):
 
 def test_postgresql_dsn_with_a_password_is_refused():
     for dsn in ("postgresql://u:secret@h/db", "postgresql://u@h/db?password=secret"):
-        with pytest.raises(ConfigError, match="^storage.dsn: has a password in it") as e:
+        with pytest.raises(ConfigError, match=r"^storage\.dsn: has a password in it") as e:
             PostgreSQLBackend(dsn)
         assert "secret" not in str(e.value)
 
