@@ -26,11 +26,15 @@ def pg_config(tmp_path, server, db, **storage):
 async def test_console_serves_agents_from_postgresql(pg_server, tmp_path):  # noqa: F811
     db = pg_server.create_database()
     cfg = pg_config(tmp_path, pg_server, db)
+    r = run_cli("check-config", "--config", str(cfg))  # connects, changes nothing
+    assert r.returncode == 0, r.stderr
+    assert f"postgresql {pg_server.dsn(db)}, schema version 0: serve will upgrade it to {SCHEMA_VERSION})" \
+        in r.stdout
     r = run_cli("storage", "upgrade", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     assert f"schema version {SCHEMA_VERSION}, up to date" in r.stdout  # a new database is created at the newest
     r = run_cli("check-config", "--config", str(cfg))
-    assert r.returncode == 0 and f"postgresql {pg_server.dsn(db)})" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"postgresql {pg_server.dsn(db)}, schema version {SCHEMA_VERSION})" in r.stdout
     admin_file = tmp_path / "admin.yaml"
     r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
                 "--save", str(admin_file))

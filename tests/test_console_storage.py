@@ -15,7 +15,7 @@ from typing import Any, get_args
 import pytest
 
 from migrated.console import storage as storage_pkg
-from migrated.console.config import StorageConfig
+from migrated.console.config import StorageConfig, parse_config
 from migrated.console.storage import (
     INT64_MAX,
     SCHEMA_VERSION,
@@ -464,3 +464,49 @@ async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg
     finally:
         await a.close()
         await b.close()
+
+
+async def test_postgresql_a_write_whose_caller_is_cancelled_still_lands_and_wakes(pg_server):  # noqa: F811
+    """A request cancelled (client gone) once its write began: on PostgreSQL the write runs in a
+    shielded task, so the command is queued all the same and the long-polls are woken. (SQLite
+    promises this only once the commit happened: a write still queued for its thread is dropped.)"""
+    store = PostgreSQLBackend(pg_server.dsn(pg_server.create_database()), password_file=str(pg_server.password_file))
+    await store.open()
+    try:
+        k = await store.create_key("agent", "a", 1.0)
+        sid = await source(store, k.secret_id)
+        await store.create_task(task("t1", sid), unfinished_states=["created"])
+        waiter = store.command_waiter(sid)
+        call = asyncio.create_task(store.update_task("t1", expect_state="created", changes={"state": "starting"},
+                                                     command=NewCommand("start"), now=2.0))
+        await asyncio.sleep(0)  # the write is handed to its task
+        call.cancel()
+        assert await waiter.wait(10) is True
+        assert (await store.get_task("t1")).state == "starting" and await store.count_pending_commands() == 1
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("storage", "needle"), [
+    ({"backend": "postgresql"}, "storage.dsn: backend postgresql needs a dsn"),
+    ({"backend": "postgresql", "dsn": "mysql://u@h/db"}, "storage.dsn: must start with postgresql://"),
+    ({"backend": "postgresql", "dsn": "postgresql://u:hunter2@h/db"}, "storage.dsn: must not hold a password"),
+    ({"backend": "postgresql", "dsn": "postgresql://u@h/db?password=hunter2"}, "storage.dsn: must not hold"),
+    ({"backend": "postgresql", "dsn": "postgresql://u@h/db", "password_file": "/a", "password_credential": "b"},
+     "storage.password_credential: give password_file or password_credential, not both"),
+    ({"backend": "postgresql", "dsn": "postgresql://u@h/db", "password_credential": "../x"},
+     "storage.password_credential"),
+    ({"dsn": "postgresql://u@h/db"}, "storage.dsn: only for backend postgresql (backend is sqlite)"),
+])
+def test_postgresql_config_errors_name_the_key_and_never_echo_a_password(storage, needle):
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"storage": storage})
+    assert needle in str(ei.value) and "hunter2" not in str(ei.value), str(ei.value)
+
+
+def test_postgresql_config_hands_its_options_to_the_backend():
+    cfg = parse_config({"storage": {"backend": "postgresql", "dsn": "postgresql://migrate@db/migrate",
+                                    "password_credential": "db-password", "pool_size": 4}})
+    store = create_storage(cfg.storage.backend, **cfg.storage.backend_options())
+    assert isinstance(store.backend, PostgreSQLBackend) and store.backend.dsn == "postgresql://migrate@db/migrate"
+    assert cfg.storage.describe() == "postgresql postgresql://migrate@db/migrate"

@@ -212,12 +212,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     _ssl_context(cfg)
+    schema = ""
     if cfg.storage.backend == "sqlite":
         _check_storage_path(Path(cfg.storage.path))
-    else:  # the password is readable and the server answers it (errors name storage.<key>)
-        asyncio.run(_open_storage(cfg, lambda store: None))
+    else:  # the password is readable and the server answers it (errors name storage.<key>); changes nothing
+        from migrated.console.storage import BACKENDS
+        from migrated.console.storage.postgresql import SCHEMA_VERSION
+
+        have = asyncio.run(BACKENDS["postgresql"](**cfg.storage.backend_options()).check())
+        schema = (f", schema version {have}" if have == SCHEMA_VERSION
+                  else f", schema version {have}: serve will upgrade it to {SCHEMA_VERSION}")
     scheme = "https" if cfg.listen.tls is not None else "http"
-    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, {cfg.storage.describe()})")
+    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, {cfg.storage.describe()}"
+          f"{schema})")
     return 0
 
 

@@ -163,6 +163,12 @@ def read_password(password_file: str = "", password_credential: str = "") -> str
     return text[:-1] if text.endswith("\n") else text
 
 
+def _refuse_newer(have: int) -> None:
+    if have > SCHEMA_VERSION:
+        raise SchemaTooNew(f"the database is on schema version {have}, this console knows up to "
+                           f"{SCHEMA_VERSION}: run the newer console (or restore the database)", path="storage.dsn")
+
+
 class PostgreSQLBackend(Storage):
     """A PostgreSQL database, through a pool of asyncpg connections.
 
@@ -189,26 +195,50 @@ class PostgreSQLBackend(Storage):
 
     # -- plumbing
 
-    async def open(self) -> None:
+    async def _connecting(self, connect: Callable[..., Awaitable[T]], **kw: Any) -> T:
+        """``connect(dsn, ...)`` (asyncpg's pool or connection) with the password, the settings
+        every connection gets, and a failure as a ConfigError naming ``storage.dsn``."""
         import asyncpg  # the optional dependency: pip install 'migrated[postgresql]'
 
         password = read_password(self._password_file, self._password_credential)
         try:
-            pool = await asyncpg.create_pool(
-                self.dsn, password=password, min_size=1, max_size=self._pool_size,
-                timeout=self._connect_timeout, command_timeout=60,
-                server_settings={"synchronous_commit": "on", "application_name": "migrate-console"},
-            )
+            return await connect(
+                self.dsn, password=password, timeout=self._connect_timeout, command_timeout=60,
+                server_settings={"synchronous_commit": "on", "application_name": "migrate-console"}, **kw)
         except (TimeoutError, OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise ConfigError(f"cannot connect to PostgreSQL at {safe_dsn(self.dsn)}: "
                               f"{type(exc).__name__}: {exc}", path="storage.dsn") from None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        pool = await self._connecting(asyncpg.create_pool, min_size=1, max_size=self._pool_size)
         try:
             async with pool.acquire() as con:
-                self.schema_upgraded_from, self.schema_version = await self._migrate(con)
+                try:
+                    self.schema_upgraded_from, self.schema_version = await self._migrate(con)
+                except asyncpg.PostgresError as exc:  # e.g. no CREATE privilege on the database
+                    raise ConfigError(f"cannot set up the console's schema in {safe_dsn(self.dsn)}: "
+                                      f"{type(exc).__name__}: {exc}", path="storage.dsn") from None
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+
+    async def check(self) -> int:
+        """Connect once and read the schema version (0: no tables yet) without changing anything;
+        SchemaTooNew for a newer one. What ``check-config`` does."""
+        import asyncpg
+
+        con = await self._connecting(asyncpg.connect)
+        try:
+            have = 0
+            if await con.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+                have = await con.fetchval("SELECT max(version) FROM schema_version") or 0
+        finally:
+            await con.close()
+        _refuse_newer(have)
+        return int(have)
 
     @staticmethod
     async def _migrate(con: Any) -> tuple[int | None, int]:
@@ -217,10 +247,7 @@ class PostgreSQLBackend(Storage):
             await con.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_NS, _LOCK_SCHEMA)
             await con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             have = await con.fetchval("SELECT max(version) FROM schema_version") or 0
-            if have > SCHEMA_VERSION:
-                raise SchemaTooNew(f"the database is on schema version {have}, this console knows up to "
-                                   f"{SCHEMA_VERSION}: run the newer console (or restore the database)",
-                                   path="storage.dsn")
+            _refuse_newer(have)
             if have == SCHEMA_VERSION:
                 return None, have
             for number, statements in MIGRATIONS:
@@ -262,12 +289,17 @@ class PostgreSQLBackend(Storage):
 
         task = asyncio.get_running_loop().create_task(go())
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._write_done)
         try:
             return await asyncio.shield(task)
         finally:
             if self.observe_write is not None:
                 self.observe_write(time.monotonic() - t0)
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that went away already has its answer (none)
 
     @staticmethod
     async def _lock(con: Any, name: str) -> None:
