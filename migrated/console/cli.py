@@ -137,10 +137,7 @@ def rounds_line(p: dict[str, Any]) -> str:
     """The continuous-sync line of a task view's ``Progress`` ("" before the first round)."""
     from migrated.model.status import TaskProgress, continuous_line
 
-    return continuous_line(TaskProgress(
-        task_id="", state="", round=p.get("Round"), round_changed_bytes=p.get("RoundChangedBytes"),
-        lag_seconds=p.get("LagSeconds"), forecast_seconds=p.get("ForecastSeconds"),
-        convergence=p.get("Convergence", ""), advice=p.get("Advice", ""), downtime_seconds=p.get("DowntimeSeconds")))
+    return continuous_line(TaskProgress.from_api(p))
 
 
 def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> None:

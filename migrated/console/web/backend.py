@@ -25,7 +25,7 @@ from migrated.console.service import (
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import StateError
 from migrated.model.states import Action, TaskState
-from migrated.model.status import DiskProgress, TaskProgress
+from migrated.model.status import TaskProgress
 
 from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
 from .model import DiskMapView, DiskView, EventView, FormErrors, SourceView, TaskForm, TaskView
@@ -40,21 +40,9 @@ _ACTION_CALL = {
 
 
 def _progress(t: TaskRecord) -> TaskProgress | None:
-    p = t.progress or {}
-    if not p:
+    if not t.progress:
         return None
-    disks = [DiskProgress(name=d.get("Name", ""), target=d.get("Target", ""), bytes_total=int(d.get("BytesTotal", 0)),
-                          bytes_done=int(d.get("BytesDone", 0)), bytes_sent=int(d.get("BytesSent", 0)))
-             for d in p.get("Disks", [])]
-    return TaskProgress(task_id=t.task_id, state=t.state, stage=t.stage, disks=disks,
-                        rate_bps=float(p.get("RateBps") or 0.0), eta_seconds=p.get("EtaSeconds"),
-                        message=t.message, updated_at=float(p.get("UpdatedAt") or 0.0),
-                        phase=str(p.get("Phase") or ""), round=p.get("Round"),
-                        round_changed_bytes=p.get("RoundChangedBytes"), lag_seconds=p.get("LagSeconds"),
-                        forecast_seconds=p.get("ForecastSeconds"), convergence=str(p.get("Convergence") or ""),
-                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"),
-                        round_interval_seconds=p.get("RoundIntervalSeconds"),
-                        read_limit_bps=int(p.get("ReadLimitKBps") or 0) * 1024 or None)
+    return TaskProgress.from_api(t.progress, task_id=t.task_id, state=t.state, stage=t.stage, message=t.message)
 
 
 class ServiceBackend:
