@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from migrated.model.lvmsize import MAX_SNAPSHOT_SIZE_CHARS, SNAPSHOT_SIZE_HINT, snapshot_size_ok
 from migrated.model.states import TaskState
+from migrated.model.taskspec import CHECKS, OPTION_KEYS, QUIESCE_METHODS, TaskSpec, checks_hint, unknown_checks
 
 ID = Annotated[str, Field(min_length=1, max_length=64)]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
@@ -25,12 +26,10 @@ _HOSTKEY_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-[A-Za-z0-9@.-
 
 
 MAX_HOOK_CHARS = 1024
-QUIESCE_METHODS = ("freeze", "hooks", "none", "lvm")
 MIN_FREEZE_BUDGET, MAX_FREEZE_BUDGET = 1, 600
 MAX_HOOK_TIMEOUT = 3600
 # CreateTask parameters that only a continuous task takes
-CONTINUOUS_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook",
-                     "FreezeBudgetSeconds", "SnapshotSize", "HookTimeoutSeconds")
+CONTINUOUS_PARAMS = tuple(key for key, _ in OPTION_KEYS)
 ROUND_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps")  # the rest is the cutover: ConsistentFinish takes it too
 
 
@@ -194,6 +193,8 @@ class CreateTask(_P):
     TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
     TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
     DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
+    # names of pre-migration checks the agent skips at the start (model.taskspec.CHECKS)
+    IgnoreChecks: list[Annotated[str, Field(max_length=64)]] = Field([], max_length=len(CHECKS))
 
     @field_validator("TargetSsh")
     @classmethod
@@ -212,6 +213,16 @@ class CreateTask(_P):
             raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA...'")
         return v.strip()
 
+
+    @field_validator("IgnoreChecks")
+    @classmethod
+    def _ignore_checks(cls, v: list[str]) -> list[str]:
+        bad = unknown_checks(v)
+        if bad:
+            raise ValueError(f"unknown check {bad[0][:40]!r}; {checks_hint()}")
+        if len(set(v)) != len(v):
+            raise ValueError("each check may be named once")
+        return v
 
     @field_validator("Quiesce", mode="before")
     @classmethod
@@ -246,6 +257,20 @@ class CreateTask(_P):
         if self.Quiesce == "hooks" and not (self.PreHook or self.PostHook):
             raise ValueError("parameter PreHook: required when Quiesce is hooks (give PreHook and/or PostHook)")
         return self
+
+    def spec(self) -> TaskSpec:
+        """The task's settings as the agent runs them (the console then fills in the task ID, the
+        disk mapping it resolved and the target it chose)."""
+        return TaskSpec(
+            name=self.TaskName, description=self.Description, region=self.Region, target_type=self.TargetType,
+            image_name=self.ImageName, target_instance_id=self.TargetInstanceId,
+            target_ssh=self.TargetSsh, target_host_key=self.TargetHostKey,
+            disk_mapping=tuple((m.Source, m.Target) for m in self.DiskMapping or ()),
+            bandwidth_kbps=self.BandwidthLimitKBps, checksum=self.Checksum,
+            continuous_sync=self.ContinuousSync, consistent_finish=self.ConsistentFinish,
+            ignore_checks=tuple(self.IgnoreChecks),
+            **{attr: getattr(self, key) for key, attr in OPTION_KEYS},
+        )
 
 
 class DescribeTasks(_P):

@@ -73,6 +73,8 @@ from migrated.model.states import (
     denied_actions,
     transition,
 )
+from migrated.model.status import TaskProgress
+from migrated.model.taskspec import OPTION_KEYS, TaskSpec
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +96,20 @@ def consistent_finish(t: TaskRecord) -> bool:
     """A one-shot task that ends with a cutover right after its full pass (CreateTask ConsistentFinish);
     its cutover options live in ``t.continuous`` too, with ``ConsistentFinish: true``."""
     return bool(t.continuous and t.continuous.get("ConsistentFinish"))
+
+
+def task_spec(t: TaskRecord) -> TaskSpec:
+    """The settings of a stored task, as the agent runs them."""
+    c = t.continuous or {}
+    return TaskSpec(
+        task_id=t.task_id, name=t.name, description=t.description, region=t.region, target_type=t.target_type,
+        image_name=t.image_name, target_instance_id=t.target_instance_id, state=t.state,
+        target_ssh=t.target_ssh, target_host_key=t.target_host_key, disk_mapping=t.disk_mapping,
+        bandwidth_kbps=t.bandwidth_limit_kbps, checksum=t.checksum, continuous_sync=is_continuous(t),
+        consistent_finish=consistent_finish(t), ignore_checks=t.ignore_checks,
+        **{attr: c.get(key) for key, attr in OPTION_KEYS},
+    )
+
 
 class ApiError(Exception):
     """An error the API answers with ``{"Error": {"Code", "Message"}}``. Messages hold no secrets."""
@@ -182,62 +198,22 @@ class ConsoleService:
 
     @staticmethod
     def agent_task_view(t: TaskRecord) -> dict[str, Any]:
-        """The task as the agent receives it with a command."""
-        return {
-            "TaskId": t.task_id,
-            "TaskName": t.name,
-            "Description": t.description,
-            "Region": t.region,
-            "TargetType": t.target_type,
-            "ImageName": t.image_name,
-            "TargetInstanceId": t.target_instance_id,
-            "TargetSsh": t.target_ssh,
-            "TargetHostKey": t.target_host_key,
-            "BandwidthLimitKBps": t.bandwidth_limit_kbps,
-            "Checksum": t.checksum,
-            "DiskMapping": [{"Source": a, "Target": b} for a, b in t.disk_mapping],
-            "State": t.state,
-            "ContinuousSync": is_continuous(t),
-            "ConsistentFinish": consistent_finish(t),
-            # continuous tasks only (null otherwise): the rounds, and the cutover (docs/consistency.md)
-            **{n: (t.continuous or {}).get(n) for n in P.CONTINUOUS_PARAMS},
-        }
+        """The task as the agent receives it with a command (the rounds and cutover options are null
+        where not given, and for a one-shot task: docs/consistency.md)."""
+        return task_spec(t).to_api()
 
     @classmethod
     def task_view(cls, t: TaskRecord) -> dict[str, Any]:
         """The task as an operator sees it (DescribeTasks, the web UI)."""
         state = TaskState(t.state)
         p = t.progress or {}
-        disks = p.get("Disks", [])
-        total = sum(d.get("BytesTotal", 0) for d in disks)
-        done = sum(d.get("BytesDone", 0) for d in disks)
         v = cls.agent_task_view(t)
         v.update({
             "SourceId": t.source_id,
             "ScheduledStartTime": iso(t.scheduled_at),
             "Stage": t.stage,
             "Message": t.message,
-            "Progress": {
-                "Disks": disks,
-                "BytesTotal": total,
-                "BytesDone": done,
-                "Percent": round(100.0 * done / total, 2) if total else 0.0,
-                "RateBps": p.get("RateBps", 0.0),
-                "EtaSeconds": p.get("EtaSeconds"),
-                "LagSeconds": p.get("LagSeconds"),
-                "Phase": p.get("Phase", ""),
-                "Round": p.get("Round"),
-                "RoundChangedBytes": p.get("RoundChangedBytes"),
-                "ForecastSeconds": p.get("ForecastSeconds"),
-                "Convergence": p.get("Convergence", ""),
-                "Advice": p.get("Advice", ""),
-                "DowntimeSeconds": p.get("DowntimeSeconds"),
-                # continuous tasks: the round interval / source read limit the agent applies right now
-                # (null until it reports); the task's RoundIntervalSeconds / ReadLimitKBps are the settings
-                "RoundIntervalSeconds": p.get("RoundIntervalSeconds"),
-                "ReadLimitKBps": p.get("ReadLimitKBps"),
-                "UpdatedTime": iso(p.get("UpdatedAt")),
-            },
+            "Progress": {**TaskProgress.from_api(p).to_view(), "UpdatedTime": iso(p.get("UpdatedAt"))},
             "CreatedTime": iso(t.created_at),
             "UpdatedTime": iso(t.updated_at),
             "ImageId": t.image_id,
@@ -360,16 +336,11 @@ class ConsoleService:
                     raise ApiError("FailedOperation.IllegalStateTransition", f"task {t.task_id}: {exc}") from None
                 text = f"{old.value} -> {new.value}: {why}" + (f" ({p.Message})" if p.Message else "")
                 event = ("error" if new == TaskState.FAILED else "info", p.Stage, text)
-            progress = {
-                "Disks": [d.model_dump() for d in p.Disks],
-                "RateBps": p.RateBps, "EtaSeconds": p.EtaSeconds, "LagSeconds": p.LagSeconds, "UpdatedAt": now,
-            }
-            if p.Round is not None or p.DowntimeSeconds is not None:
-                progress.update({"Phase": p.Phase, "Round": p.Round, "RoundChangedBytes": p.RoundChangedBytes,
-                                 "ForecastSeconds": p.ForecastSeconds, "Convergence": p.Convergence,
-                                 "Advice": p.Advice, "DowntimeSeconds": p.DowntimeSeconds})
-            if p.RoundIntervalSeconds is not None:  # what the agent applies (changed by the console or migratectl)
-                progress.update({"RoundIntervalSeconds": p.RoundIntervalSeconds, "ReadLimitKBps": p.ReadLimitKBps or 0})
+            # kept in the API form; the task's state, stage and message are columns of their own
+            progress = TaskProgress.from_api(p.model_dump(mode="json")).to_api()
+            for column in ("TaskId", "State", "Stage", "Message"):
+                del progress[column]
+            progress["UpdatedAt"] = now
             changes: dict[str, Any] = {"state": new.value, "stage": p.Stage, "progress": progress}
             if p.Message or old != new:
                 changes["message"] = p.Message
@@ -504,18 +475,18 @@ class ConsoleService:
             sizes = {d.name: d for d in s.disks}
             disks = [SourceDisk(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
             warnings, image_name = await self._cloud_checks(p, task_id, disks, image_name)
+        spec = p.spec()
         # the options of a continuous task, or of a one-shot one with a consistent finish (flagged)
-        continuous = ({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync or p.ConsistentFinish
-                      else None)
-        if p.ConsistentFinish and continuous is not None:  # (ContinuousSync with it was refused)
+        continuous = spec.options() if spec.has_cutover else None
+        if spec.consistent_finish and continuous is not None:  # (ContinuousSync with it was refused)
             continuous["ConsistentFinish"] = True
         rec = TaskRecord(
             task_id=task_id, source_id=s.source_id, name=p.TaskName, description=p.Description, region=p.Region,
             target_type=p.TargetType, image_name=image_name, target_instance_id=instance_id,
-            target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
-            checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
-            created_at=now, updated_at=now,
-            continuous=continuous,
+            target_ssh=spec.target_ssh, target_host_key=spec.target_host_key,
+            bandwidth_limit_kbps=spec.bandwidth_kbps, checksum=spec.checksum, disk_mapping=mapping,
+            scheduled_at=scheduled_at, state=state.value, created_at=now, updated_at=now,
+            continuous=continuous, ignore_checks=spec.ignore_checks,
         )
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
