@@ -27,20 +27,13 @@ from typing import Any, Literal
 import yaml
 
 from migrated.errors import ConfigError
+from migrated.model.taskspec import CHECKS
 
 DEFAULT_CONFIG_PATH = Path("/etc/migrated/migrated.yaml")
 CREDENTIAL_NAME = "credentials"  # name of the systemd credential (LoadCredential=credentials:...)
 
-# Names of the pre-migration checks (migrated/agent/checks.py keeps the same list).
-CHECK_NAMES = (
-    "virtio_drivers",
-    "selinux",
-    "clock_skew",
-    "disks",
-    "target_ssh",
-    "target_capacity",
-    "target_receiver",
-)
+# Names of the pre-migration checks: one list, in migrated.model.taskspec (the API and the CLIs use it too).
+CHECK_NAMES = CHECKS
 
 LogFormat = Literal["auto", "console", "json", "journald"]
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -38,7 +38,7 @@ def test_create_task_refuses_unknown_checks_by_name() -> None:
     with pytest.raises(ValidationError) as ei:
         P.CreateTask.model_validate({**BASE, "IgnoreChecks": ["selinux", "virtio"]})
     code, msg = P.validation_error(ei.value)
-    assert code == "InvalidParameterValue" and "IgnoreChecks" in msg and "'virtio'" in msg and "virtio_drivers" in msg
+    assert code == "InvalidParameterValue" and "IgnoreChecks.1" in msg and "'virtio'" in msg and "virtio_drivers" in msg
     with pytest.raises(ValidationError):
         P.CreateTask.model_validate({**BASE, "IgnoreChecks": "all"})
 

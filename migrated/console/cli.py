@@ -42,6 +42,7 @@ import yaml
 
 from migrated.errors import ConfigError, ConsoleError, MigratedError, StateError, UsageError
 from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
+from migrated.model.taskspec import CHECKS, checks_hint, unknown_checks
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
 DEFAULT_CREDENTIALS = Path("~/.config/migrate-console/credentials.yaml")
@@ -180,6 +181,8 @@ def task_lines(t: dict[str, Any]) -> str:
         f"Checksum      {'yes' if t['Checksum'] else 'no'}",
         "Disks         " + ", ".join(f"{m['Source']} -> {m['Target']}" for m in t["DiskMapping"]),
     ]
+    if t.get("IgnoreChecks"):
+        lines.append(f"Skip checks   {', '.join(t['IgnoreChecks'])}")
     if t["ScheduledStartTime"]:
         lines.append(f"Scheduled     {t['ScheduledStartTime']}")
     if p["BytesTotal"]:
@@ -384,6 +387,11 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook, --hook-timeout, "
                          "--freeze-budget and --snapshot-size need --continuous (or, all but the first two, "
                          "--consistent-finish)")
+    if args.ignore_check:
+        bad = unknown_checks(args.ignore_check)
+        if bad:
+            raise UsageError(f"--ignore-check {bad[0]!r}: unknown check; {checks_hint()}")
+        params["IgnoreChecks"] = list(dict.fromkeys(args.ignore_check))
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -545,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(default 30)")
     t.add_argument("--hook-timeout", type=int, metavar="S",
                    help="cutover: seconds each hook may run before it is killed, 1-3600 (default 300)")
+    t.add_argument("--ignore-check", action="append", metavar="NAME",
+                   help=f"skip this pre-migration check on the agent, repeatable: {', '.join(CHECKS)}")
     t.set_defaults(func=cmd_tasks_create)
     t = tasks.add_parser("list", parents=[api], help="list tasks")
     t.add_argument("--source")

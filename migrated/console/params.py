@@ -46,6 +46,16 @@ def _one_line(v: str) -> str:
 HookCommand = Annotated[str, Field(min_length=1, max_length=MAX_HOOK_CHARS), AfterValidator(_one_line)]
 
 
+def _check_name(v: str) -> str:
+    if unknown_checks([v]):
+        raise ValueError(f"unknown check {v[:40]!r}; {checks_hint()}")
+    return v
+
+
+# the name of a pre-migration check (model.taskspec.CHECKS)
+CheckName = Annotated[str, Field(max_length=64), AfterValidator(_check_name)]
+
+
 class _P(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -194,7 +204,7 @@ class CreateTask(_P):
     TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
     DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
     # names of pre-migration checks the agent skips at the start (model.taskspec.CHECKS)
-    IgnoreChecks: list[Annotated[str, Field(max_length=64)]] = Field([], max_length=len(CHECKS))
+    IgnoreChecks: list[CheckName] = Field([], max_length=len(CHECKS))
 
     @field_validator("TargetSsh")
     @classmethod
@@ -217,9 +227,6 @@ class CreateTask(_P):
     @field_validator("IgnoreChecks")
     @classmethod
     def _ignore_checks(cls, v: list[str]) -> list[str]:
-        bad = unknown_checks(v)
-        if bad:
-            raise ValueError(f"unknown check {bad[0][:40]!r}; {checks_hint()}")
         if len(set(v)) != len(v):
             raise ValueError("each check may be named once")
         return v

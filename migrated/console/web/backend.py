@@ -117,7 +117,7 @@ class ServiceBackend:
             read_limit_kbps=c.get("ReadLimitKBps"), quiesce=str(c.get("Quiesce") or ""),
             pre_hook=str(c.get("PreHook") or ""), post_hook=str(c.get("PostHook") or ""),
             freeze_budget=c.get("FreezeBudgetSeconds"), snapshot_size=str(c.get("SnapshotSize") or ""),
-            hook_timeout=c.get("HookTimeoutSeconds"),
+            hook_timeout=c.get("HookTimeoutSeconds"), ignore_checks=t.ignore_checks,
         )
 
     async def list_tasks(self) -> list[TaskView]:

@@ -45,6 +45,7 @@ PARAM_FIELD = {
     "FreezeBudgetSeconds": "freeze_budget",
     "HookTimeoutSeconds": "hook_timeout",
     "SnapshotSize": "snapshot_size",
+    "IgnoreChecks": "ignore_checks",
 }
 
 # the continuous-only form fields, in the order their errors are shown
@@ -175,6 +176,8 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
         p["TargetSsh"] = form.ssh_endpoint
     if form.host_key:
         p["TargetHostKey"] = form.host_key
+    if form.ignore_checks:  # names from CHECKS; the API refuses any other, beside the field
+        p["IgnoreChecks"] = list(form.ignore_checks)
     mapping = [{"Source": name, "Target": target} for name, migrate, target in form.disks if migrate]
     if form.disks:
         if not mapping:

@@ -28,6 +28,7 @@ from aiohttp import web
 from migrated.errors import MigratedError, StateError
 from migrated.model.states import Action, ActionDenied, TaskState, allowed_actions
 from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
+from migrated.model.taskspec import CHECKS
 
 from .auth import (
     COOKIE_PATH,
@@ -358,7 +359,8 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     round_interval=s("round_interval"), read_limit_mib=s("read_limit_mib"), quiesce=s("quiesce"),
                     pre_hook=s("pre_hook"), post_hook=s("post_hook"),
                     freeze_budget=s("freeze_budget"), snapshot_size=s("snapshot_size"),
-                    hook_timeout=s("hook_timeout"))
+                    hook_timeout=s("hook_timeout"),
+                    ignore_checks=[str(n).strip() for n in post.getall("ignore_check", [])])
 
 
 def _default_form(source: SourceView) -> TaskForm:
@@ -369,7 +371,7 @@ def _create_page(request: web.Request, session: Session, source: SourceView, for
                  errors: FormErrors | None = None, status: int = 200) -> web.Response:
     return render(request, "create_task.html", status=status, session=session, nav="sources", source=source,
                   form=form, errors=errors.fields if errors else {}, general=errors.general if errors else "",
-                  regions=REGIONS, tz_label=tz_label(session.tz),
+                  regions=REGIONS, tz_label=tz_label(session.tz), checks=CHECKS,
                   now_local=datetime.now(zone(session.tz)).strftime("%Y-%m-%d %H:%M"))
 
 
