@@ -3,6 +3,9 @@ the agent reads; a mistyped setting names its key; no `spec.get(` left in the ag
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from migrated.console import params as P
@@ -69,3 +72,11 @@ def test_absent_null_and_unknown_keys() -> None:
     assert not TaskSpec.from_api({"IgnoreChecks": ["selinux"]}).skips_every_check
     assert TaskSpec(ignore_checks=CHECKS).skips_every_check
 
+
+
+def test_no_spec_get_left_in_the_agent() -> None:
+    """The agent reads its task's settings through TaskSpec, never by looking keys up in the dict."""
+    root = Path(__file__).resolve().parent.parent / "migrated" / "agent"
+    found = [f"{f.relative_to(root)}:{n}" for f in sorted(root.rglob("*.py"))
+             for n, line in enumerate(f.read_text().splitlines(), 1) if re.search(r"\bspec\.get\(", line)]
+    assert found == []

@@ -38,7 +38,7 @@ from migrated.agent import continuous_task
 from migrated.agent.checks import SystemProbe, any_failed, migratable_disks, results_to_dict, run_checks
 from migrated.agent.console_api import AgentConsole
 from migrated.agent.notify import Notifier
-from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord
+from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord, read_spec
 from migrated.config import Config
 from migrated.control.server import ControlServer
 from migrated.errors import ConsoleError, Interrupted, MigratedError, SourceError, StateError, UsageError
@@ -477,10 +477,10 @@ class Agent:
         t = self.task
         if t is not None and t.task_id != task_id and not S(t.state).finished and S(t.state) is not S.FAILED:
             raise StateError(f"this agent is busy with task {t.task_id} ({t.state}); finish or delete it first")
+        settings = read_spec(task_id, spec)  # a mistyped setting refuses the start, naming its key
         if t is None or t.task_id != task_id:
-            state = str(spec.get("State") or S.STARTING.value)
-            kbps = spec.get("BandwidthLimitKBps")
-            bps = kbps * 1024 if isinstance(kbps, int) and kbps > 0 else None
+            state = settings.state or S.STARTING.value
+            bps = settings.bandwidth_bps
             self.task = TaskRecord(task_id=task_id, spec=spec, state=state, bandwidth_bps=bps)
             self.bandwidth_bps = bps
             self._rate.reset()
@@ -663,19 +663,20 @@ class Agent:
                 self._notify_status()
 
     def _disk_mapping(self, t: TaskRecord) -> list[tuple[str, str]]:
-        mapping = t.spec.get("DiskMapping")
+        mapping = t.settings.disk_mapping
         if mapping:
-            return [(str(m["Source"]), str(m["Target"])) for m in mapping]
+            return list(mapping)
         disks = self.probe.disks() or []
         return [(d.path, d.path) for d in migratable_disks(disks)]
 
     def _endpoint(self, t: TaskRecord) -> Any:
         from migrated.transport.ssh import SshEndpoint
 
-        user, host, port = _parse_ssh(str(t.spec.get("TargetSsh", "")))
+        settings = t.settings
+        user, host, port = _parse_ssh(settings.target_ssh)
         identity = self.ssh_identity or str(self.store.ssh_identity)
         return SshEndpoint(host=host, port=port, username=user, identity_files=(identity,),
-                           host_keys=(str(t.spec.get("TargetHostKey", "")),), recv_command=self.recv_command)
+                           host_keys=(settings.target_host_key,), recv_command=self.recv_command)
 
     async def _run_task(self, t: TaskRecord) -> None:
         from migrated.engine.sync import SyncControl, SyncOptions
@@ -739,7 +740,8 @@ class Agent:
             self._save_task()
 
     async def _attempt(self, t: TaskRecord, opener: Any, control: Any, options_cls: Any) -> None:
-        hooks = [k for k in ("PreHook", "PostHook") if t.spec.get(k)]
+        settings = t.settings
+        hooks = settings.hooks
         if hooks and not self.cfg.allow_console_hooks:
             raise UsageError(f"task {t.task_id} asks this server to run {' and '.join(hooks)} commands as root at "
                              "cutover, and this agent does not run hooks from the console: set "
@@ -748,17 +750,16 @@ class Agent:
         mapping = self._disk_mapping(t)
         if not mapping:
             raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
-        if continuous_task.is_continuous(t.spec):
+        if settings.has_cutover:
             from migrated.source.privileges import check_cutover
 
-            problem = check_cutover(str(t.spec.get("Quiesce") or "freeze"), [src for src, _ in mapping])
+            problem = check_cutover(settings.effective_quiesce, [src for src, _ in mapping])
             if problem:
                 raise UsageError(f"task {t.task_id}: {problem}")
         endpoint = self._endpoint(t)
-        ignore = t.spec.get("IgnoreChecks", ())
         # checks run when a task starts afresh; a resume from a checkpoint already passed them
-        if not t.progress and not (self.cfg.ignore_checks == "all" or ignore == "all"):
-            results = await self._task_checks(t, mapping, endpoint, ignore)
+        if not t.progress and not (self.cfg.ignore_checks == "all" or settings.skips_every_check):
+            results = await self._task_checks(t, mapping, endpoint, settings.ignore_checks)
             if any_failed(results):
                 from migrated.errors import ChecksFailed
 
@@ -770,7 +771,7 @@ class Agent:
         async with opener(endpoint) as session:
             if S(t.state) is S.STARTING:
                 self.set_state(S.TRANSFERRING, "transfer", f"target {endpoint.label} ready")
-            if continuous_task.is_continuous(t.spec):
+            if settings.has_cutover:
                 # the limit lives on `control` only: the engine re-applies SyncOptions.bwlimit to a
                 # control without a limit at every round, which undid `migratectl bandwidth 0`
                 options = options_cls(checksum=False, state_dir=str(state_dir), bwlimit=None)
@@ -779,7 +780,7 @@ class Agent:
             for i, (src, dst) in enumerate(mapping):
                 if src in done:
                     continue
-                options = options_cls(checksum=bool(t.spec.get("Checksum")), state_dir=str(state_dir),
+                options = options_cls(checksum=settings.checksum, state_dir=str(state_dir),
                                       bwlimit=self.bandwidth_bps)
 
                 def on_progress(dp: DiskProgress, i: int = i) -> None:
@@ -794,13 +795,13 @@ class Agent:
                 self.event("info", f"disk {src} -> {dst} done: {format_bytes(result.bytes_total)}, "
                            f"sent {format_bytes(result.bytes_sent)} this run"
                            + (", every block verified" if result.verified else ""))
-        if t.spec.get("Checksum") and S(t.state) is S.TRANSFERRING:
+        if settings.checksum and S(t.state) is S.TRANSFERRING:
             self.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
         self.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
-                       + (", verified" if t.spec.get("Checksum") else ""))
+                       + (", verified" if settings.checksum else ""))
 
     async def _task_checks(self, t: TaskRecord, mapping: list[tuple[str, str]], endpoint: Any,
-                           ignore: Any) -> list[Any]:
+                           ignore: tuple[str, ...]) -> list[Any]:
         """The checks before a start: local ones, plus the target over SSH (sizes, receiver)."""
         from migrated.agent.checks import TargetPlan
         from migrated.agent.target_probe import SshTargetProbe
@@ -815,8 +816,8 @@ class Agent:
                     os.close(fd)
             except OSError as e:
                 raise SourceError(f"cannot open source disk {src}: {e.strerror}") from None
-        skip = tuple(ignore or ())
-        if t.spec.get("DiskMapping"):
+        skip = tuple(ignore)
+        if t.settings.disk_mapping:
             skip += ("disks",)  # the person chose the disks
         results = await run_checks(self.cfg, self.probe, clock_skew=self.link.clock_skew,
                                    target=SshTargetProbe(endpoint), plan=TargetPlan(tuple(sizes)), ignore=skip)
