@@ -52,13 +52,14 @@ def test_create_task_refuses_unknown_checks_by_name() -> None:
     ({"BandwidthLimitKBps": "100"}, "BandwidthLimitKBps", "whole number"),
     ({"BandwidthLimitKBps": True}, "BandwidthLimitKBps", "whole number"),
     ({"FreezeBudgetSeconds": 0}, "FreezeBudgetSeconds", "1 or more"),
-    ({"HookTimeoutSeconds": "5"}, "HookTimeoutSeconds", "a number"),
+    ({"HookTimeoutSeconds": "5"}, "HookTimeoutSeconds", "a whole number of seconds"),
+    ({"HookTimeoutSeconds": 2.5}, "HookTimeoutSeconds", "a whole number of seconds"),
     ({"SnapshotSize": "lots"}, "SnapshotSize", "not a snapshot size"),
     ({"PreHook": ["a"]}, "PreHook", "a string"),
     ({"DiskMapping": [{"Source": "/dev/vdb"}]}, "DiskMapping.0", "Target"),
     ({"IgnoreChecks": ["selinux", "virtio"]}, "IgnoreChecks", "unknown check 'virtio'"),
     ({"IgnoreChecks": "some"}, "IgnoreChecks", "list of check names"),
-    ({"RoundIntervalSeconds": float("nan")}, "RoundIntervalSeconds", "a number"),
+    ({"RoundIntervalSeconds": float("nan")}, "RoundIntervalSeconds", "a whole number of seconds"),
 ])
 def test_a_mistyped_setting_names_its_key(spec: dict[str, object], key: str, words: str) -> None:
     with pytest.raises(SpecError) as ei:
@@ -71,6 +72,7 @@ def test_absent_null_and_unknown_keys() -> None:
     assert TaskSpec.from_api({"IgnoreChecks": "all"}).skips_every_check  # an older spelling: every check
     assert not TaskSpec.from_api({"IgnoreChecks": ["selinux"]}).skips_every_check
     assert TaskSpec(ignore_checks=CHECKS).skips_every_check
+    assert TaskSpec.from_api({"FreezeBudgetSeconds": 30.0}).freeze_budget_seconds == 30  # whole, as JSON may spell it
 
 
 

@@ -42,7 +42,15 @@ import yaml
 
 from migrated.errors import ConfigError, ConsoleError, MigratedError, StateError, UsageError
 from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
-from migrated.model.taskspec import CHECKS, checks_hint, unknown_checks
+from migrated.model.taskspec import (
+    CHECKS,
+    DEFAULT_FREEZE_BUDGET_SECONDS,
+    DEFAULT_HOOK_TIMEOUT_SECONDS,
+    DEFAULT_QUIESCE,
+    DEFAULT_ROUND_INTERVAL_SECONDS,
+    checks_hint,
+    unknown_checks,
+)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
 DEFAULT_CREDENTIALS = Path("~/.config/migrate-console/credentials.yaml")
@@ -146,7 +154,7 @@ def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> No
     if t.get("ContinuousSync"):
         every = t.get("RoundIntervalSeconds")
         lines.append("Continuous    incremental rounds until cutover"
-                     + f", every {every if every is not None else 60} s"
+                     + f", every {every if every is not None else DEFAULT_ROUND_INTERVAL_SECONDS} s"
                      + (f", source read limit {t['ReadLimitKBps']} KB/s" if t.get("ReadLimitKBps") else ""))
         now_every, now_limit = p.get("RoundIntervalSeconds"), p.get("ReadLimitKBps")
         if now_every is not None:
@@ -155,9 +163,10 @@ def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> No
     hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
     snap = (f" (snapshot size {t.get('SnapshotSize') or DEFAULT_SNAPSHOT_SIZE})"
             if t.get("Quiesce") == "lvm" else "")
-    lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}{snap}, freeze budget "
-                 f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
-                 + (f" (timeout {t.get('HookTimeoutSeconds') or 300} s)" if hooks else "")
+    lines.append(f"Cutover       quiesce {t.get('Quiesce') or DEFAULT_QUIESCE}{snap}, freeze budget "
+                 f"{t.get('FreezeBudgetSeconds') or DEFAULT_FREEZE_BUDGET_SECONDS} s"
+                 + (f", {', '.join(hooks)}" if hooks else "")
+                 + (f" (timeout {t.get('HookTimeoutSeconds') or DEFAULT_HOOK_TIMEOUT_SECONDS} s)" if hooks else "")
                  + " (--json shows the hook commands)" * bool(hooks))
     rounds = rounds_line(p) if t.get("ContinuousSync") else ""
     if rounds:

@@ -97,14 +97,14 @@ class TaskSpec:
     consistent_finish: bool = False  # one-shot, with a cutover right after the full pass
     ignore_checks: tuple[str, ...] = ()  # names from CHECKS to skip at the start
     # the rounds (continuous_sync) and the cutover (continuous_sync or consistent_finish); None: default
-    round_interval_seconds: int | float | None = None
+    round_interval_seconds: int | None = None
     read_limit_kbps: int | None = None  # 0 or None: unlimited
     quiesce: str | None = None
     pre_hook: str | None = None
     post_hook: str | None = None
-    freeze_budget_seconds: int | float | None = None
+    freeze_budget_seconds: int | None = None
     snapshot_size: str | None = None  # Quiesce lvm only
-    hook_timeout_seconds: int | float | None = None
+    hook_timeout_seconds: int | None = None
 
     # -------------------------------------------------------- what the task does
 
@@ -200,13 +200,13 @@ class TaskSpec:
             bandwidth_kbps=r.whole("BandwidthLimitKBps") or 0,
             checksum=r.flag("Checksum"), continuous_sync=r.flag("ContinuousSync"),
             consistent_finish=r.flag("ConsistentFinish"), ignore_checks=r.checks("IgnoreChecks"),
-            round_interval_seconds=r.number("RoundIntervalSeconds", minimum=0),
+            round_interval_seconds=r.seconds("RoundIntervalSeconds", minimum=0),
             read_limit_kbps=r.whole("ReadLimitKBps"),
             quiesce=r.choice("Quiesce", QUIESCE_METHODS),
             pre_hook=r.text("PreHook", None) or None, post_hook=r.text("PostHook", None) or None,
-            freeze_budget_seconds=r.number("FreezeBudgetSeconds", minimum=1),
+            freeze_budget_seconds=r.seconds("FreezeBudgetSeconds", minimum=1),
             snapshot_size=r.snapshot_size("SnapshotSize"),
-            hook_timeout_seconds=r.number("HookTimeoutSeconds", minimum=1),
+            hook_timeout_seconds=r.seconds("HookTimeoutSeconds", minimum=1),
         )
 
 
@@ -245,14 +245,17 @@ class _Reader:
             raise SpecError(key, f"must be 0 or more, got {v}")
         return v
 
-    def number(self, key: str, *, minimum: float) -> int | float | None:
+    def seconds(self, key: str, *, minimum: int) -> int | None:
+        """A whole number of seconds (``30.0`` reads as 30)."""
         v = self._get(key)
         if v is None:
             return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
-            raise SpecError(key, f"must be a number, got {_kind(v)}")
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SpecError(key, f"must be a whole number of seconds, got {_kind(v)}")
         if v < minimum:
-            raise SpecError(key, f"must be {minimum:g} or more, got {v}")
+            raise SpecError(key, f"must be {minimum} or more, got {v}")
         return v
 
     def choice(self, key: str, choices: tuple[str, ...]) -> str | None:

@@ -19,8 +19,7 @@ from migrated.console.service import (
     ApiError,
     Caller,
     ConsoleService,
-    consistent_finish,
-    is_continuous,
+    task_spec,
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import StateError
@@ -102,7 +101,7 @@ class ServiceBackend:
     @staticmethod
     def _task(t: TaskRecord, source_name: str = "", source_online: bool = True) -> TaskView:
         p = t.progress or {}
-        c = t.continuous or {}
+        s = task_spec(t)
         return TaskView(
             id=t.task_id, name=t.name, source_id=t.source_id, state=TaskState(t.state), description=t.description,
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
@@ -112,12 +111,10 @@ class ServiceBackend:
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,
-            continuous=is_continuous(t), consistent_finish=consistent_finish(t),
-            round_interval=c.get("RoundIntervalSeconds"),
-            read_limit_kbps=c.get("ReadLimitKBps"), quiesce=str(c.get("Quiesce") or ""),
-            pre_hook=str(c.get("PreHook") or ""), post_hook=str(c.get("PostHook") or ""),
-            freeze_budget=c.get("FreezeBudgetSeconds"), snapshot_size=str(c.get("SnapshotSize") or ""),
-            hook_timeout=c.get("HookTimeoutSeconds"), ignore_checks=t.ignore_checks,
+            continuous=s.continuous_sync, consistent_finish=s.consistent_finish,
+            round_interval=s.round_interval_seconds, read_limit_kbps=s.read_limit_kbps, quiesce=s.quiesce or "",
+            pre_hook=s.pre_hook or "", post_hook=s.post_hook or "", freeze_budget=s.freeze_budget_seconds,
+            snapshot_size=s.snapshot_size or "", hook_timeout=s.hook_timeout_seconds, ignore_checks=s.ignore_checks,
         )
 
     async def list_tasks(self) -> list[TaskView]:
