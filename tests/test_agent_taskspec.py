@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from migrated.agent.daemon import Agent
-from migrated.agent.state import AgentStore, SourceRecord
+from migrated.agent.state import AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
 from migrated.engine.session import open_session
 from migrated.engine.sync import SyncControl, SyncOptions
-from migrated.errors import ChecksFailed, MigratedError
+from migrated.errors import ChecksFailed, MigratedError, UsageError
 from tests.test_agent_commands import SPEC, RecordingConsole
 
 
@@ -71,3 +71,19 @@ async def test_ignore_checks_from_the_console_skip_those_checks(tmp_path: Path, 
         assert not any("check target_ssh" in e for e in events)
     else:
         assert isinstance(ei.value, ChecksFailed) and "target_ssh: " in str(ei.value)
+
+
+async def test_a_task_file_whose_spec_no_longer_reads_fails_its_run_naming_the_key(tmp_path: Path) -> None:
+    """A hand-edited (or older) task.json: the status still shows, the run fails naming the setting."""
+    store = AgentStore(tmp_path / "state")
+    store.save_source(SourceRecord("src-1", "http://console"))
+    store.save_task(TaskRecord(task_id="task-1", spec={**SPEC, "ContinuousSync": True, "Quiesce": "frezee"},
+                               state="transferring", stage="transfer"))
+    agent = Agent(Config(state_dir=str(tmp_path / "state")), RecordingConsole(), store)  # type: ignore[arg-type]
+    agent.load()
+    assert agent.task is not None
+    p = agent.progress()
+    assert p is not None and p.state == "starting"
+    with pytest.raises(UsageError) as ei:
+        await agent._attempt(agent.task, open_session, SyncControl(), SyncOptions)
+    assert str(ei.value).startswith("task task-1: setting Quiesce: must be one of freeze, hooks, none, lvm")

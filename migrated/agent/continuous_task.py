@@ -119,8 +119,13 @@ def settings(t: TaskRecord) -> tuple[float, int | None]:
 
 
 def fill_settings(p: TaskProgress, t: TaskRecord) -> None:
-    """Show the interval and the read limit in effect with a continuous task's progress."""
-    if t.settings.continuous_sync:
+    """Show the interval and the read limit in effect with a continuous task's progress (nothing for
+    a task.json whose spec no longer reads: its run fails naming the key, the status still shows)."""
+    try:
+        rounds = t.settings.continuous_sync
+    except UsageError:
+        return
+    if rounds:
         p.round_interval_seconds, p.read_limit_bps = settings(t)
 
 
