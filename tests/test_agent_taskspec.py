@@ -1,6 +1,6 @@
 """The daemon reads its task as a TaskSpec: a mistyped setting in a start command is refused with
 its key and takes no task; the task's IgnoreChecks skips those pre-migration checks at the start
-(the daemon's own start path against a target port that refuses connections)."""
+(the daemon's own start path, the runners' driver, against a target port that refuses connections)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from migrated.agent.daemon import Agent
+from migrated.agent.runners import driver
 from migrated.agent.state import AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
 from migrated.engine.session import open_session
@@ -63,7 +64,7 @@ async def test_ignore_checks_from_the_console_skip_those_checks(tmp_path: Path, 
                                  "Task": spec})
     assert agent.task is not None and agent.task.settings.ignore_checks == tuple(spec["IgnoreChecks"])
     with pytest.raises(MigratedError) as ei:
-        await agent._attempt(agent.task, open_session, SyncControl(), SyncOptions)
+        await driver.attempt(agent, agent.run_control, agent.task, open_session, SyncControl(), SyncOptions)
     if skip_target:
         # the checks passed over the target; the SSH connection itself is what fails now
         assert not isinstance(ei.value, ChecksFailed), ei.value
@@ -85,5 +86,5 @@ async def test_a_task_file_whose_spec_no_longer_reads_fails_its_run_naming_the_k
     p = agent.progress()
     assert p is not None and p.state == "starting"
     with pytest.raises(UsageError) as ei:
-        await agent._attempt(agent.task, open_session, SyncControl(), SyncOptions)
+        await driver.attempt(agent, agent.run_control, agent.task, open_session, SyncControl(), SyncOptions)
     assert str(ei.value).startswith("task task-1: setting Quiesce: must be one of freeze, hooks, none, lvm")

@@ -309,7 +309,7 @@ def test_snapshot_size_needs_quiesce_lvm_and_a_valid_size(tmp_path):
 
 
 def test_the_daemon_reads_quiesce_lvm_and_the_snapshot_size_from_the_task_spec():
-    from migrated.agent.continuous_task import _options
+    from migrated.agent.runners.continuous import _options
     from migrated.agent.state import TaskRecord
 
     def task(spec: dict) -> TaskRecord:
@@ -329,8 +329,8 @@ async def _agent_task(sshd: AsyncSSHD, tmp_path: Path, source: str, **spec_extra
     """Run a continuous task with ``spec_extra`` in an in-process daemon (the console's CreateTask
     does not pass ``Quiesce`` yet, so the start command carries the spec as the console would):
     wait for *syncing*, ask for the cutover as ``migratectl cutover`` does, return the task."""
-    from migrated.agent import continuous_task
     from migrated.agent.daemon import Agent
+    from migrated.agent.runners import continuous
     from migrated.agent.state import AgentStore, SourceRecord
     from migrated.config import Config
     from tests.test_agent_commands import RecordingConsole
@@ -348,18 +348,18 @@ async def _agent_task(sshd: AsyncSSHD, tmp_path: Path, source: str, **spec_extra
     await agent._handle_command({"CommandId": "c1", "TaskId": "task-lvm", "Action": "start", "Params": {},
                                  "Task": spec})
     assert agent.task is not None
-    runner = asyncio.create_task(agent._run_task(agent.task))
+    runner = asyncio.create_task(agent.run_task(agent.task))
     try:
         for _ in range(1200):
             if agent.task.state == "syncing" or runner.done():
                 break
             await asyncio.sleep(0.05)
         assert agent.task.state == "syncing", agent.task.message
-        continuous_task.cutover(agent)
+        continuous.cutover(agent.task, agent.run_control.continuous)
         await asyncio.wait_for(asyncio.shield(runner), 180)
     finally:
         if not runner.done():
-            agent._control.request_stop("test over")  # type: ignore[union-attr]
+            agent.run_control.control.request_stop("test over")
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(runner, 60)
     return agent.task
