@@ -105,7 +105,7 @@ class PollConfig:
 
 @dataclass(frozen=True)
 class BackoffConfig:
-    """Retry delays of every loop: initial * factor**n, capped, with full jitter; reset on success."""
+    """Retry delays of every loop: initial * factor**n, capped, with equal jitter (in [d/2, d]); reset on success."""
 
     initial: float = 1.0
     factor: float = 2.0
