@@ -16,15 +16,14 @@ from pydantic import ValidationError
 from migrated.console import params as P
 from migrated.console.service import (
     UNFINISHED_STATES,
-    ApiError,
-    Caller,
     ConsoleService,
+    Principal,
     consistent_finish,
     is_continuous,
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
-from migrated.errors import StateError
-from migrated.model.states import Action, TaskState
+from migrated.errors import MigratedError, StateError
+from migrated.model.states import NOT_DELETED, Action, TaskState, values
 from migrated.model.status import DiskProgress, TaskProgress
 
 from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
@@ -78,11 +77,11 @@ class ServiceBackend:
     async def admin_active(self, secret_id: str) -> bool:
         return await self._admin_key(secret_id) is not None
 
-    async def _caller(self, secret_id: str) -> Caller:
+    async def _caller(self, secret_id: str) -> Principal:
         k = await self._admin_key(secret_id)
         if k is None:
             raise StateError(f"the admin key {secret_id} was revoked; log in with another admin key")
-        return Caller(k)
+        return Principal(k)
 
     # -------------------------------------------------------------- sources
 
@@ -133,7 +132,7 @@ class ServiceBackend:
         )
 
     async def list_tasks(self) -> list[TaskView]:
-        live = [s.value for s in TaskState if s != TaskState.DELETED]
+        live = values(NOT_DELETED)
         tasks, _ = await self.storage.list_tasks(states=live, limit=500)
         now = self.service.clock()
         sources = {s.source_id: s for s in await self.storage.list_sources()}
@@ -170,7 +169,7 @@ class ServiceBackend:
             raise FormErrors(errors)
         try:
             result = await self.service.create_task(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             name = message_field(exc.message, form)
             if name is None:
                 raise FormErrors({}, exc.message) from None
@@ -187,7 +186,7 @@ class ServiceBackend:
             raise FormErrors({"bandwidth_mbps": P.validation_error(exc)[1]}) from None
         try:
             await self.service.modify_task_bandwidth(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
 
     async def set_rounds(self, task_id: str, round_interval: str, read_limit_mib: str, *, actor: str) -> None:
@@ -216,7 +215,7 @@ class ServiceBackend:
             raise FormErrors({name: code_msg.split(": ", 1)[-1]}) from None
         try:
             await self.service.modify_task_rounds(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
 
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:
@@ -224,5 +223,5 @@ class ServiceBackend:
         method, model = _ACTION_CALL[action]
         try:
             await getattr(self.service, method)(caller, model(TaskId=task_id))
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
