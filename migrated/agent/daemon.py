@@ -47,7 +47,17 @@ from migrated.config import Config
 from migrated.control.server import ControlServer
 from migrated.errors import ConsoleError, MigratedError, StateError, UsageError
 from migrated.model.backoff import Backoff
-from migrated.model.states import Action, ActionDenied, TaskState, check_action, transition
+from migrated.model.states import (
+    AGENT_BUSY,
+    COPYING,
+    NOT_STARTED,
+    RUNNABLE,
+    Action,
+    ActionDenied,
+    TaskState,
+    check_action,
+    transition,
+)
 from migrated.model.status import TaskProgress, continuous_line, format_bytes, format_duration
 
 log = structlog.get_logger(__name__)
@@ -127,9 +137,9 @@ class Agent:
         if self.task is not None:
             self.bandwidth_bps = self.task.bandwidth_bps
             state = S(self.task.state)
-            if state in (S.TRANSFERRING, S.SYNCING):
+            if state in COPYING:
                 self.set_state(S.STARTING, "init", "the agent restarted; continuing from the checkpoint")
-            if S(self.task.state) in (S.STARTING, S.VERIFYING):
+            if S(self.task.state) in RUNNABLE:
                 log.info("continuing task after restart", task_id=self.task.task_id, state=self.task.state)
                 self._wake_runner.set()
 
@@ -433,7 +443,7 @@ class Agent:
 
     def _start(self, task_id: str, spec: dict[str, Any], action: Action, by: str) -> str:
         t = self.task
-        if t is not None and t.task_id != task_id and not S(t.state).finished and S(t.state) is not S.FAILED:
+        if t is not None and t.task_id != task_id and S(t.state) in AGENT_BUSY:
             raise StateError(f"this agent is busy with task {t.task_id} ({t.state}); finish or delete it first")
         if t is None or t.task_id != task_id:
             state = str(spec.get("State") or S.STARTING.value)
@@ -507,7 +517,7 @@ class Agent:
         t = self.task
         if t is None:
             raise StateError("no task on this agent")
-        if S(t.state) in (S.CREATED, S.SCHEDULED):
+        if S(t.state) in NOT_STARTED:
             raise StateError(f"task {t.task_id} is {t.state}; start it from the console")
         try:
             check_action(action, S(t.state))
@@ -593,7 +603,7 @@ class Agent:
             if self._stopping.is_set():
                 return
             t = self.task
-            if t is None or S(t.state) not in (S.STARTING, S.VERIFYING):
+            if t is None or S(t.state) not in RUNNABLE:
                 continue
             self._running = True
             self._runner_idle.clear()

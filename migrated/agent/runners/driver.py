@@ -15,6 +15,7 @@ import structlog
 from migrated.agent.checks import any_failed, migratable_disks, run_checks
 from migrated.agent.runners import continuous, oneshot, progress
 from migrated.errors import Interrupted, MigratedError, SourceError, UsageError
+from migrated.model.states import ACTIVE, COPYING
 from migrated.model.states import TaskState as S
 
 if TYPE_CHECKING:
@@ -105,19 +106,19 @@ async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, retry: Retry
 
                 await retry.failed(e, retrying, wake=rc.interrupt)
                 continue
-            if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
+            if S(t.state) in ACTIVE:
                 host.set_state(S.FAILED, t.stage, str(e))
             return
         except Exception as e:
             log.exception("task failed with an internal error", task_id=t.task_id)
-            if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
+            if S(t.state) in ACTIVE:
                 host.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
             return
 
 
 def interrupted(host: RunnerHost, rc: RunControl, t: TaskRecord) -> None:
     reason = rc.stop_reason or "stopped"
-    if reason.startswith("pause") and S(t.state) in (S.TRANSFERRING, S.SYNCING):
+    if reason.startswith("pause") and S(t.state) in COPYING:
         host.set_state(S.PAUSED, "transfer", f"{reason} at {progress.percent(host.progress())}")
     else:
         log.info("task stopped at a checkpoint", task_id=t.task_id, reason=reason)
