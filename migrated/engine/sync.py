@@ -44,6 +44,8 @@ from migrated.model.checkpoint import (
     Checkpoint,
     encode_hashfile_header,
     hashfile_header_matches,
+    hashfile_trusted,
+    trusted_entries,
 )
 from migrated.model.plan import Kind, plan_chunk
 from migrated.model.status import DiskProgress
@@ -614,25 +616,9 @@ class DiskSync:
         def known_for(off: int, length: int) -> bytes | None:
             if ask_all:
                 return None
-            first, n = off // bs, wire.block_count(length, bs)
-            raw = self.hf.read(first, n)  # type: ignore[union-attr]
-            lo, hi = untrusted
-            overlaps = lo < off + length and off < hi
-            if not overlaps:
-                if cp.zero_from is None or off + length <= cp.zero_from or UNKNOWN not in raw:
-                    return raw  # fast path: the hash file says it all
-                if off >= cp.zero_from and raw == UNKNOWN * n:
-                    return self.zero_entries(off, length)  # never written since created sparse
-            entries = bytearray(raw)
-            for i in range(n):
-                boff = off + i * bs
-                e = entries[i * HASH_LEN:(i + 1) * HASH_LEN]
-                if lo <= boff < hi:
-                    e = UNKNOWN
-                if e == UNKNOWN and cp.zero_from is not None and boff >= cp.zero_from and not (lo <= boff < hi):
-                    e = self.zero_hash(min(bs, size - boff))
-                entries[i * HASH_LEN:(i + 1) * HASH_LEN] = e
-            return bytes(entries)
+            raw = self.hf.read(off // bs, wire.block_count(length, bs))  # type: ignore[union-attr]
+            return trusted_entries(raw, off, length, block_size=bs, disk_size=size, untrusted=untrusted,
+                                   zero_from=cp.zero_from, zero_hash=self.zero_hash)
 
         def schedule() -> None:
             nonlocal next_off
@@ -655,12 +641,7 @@ class DiskSync:
                 first, entries = committed_entries.popleft()
                 hf.write(first, entries)
             await asyncio.to_thread(hf.sync)
-            cp.cursor = pos
-            cp.dirty_end = min(size, pos + self.opt.dirty_span)
-            if cp.zero_from is not None:
-                cp.zero_from = max(cp.zero_from, cp.dirty_end)
-            cp.complete = pos >= size
-            cp.bytes_sent_total += self.stats.bytes_sent - self._sent_at_last_ck
+            cp.advance(pos, self.opt.dirty_span, self.stats.bytes_sent - self._sent_at_last_ck)
             self._sent_at_last_ck = self.stats.bytes_sent
             await self.save_checkpoint(cp)
 
@@ -742,20 +723,12 @@ class DiskSync:
         result.checkpoint = how
         if how.startswith("fallback"):
             log.warning("checkpoint_fallback", disk=self.src.path, reason=how)
-        untrusted = (0, 0)
         if cp is not None:
             try:
                 self.hf = HashFile.open(self.hf_path, cp.generation, self.bs, self.hash_name, fresh=False)
             except CheckpointError as e:
                 cp, result.checkpoint = None, f"fallback: {e}"
-        if cp is not None:
-            if cp.complete:  # a new incremental round: re-read everything, send what changed
-                cp.round += 1
-                cp.cursor, cp.dirty_end, cp.complete, cp.zero_from = 0, 0, False, None
-            else:
-                result.resumed = cp.cursor > 0
-                untrusted = (cp.cursor, cp.dirty_end)
-        else:
+        if cp is None:
             generation = secrets.token_hex(16)
             await self._reply(self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}),
                                                 wire.T_GENSET))
@@ -764,12 +737,11 @@ class DiskSync:
                             target=f"{self.target_label}:{self.target_path}", target_id=self.target_id,
                             block_size=self.bs, hash_name=self.hash_name, generation=generation,
                             zero_from=0 if self.target_created else None)
-        ask_all = not self.target_created and cp.zero_from is None and result.checkpoint != "trusted"
-        start = cp.cursor
-        # Establish the dirty window durably before the first frame.
-        cp.dirty_end = max(cp.dirty_end, min(self.size, start + self.opt.dirty_span))
-        if cp.zero_from is not None:
-            cp.zero_from = max(cp.zero_from, cp.dirty_end)
+        begin = cp.begin_run(self.opt.dirty_span)  # the dirty window, saved durably before the first frame
+        ask_all = not hashfile_trusted(cp, checkpoint_trusted=result.checkpoint == "trusted",
+                                       target_created=self.target_created)
+        result.resumed = begin.resumed
+        start, untrusted = begin.start, begin.untrusted
         await self.save_checkpoint(cp)
         result.round = cp.round
         self.progress.bytes_done = start
@@ -807,8 +779,7 @@ class DiskSync:
         """Compare every target block with the source; re-send what differs; check once more."""
         before = (self.stats.blocks_sent, self.stats.blocks_zero)
         same_before = self.stats.blocks_same
-        cp.cursor, cp.dirty_end, cp.complete = 0, 0, False
-        cp.dirty_end = min(self.size, self.opt.dirty_span)
+        cp.restart_pass(self.opt.dirty_span)
         await self.save_checkpoint(cp)
         differing = await self.run_pass(cp, 0, (0, self.size), ask_all=True, send=True, show=False)
         resent = self.stats.blocks_sent - before[0] + self.stats.blocks_zero - before[1]
