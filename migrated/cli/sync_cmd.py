@@ -16,6 +16,7 @@ import sys
 from migrated.errors import Interrupted, MigratedError, UsageError
 from migrated.model.plan import parse_size
 from migrated.model.status import format_bytes
+from migrated.transport import recv as wire  # stdlib only: the codec table, cheap to import
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit on the wire per second, e.g. 20MiB")
     p.add_argument("--checksum", action="store_true", help="verify every target block afterwards, re-send what differs")
     p.add_argument("--block-size", default="64KiB", metavar="SIZE", help="block size (default 64KiB)")
-    p.add_argument("--compress", default="auto", choices=["auto", "zstd", "zlib", "none"])
+    p.add_argument("--compress", default="auto", choices=wire.compress_choices(),
+                   help="codec on the wire (default auto: zstd when both ends have it, else none)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--recv-command", metavar="CMD", default=None,

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from migrated.model.checkpoint import (
     hashfile_trusted,
     trusted_entries,
 )
+from migrated.model.negotiate import choose_codec, choose_hash
 from migrated.model.plan import Kind, plan_chunk
 from migrated.model.status import DiskProgress
 from migrated.model.tokenbucket import TokenBucket
@@ -78,7 +78,7 @@ class SyncOptions:
     bwlimit: int | None = None  # bytes/s on the wire; None = unlimited
     checksum: bool = False  # verify every target block after the transfer, re-send what differs
     state_dir: str | os.PathLike[str] | None = None  # checkpoints; default_state_dir() when None
-    compress: str = "auto"  # auto (zstd when both ends have it, else none) | zstd | zlib | none
+    compress: str = "auto"  # auto (zstd when both ends have it, else none) or a codec of wire.CODECS
     window_chunks: int = 6  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
     checkpoint_bytes: int = 64 * 1024 * 1024  # flush + checkpoint after this many bytes on the wire
     checkpoint_seconds: float = 5.0  # ... or after this long
@@ -104,8 +104,9 @@ class SyncOptions:
             raise UsageError(f"--block-size {bs}: must be a power of two between 4KiB and 4MiB")
         if self.chunk_size % bs or self.chunk_size < bs:
             self.chunk_size = max(bs, self.chunk_size // bs * bs)
-        if self.compress not in ("auto", "zstd", "zlib", "none"):
-            raise UsageError(f"--compress {self.compress!r}: choose auto, zstd, zlib or none")
+        choices = wire.compress_choices()
+        if self.compress not in choices:
+            raise UsageError(f"--compress {self.compress!r}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 class SyncControl:
@@ -196,33 +197,14 @@ class _Chunk:
     changed_bytes: int = 0
 
 
-_tls = threading.local()
-
-
-def _compressor(codec: str):
-    c = getattr(_tls, codec, None)
-    if c is None:
-        if codec == "zstd":
-            import zstandard
-
-            c = zstandard.ZstdCompressor(level=1)  # one per thread: a shared one is not thread-safe
-        setattr(_tls, codec, c)
-    return c
-
-
-def _encode_write(offset: int, raw: memoryview, codec: str) -> bytes:
+def _encode_write(offset: int, raw: memoryview, codec: wire.Codec) -> bytes:
+    """A WRITE frame; compressed only where that saves more than 1/32 of the bytes."""
     payload: bytes | memoryview = raw
     cid = 0
-    if codec == "zstd":
-        comp = _compressor("zstd").compress(raw)
+    if codec.wire_id != 0:
+        comp = codec.compress(raw)
         if len(comp) < len(raw) - len(raw) // 32:
-            payload, cid = comp, wire.CODEC_IDS["zstd"]
-    elif codec == "zlib":
-        import zlib
-
-        comp = zlib.compress(raw, 1)
-        if len(comp) < len(raw) - len(raw) // 32:
-            payload, cid = comp, wire.CODEC_IDS["zlib"]
+            payload, cid = comp, codec.wire_id
     hdr = wire.HEADER.pack(wire.T_WRITE, wire.WRITE_HDR.size + len(payload))
     return b"".join((hdr, wire.WRITE_HDR.pack(offset, len(raw), cid), payload))
 
@@ -373,18 +355,10 @@ class DiskSync:
                                 f"this agent {wire.PROTOCOL_VERSION}")
         theirs_h = reply.get("hashes") or []
         theirs_c = reply.get("codecs") or []
-        self.hash_name = next((h for h in wire.available_hashes() if h in theirs_h), None)  # type: ignore[assignment]
-        if self.hash_name is None:
-            raise ProtocolError(f"no common hash with the receiver on {self.target_label} ({theirs_h})")
+        self.hash_name = choose_hash(wire.available_hashes(), theirs_h, self.target_label)
         self.hash = wire.hasher(self.hash_name)
         self.subhash = self.opt.subblocks and "subhash" in (reply.get("features") or []) and self.bs > SUB_BLOCK
-        want = self.opt.compress
-        if want == "auto":
-            self.codec = "zstd" if "zstd" in theirs_c and "zstd" in wire.available_codecs() else "none"
-        elif want in theirs_c and want in wire.available_codecs():
-            self.codec = want
-        else:
-            raise TargetError(f"codec {want} is not available on both ends (receiver has {theirs_c})")
+        self.codec = choose_codec(self.opt.compress, wire.available_codecs(), theirs_c, wire.auto_codecs())
         return reply
 
     async def open_target(self) -> dict:
@@ -497,8 +471,9 @@ class DiskSync:
                         if self.hash(mv[p:q]) != theirs[k * HASH_LEN:(k + 1) * HASH_LEN]:
                             add(p, q)
         assert mv is not None or not ranges
+        codec = wire.CODEC_BY_NAME[self.codec]
         for a, b in ranges:
-            frames.append(_encode_write(offset + a, mv[a:b], self.codec))  # type: ignore[index]
+            frames.append(_encode_write(offset + a, mv[a:b], codec))  # type: ignore[index]
         return frames
 
     async def _ask_subhashes(self, offset: int, length: int, runs, tgt: list[bytes]) -> dict[int, bytes]:
