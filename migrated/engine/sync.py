@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import time
@@ -67,6 +68,12 @@ def default_state_dir() -> Path:
         return Path("/var/lib/migrated/checkpoints")
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return Path(base) / "migrated" / "checkpoints"
+
+
+def state_file_names(source_path: str, target_label: str, target_path: str) -> tuple[str, str]:
+    """(checkpoint, hash file) names in the state dir of the disk ``source_path`` -> ``target_label:target_path``."""
+    key = hashlib.sha256(f"{os.path.realpath(source_path)}\0{target_label}\0{target_path}".encode()).hexdigest()
+    return f"{key[:24]}.ckpt", f"{key[:24]}.hashes"
 
 
 @dataclass
@@ -281,11 +288,9 @@ class DiskSync:
                                      bytes_total=self.size)
         self._last_progress = 0.0
         state = Path(options.state_dir) if options.state_dir else default_state_dir()
-        import hashlib
-
-        key = hashlib.sha256(f"{os.path.realpath(source.path)}\0{target_label}\0{target_path}".encode()).hexdigest()
-        self.cp_path = state / f"{key[:24]}.ckpt"
-        self.hf_path = state / f"{key[:24]}.hashes"
+        cp_name, hf_name = state_file_names(source.path, target_label, target_path)
+        self.cp_path = state / cp_name
+        self.hf_path = state / hf_name
         self.hf: HashFile | None = None
         self._zero_hash: dict[int, bytes] = {}
 
@@ -750,6 +755,44 @@ class DiskSync:
                 self.control._listeners.remove(self._listener)
         return result
 
+    async def verify_recorded(self, *, reread: bool) -> tuple[int, list[int]]:
+        """Compare every target block with what the last complete pass recorded in the hash file, or
+        (``reread``) with the hashes of the source read again (a snapshot that cannot have changed).
+        Returns (blocks compared, offsets of the blocks that differ). Writes nothing
+        (``Session.verify_disk``)."""
+        await self.handshake()
+        await self.open_target()
+        cp, how = self.load_checkpoint()
+        if cp is None or not cp.complete:
+            raise VerificationFailed(f"cannot verify {self.target_label}:{self.target_path}: no complete "
+                                     f"checkpoint of the final pass ({how})")
+        hf = HashFile.open(self.hf_path, cp.generation, self.bs, self.hash_name, fresh=False)
+        bs = self.bs
+        # re-reading holds a span in memory: keep it smaller
+        limit = 16 * 1024 * 1024 if reread else 64 * 1024 * 1024
+        span = max(bs, min(wire.MAX_HASH_SPAN, limit) // bs * bs)
+        loop = asyncio.get_running_loop()
+        bad: list[int] = []
+        blocks = 0
+        try:
+            for off in range(0, self.size, span):
+                length = min(span, self.size - off)
+                n = wire.block_count(length, bs)
+                asked = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(off, length)), wire.T_HASHES)
+                if reread:
+                    _, hashes, _ = await loop.run_in_executor(self.pool, self._read_and_hash, off, length, False)
+                    expect = b"".join(hashes)
+                else:
+                    expect = hf.read(off // bs, n)
+                got = (await asked)[wire.RANGE.size:]
+                for i in range(n):
+                    if got[i * HASH_LEN:(i + 1) * HASH_LEN] != expect[i * HASH_LEN:(i + 1) * HASH_LEN]:
+                        bad.append(off + i * bs)
+                blocks += n
+        finally:
+            hf.close()
+        return blocks, bad
+
     async def verify(self, cp: Checkpoint) -> bool:
         """Compare every target block with the source; re-send what differs; check once more."""
         before = (self.stats.blocks_sent, self.stats.blocks_zero)
@@ -772,4 +815,4 @@ class DiskSync:
         return True
 
 
-__all__ = ["DiskSync", "SyncControl", "SyncOptions", "SyncResult", "default_state_dir"]
+__all__ = ["DiskSync", "SyncControl", "SyncOptions", "SyncResult", "default_state_dir", "state_file_names"]
