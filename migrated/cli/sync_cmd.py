@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from migrated.engine import SshEndpoint, SyncControl, SyncOptions, parse_target
 
     user, host, port, path = parse_target(args.target)
+    _check_source(args.source)  # before the SSH set-up: a missing source is named first (exit 6)
     bw = None
     if args.bwlimit and args.bwlimit.lower() not in ("0", "none", "off"):
         bw = _size(args.bwlimit, "--bwlimit")
@@ -77,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
     if args.continuous:
         return continuous_cmd.run(args, endpoint, path, options, control)
     return asyncio.run(_run(args, endpoint, path, options, control))
+
+
+def _check_source(path: str) -> None:
+    """Open the source read-only once and close it: raises SourceError naming it when it cannot be read."""
+    from migrated.source import open_source
+
+    open_source(path).close()
 
 
 async def _run(args, endpoint, path, options, control) -> int:

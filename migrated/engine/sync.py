@@ -36,6 +36,7 @@ from migrated.errors import (
     Interrupted,
     ProtocolError,
     TargetError,
+    UsageError,
     VerificationFailed,
 )
 from migrated.model.checkpoint import (
@@ -104,8 +105,6 @@ class SyncOptions:
     read_from: str | None = None
 
     def validate(self) -> None:
-        from migrated.errors import UsageError
-
         bs = self.block_size
         if not (wire.MIN_BLOCK <= bs <= wire.MAX_BLOCK) or bs & (bs - 1):
             raise UsageError(f"--block-size {bs}: must be a power of two between 4KiB and 4MiB")
@@ -692,8 +691,27 @@ class DiskSync:
         return differing
 
     # -- the whole run ----------------------------------------------------------------------
+    def check_state_paths(self) -> None:
+        """Refuse, before anything is written anywhere, a state dir or checkpoint file that is not one
+        (a directory at the checkpoint's path, a file at the state dir's): nothing is removed or changed."""
+        import stat as st
+
+        state = self.cp_path.parent
+        for path, want, what in ((state, st.S_ISDIR, "a directory"), (self.cp_path, st.S_ISREG, "a regular file"),
+                                 (self.hf_path, st.S_ISREG, "a regular file")):
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise UsageError(f"state dir {state}: cannot use {path}: {e.strerror}") from None
+            if not want(mode):
+                raise UsageError(f"{path} is in the way of the checkpoint of {self.src.path}: it is not {what}; "
+                                 "move it away or pass another --state-dir (nothing was written)")
+
     async def run(self) -> SyncResult:
         t0 = time.monotonic()
+        self.check_state_paths()
         await self.handshake()
         await self.open_target()
         result = SyncResult(source=self.src.path, target=f"{self.target_label}:{self.target_path}",
