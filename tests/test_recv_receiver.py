@@ -276,3 +276,26 @@ def test_error_after_queued_answers_comes_last_and_whole(tmp_path):
     assert peer.recv() == (wire.T_FLUSHED, wire.SEQ.pack(9))
     assert "outside the target" in error_of(peer)["message"]
     assert peer.close() == 2
+
+
+@pytest.mark.parametrize("python", ["this", "oldest"])
+@pytest.mark.parametrize(("args", "rc", "words"), [
+    (["--help"], 0, "usage: migrated-recv"),
+    (["-h"], 0, "usage: migrated-recv"),
+    (["--version"], 0, "migrated-recv protocol 1"),
+    (["--bogus"], 2, "unknown argument '--bogus'"),
+])
+def test_help_and_version_answer_at_once_without_reading_stdin(python, args, rc, words):
+    """Issue #10: `migrated-recv --help` used to wait on stdin. Stdin stays open here: reading it would hang."""
+    interpreter = oldest_python() if python == "oldest" else sys.executable
+    if interpreter is None:
+        pytest.skip("no Python 3.7 on this machine")
+    r, w = os.pipe()
+    try:
+        p = subprocess.run([interpreter, "-I", "-S", str(RECV), *args], stdin=r, capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert p.returncode == rc, p.stderr
+    assert words in (p.stdout if rc == 0 else p.stderr)

@@ -685,11 +685,29 @@ def _subhash_check(offset: int, length: int, sub: int, block_size: int) -> str |
     return None
 
 
+USAGE = """usage: migrated-recv [-h] [--version]
+
+The receiver of migrated on the target host. The agent starts it over SSH and
+speaks the migrated protocol (docs/protocol.md) with it on stdin/stdout; it is
+not meant to be run by hand. It writes only to the target the agent opens.
+
+options:
+  -h, --help  show this help and exit
+  --version   show the protocol version and exit
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("--version", "version"):
         print(f"migrated-recv protocol {PROTOCOL_VERSION}")
         return 0
+    if argv and argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if argv:  # never read stdin for a command line we do not understand
+        sys.stderr.write(USAGE + f"migrated-recv: unknown argument {argv[0]!r}\n")
+        return 2
     try:  # bigger pipes from/to sshd: fewer wake-ups per MiB (Linux F_SETPIPE_SZ)
         import fcntl
 
