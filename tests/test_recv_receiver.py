@@ -299,3 +299,17 @@ def test_help_and_version_answer_at_once_without_reading_stdin(python, args, rc,
         os.close(w)
     assert p.returncode == rc, p.stderr
     assert words in (p.stdout if rc == 0 else p.stderr)
+
+
+def test_receiver_atomic_write_is_whole_private_and_leaves_no_temp_file(tmp_path):
+    """recv.py keeps its own copy of store.atomic_write (it must stand alone): same discipline."""
+    path = tmp_path / "state" / "marker.json"
+    wire._atomic_write(str(path), b"x" * 300000)
+    assert path.read_bytes() == b"x" * 300000 and path.stat().st_mode & 0o777 == 0o600
+    wire._atomic_write(str(path), b"second")
+    assert path.read_bytes() == b"second"
+    blocked = tmp_path / "state" / "dir"
+    blocked.mkdir()
+    with pytest.raises(IsADirectoryError):
+        wire._atomic_write(str(blocked), b"y")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dir", "marker.json"]  # no temp file left behind
