@@ -47,6 +47,7 @@ from migrated.model.checkpoint import (
     hashfile_header_matches,
     hashfile_trusted,
     trusted_entries,
+    zero_entries,
 )
 from migrated.model.negotiate import choose_codec, choose_hash
 from migrated.model.plan import Kind, plan_chunk
@@ -296,9 +297,7 @@ class DiskSync:
     # -- small helpers ---------------------------------------------------------------------
     def zero_entries(self, off: int, length: int) -> bytes:
         """Hash-file entries of an all-zero range (the last block of the disk may be short)."""
-        n = wire.block_count(length, self.bs)
-        tail = length - (n - 1) * self.bs
-        return self.zero_hash(self.bs) * (n - 1) + self.zero_hash(tail)
+        return zero_entries(length, self.bs, self.zero_hash)
 
     def zero_hash(self, length: int) -> bytes:
         h = self._zero_hash.get(length)
@@ -514,7 +513,7 @@ class DiskSync:
     def _is_hole(self, offset: int, length: int) -> bool:
         return not self.src.is_device and not self.src.data_ranges(offset, offset + length)
 
-    async def prepare(self, offset: int, length: int, known: bytes | None, send: bool) -> tuple[_Chunk, list[bytes]]:
+    async def prepare(self, offset: int, length: int, known: bytes | None, send: bool) -> _Chunk:
         """Read, hash, resolve the target's hashes, plan and encode one chunk.
 
         ``known``: target hashes for the chunk's blocks (UNKNOWN entries are asked from the
@@ -527,13 +526,12 @@ class DiskSync:
         if hole and known is not None:
             zeros = self.zero_entries(offset, length)
             if known == zeros:  # a hole onto zeros: nothing to read, send or ask
-                return _Chunk(offset, length, entries=zeros, same=n), []
+                return _Chunk(offset, length, entries=zeros, same=n)
         if known is not None and self.opt.only_ranges is not None and not any(
                 s < offset + length and offset < e for s, e in self.opt.only_ranges):
             entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
             if UNKNOWN not in entries:  # untraced and known: unchanged since the last round read it
-                ch = _Chunk(offset, length, same=n, entries=known)
-                return ch, entries
+                return _Chunk(offset, length, same=n, entries=known)
         hash_fut = None
         if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
@@ -572,7 +570,7 @@ class DiskSync:
         # What the target holds once these frames are durable: the source's hashes, except blocks
         # that a check-only pass found different (their entries keep the target's hash).
         ch.entries = b"".join(src_hashes) if send else b"".join(tgt)
-        return ch, src_hashes
+        return ch
 
     # -- one pass over the disk --------------------------------------------------------------
     async def run_pass(self, cp: Checkpoint, start: int, untrusted: tuple[int, int], *, ask_all: bool,
@@ -629,7 +627,7 @@ class DiskSync:
             schedule()
             while pending:
                 off, task = pending[0]
-                ch, _ = await task
+                ch = await task
                 pending.popleft()
                 if send and self.control.stop_requested:
                     break

@@ -194,6 +194,12 @@ def hashfile_trusted(cp: Checkpoint, *, checkpoint_trusted: bool, target_created
     return checkpoint_trusted or target_created or cp.zero_from is not None
 
 
+def zero_entries(length: int, block_size: int, zero_hash: Callable[[int], bytes]) -> bytes:
+    """Hash-file entries of ``length`` zero bytes from a block boundary (the last block may be short)."""
+    n = (length + block_size - 1) // block_size
+    return zero_hash(block_size) * (n - 1) + zero_hash(length - (n - 1) * block_size)
+
+
 def trusted_entry(entry: bytes, offset: int, length: int, untrusted: tuple[int, int], zero_from: int | None,
                   zero_hash: Callable[[int], bytes]) -> bytes:
     """The rule for one block at ``offset`` (``length`` bytes) whose hash-file entry is ``entry``:
@@ -223,7 +229,7 @@ def trusted_entries(raw: bytes, offset: int, length: int, *, block_size: int, di
         if zero_from is None or offset + length <= zero_from or UNKNOWN not in raw:
             return raw  # the hash file says it all
         if offset >= zero_from and raw == UNKNOWN * n:  # never written since created sparse
-            return zero_hash(bs) * (n - 1) + zero_hash(length - (n - 1) * bs)
+            return zero_entries(length, bs, zero_hash)
     out = bytearray(raw)
     for i in range(n):
         boff = offset + i * bs

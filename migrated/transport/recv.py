@@ -119,8 +119,6 @@ CODECS = (
 )
 CODEC_BY_NAME = {c.name: c for c in CODECS}
 CODEC_BY_ID = {c.wire_id: c for c in CODECS}
-CODEC_IDS = {c.name: c.wire_id for c in CODECS}
-CODEC_NAMES = {c.wire_id: c.name for c in CODECS}
 
 
 def codec_names() -> list[str]:
