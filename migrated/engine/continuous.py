@@ -49,9 +49,10 @@ import contextlib
 import dataclasses
 import io
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -444,7 +445,7 @@ def _mounts_of(disks: list[Disk]) -> list[MountedFs]:
 
 async def cutover(session: Session, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
                   control: ContinuousControl, emit: Callable[[Event], None],
-                  another_round: Callable[[], Any] | None = None,
+                  another_round: Callable[[], Awaitable[None]] | None = None,
                   trackers: dict[str, WriteTracker | None] | None = None,
                   notes: list[str] | None = None) -> CutoverReport:
     """Quiesce, final pass of every disk, un-quiesce, verify (module doc). The sources are running when
@@ -508,7 +509,7 @@ async def cutover(session: Session, disks: list[Disk], options: SyncOptions, cop
 
 async def _final_pass_frozen(session: Session, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
                              control: ContinuousControl, report: CutoverReport, mounts: list[MountedFs],
-                             state_dir: Any, trackers: dict[str, WriteTracker | None],
+                             state_dir: str | os.PathLike[str], trackers: dict[str, WriteTracker | None],
                              emit: Callable[[Event], None] = lambda _e: None) -> list[SyncResult]:
     """One final pass of every disk with ``mounts`` frozen (or nothing frozen: quiesce hooks/none).
 
