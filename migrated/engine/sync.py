@@ -138,6 +138,16 @@ class SyncControl:
         for cb in list(self._listeners):
             cb(self._bwlimit)
 
+    def watch_bwlimit(self, cb: Callable[[int | None], None]) -> Callable[[], None]:
+        """Call ``cb(bytes_per_s)`` on every ``set_bwlimit``; returns the function that stops it."""
+        self._listeners.append(cb)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(cb)
+
+        return unwatch
+
     # Source read-rate limit (bytes/s; None = unlimited), changeable while running: protects the
     # production server's I/O during continuous rounds (migrated.engine.continuous).
     read_limit: int | None = None
@@ -280,8 +290,7 @@ class DiskSync:
         self.size = source.size
         self.stats = _Stats()
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
-        self._listener = lambda r: self.bucket.set_rate(r, time.monotonic())
-        self.control._listeners.append(self._listener)
+        self._unwatch = self.control.watch_bwlimit(lambda r: self.bucket.set_rate(r, time.monotonic()))
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
@@ -767,8 +776,7 @@ class DiskSync:
             result.throughput_bps = round(covered / result.seconds if result.seconds else 0.0, 1)
             self._emit_progress(force=True)
             self.last_result = result
-            with contextlib.suppress(ValueError):
-                self.control._listeners.remove(self._listener)
+            self._unwatch()
         return result
 
     async def verify_recorded(self, *, reread: bool) -> tuple[int, list[int]]:
