@@ -9,8 +9,9 @@ with the source quiesced for one short final pass, verified, with the downtime m
                                       ContinuousOptions(interval=30, cutover_after=None), control, on_event)
     # elsewhere (signal handler, daemon command): control.request_cutover()
 
-Built on the engine's library API only: every round is ``session.sync_disk`` with the
-same checkpoint (the engine re-reads the source and sends what changed). The pieces:
+Built on the engine's library API only (``Session``: ``sync_disk``, ``verify_disk``,
+``state_files``): every round is ``session.sync_disk`` with the same checkpoint (the engine
+re-reads the source and sends what changed). The pieces:
 
 * **Rounds** (``migrated.model.rounds``): after each round its numbers are summarised
   (change rate, send rate, forecast of the final pass, advice) and passed to
@@ -268,15 +269,6 @@ def held_output() -> Iterator[io.StringIO]:
                 sys.stderr.flush()
 
 
-# ------------------------------------------------------------ verification
-
-
-async def verify_against_checkpoint(session: Session, source_path: str, target_path: str,
-                                    options: SyncOptions, read_from: str | None = None) -> int:
-    """``session.verify_disk``: every target block against the final pass's record (or the snapshot)."""
-    return await session.verify_disk(source_path, target_path, options, read_from)
-
-
 # ------------------------------------------------------------ rounds
 
 Disk = tuple[str, str]  # (source path, target path on the target host)
@@ -501,7 +493,7 @@ async def cutover(session: Session, disks: list[Disk], options: SyncOptions, cop
     if copts.verify:
         control.phase = Phase.VERIFYING
         for src, dst in disks:
-            report.blocks_verified += await verify_against_checkpoint(session, src, dst, final_opts)
+            report.blocks_verified += await session.verify_disk(src, dst, final_opts)
         report.verified = True
     emit({"event": "verified" if report.verified else "done", "blocks": report.blocks_verified})
     return report
@@ -669,8 +661,7 @@ async def _cutover_lvm(session: Session, disks: list[Disk], final_opts: SyncOpti
         if copts.verify:
             control.phase = Phase.VERIFYING
             for (src, dst), sn in zip(disks, snaps, strict=True):
-                report.blocks_verified += await verify_against_checkpoint(session, src, dst, final_opts,
-                                                                          read_from=sn.device)
+                report.blocks_verified += await session.verify_disk(src, dst, final_opts, read_from=sn.device)
             report.verified = True
     # the snapshots are removed (lvm_snapshot raised otherwise)
     for d, sn in zip(report.snapshots, snaps, strict=True):
