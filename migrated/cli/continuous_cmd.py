@@ -74,7 +74,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} needs --continuous")
 
 
-def _options(args: argparse.Namespace) -> ContinuousOptions:
+def continuous_options(args: argparse.Namespace) -> ContinuousOptions:
+    """The validated continuous options of the command line (UsageError names the flag)."""
     from migrated.engine.continuous import ContinuousOptions
     from migrated.model.plan import parse_size
 
@@ -128,8 +129,7 @@ def _on_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, endpoint: SshEndpoint, path: str, options: SyncOptions,
-        control: SyncControl) -> int:
-    copts = _options(args)
+        control: SyncControl, copts: ContinuousOptions) -> int:
     return asyncio.run(_run(args, endpoint, path, options, control, copts))
 
 

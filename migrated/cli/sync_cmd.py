@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
     from migrated.engine import SshEndpoint, SyncControl, SyncOptions, parse_target
 
     user, host, port, path = parse_target(args.target)
-    _check_source(args.source)  # before the SSH set-up: a missing source is named first (exit 6)
     bw = None
     if args.bwlimit and args.bwlimit.lower() not in ("0", "none", "off"):
         bw = _size(args.bwlimit, "--bwlimit")
@@ -75,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from migrated.cli import continuous_cmd
 
     continuous_cmd.check_arguments(args)
-    if args.continuous:
-        return continuous_cmd.run(args, endpoint, path, options, control)
+    copts = continuous_cmd.continuous_options(args) if args.continuous else None
+    # every usage error above, then the source, then the SSH set-up: a missing source is named first (exit 6)
+    _check_source(args.source)
+    if copts is not None:
+        return continuous_cmd.run(args, endpoint, path, options, control, copts)
     return asyncio.run(_run(args, endpoint, path, options, control))
 
 
