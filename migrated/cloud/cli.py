@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from migrated import logs
+from migrated.cli.options import add_common_options, configure_logging
 from migrated.cloud.tencent import InstanceInvalid, TencentCloud, from_config
 from migrated.console.config import load_config
 from migrated.errors import ChecksFailed, CloudError, ConfigError, ExitCode, MigratedError
@@ -80,12 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--instance", default="", help="also validate this target instance (ins-...)")
     c.add_argument("--ssh-port", type=int, default=22, help="the target's SSH port to look for (default 22)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_common_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(level="error", fmt="console")  # stderr; stdout is the report (or JSON)
+    configure_logging(args, level="error", fmt="console")  # stderr; stdout is the report (or JSON)
     try:
         checks = asyncio.run(_check(args))
     except MigratedError as exc:
