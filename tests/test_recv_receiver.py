@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from migrated import __version__
 from migrated.transport import recv as wire
 
 RECV = Path(wire.__file__)
@@ -282,7 +283,7 @@ def test_error_after_queued_answers_comes_last_and_whole(tmp_path):
 @pytest.mark.parametrize(("args", "rc", "words"), [
     (["--help"], 0, "usage: migrated-recv"),
     (["-h"], 0, "usage: migrated-recv"),
-    (["--version"], 0, "migrated-recv protocol 1"),
+    (["--version"], 0, f"migrated-recv {__version__} (protocol 1)"),
     (["--bogus"], 2, "unknown argument '--bogus'"),
 ])
 def test_help_and_version_answer_at_once_without_reading_stdin(python, args, rc, words):
@@ -313,3 +314,7 @@ def test_receiver_atomic_write_is_whole_private_and_leaves_no_temp_file(tmp_path
     with pytest.raises(IsADirectoryError):
         wire._atomic_write(str(blocked), b"y")
     assert sorted(p.name for p in path.parent.iterdir()) == ["dir", "marker.json"]  # no temp file left behind
+
+
+def test_the_stand_alone_receiver_carries_the_package_version():
+    assert wire.__version__ == __version__

@@ -41,6 +41,9 @@ except ImportError:  # pragma: no cover
 
 PROTOCOL_VERSION = 1
 MAGIC = "migrated"
+# = migrated.__version__ (tests/test_recv_receiver.py keeps them equal): this file stands alone, it
+# cannot import the package it ships with
+__version__ = "0.1.0"
 
 # --- framing -------------------------------------------------------------------------------
 HEADER = struct.Struct(">BI")  # type, payload length
@@ -705,14 +708,14 @@ not meant to be run by hand. It writes only to the target the agent opens.
 
 options:
   -h, --help  show this help and exit
-  --version   show the protocol version and exit
+  --version   show the version and the protocol version and exit
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("--version", "version"):
-        print(f"migrated-recv protocol {PROTOCOL_VERSION}")
+        print(f"migrated-recv {__version__} (protocol {PROTOCOL_VERSION})")
         return 0
     if argv and argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
