@@ -9,7 +9,10 @@
 Running ``sync_disk`` again with the same source, target and state dir is an incremental
 round: the source is re-read and only blocks that changed since the checkpoint are sent
 (``SyncResult.bytes_changed``). ``control.request_stop()`` makes it flush, checkpoint and
-raise ``Interrupted``; the next call resumes.
+raise ``Interrupted``; the next call resumes. ``verify_disk`` compares the target with what
+the last complete pass recorded (the cutover's check); ``state_files`` names a disk's checkpoint
+files. These three are all a caller (``migrated.engine.continuous``, the agent) needs: ``DiskSync``
+and the receiver channel stay inside the engine.
 """
 
 from __future__ import annotations
