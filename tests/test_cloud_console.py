@@ -69,6 +69,17 @@ async def events(admin: Any, tid: str) -> list[dict[str, Any]]:
     return (await admin.call("DescribeTaskEvents", {"TaskId": tid}))["EventSet"]
 
 
+async def wait_event(admin: Any, tid: str, pred: Any) -> list[str]:
+    """The task's event messages once one satisfies ``pred`` (or after 10 s): a cloud step records its
+    event after the fake answered, so a test that reads the events at once races the console."""
+    for _ in range(500):
+        msgs = [e["Message"] for e in await events(admin, tid)]
+        if any(pred(m) for m in msgs):
+            break
+        await asyncio.sleep(0.02)
+    return msgs
+
+
 async def test_instance_target_is_validated_with_errors_naming_it(tmp_path: Path, fake: FakeTencentCloud) -> None:
     async with cloud_console(tmp_path, fake) as c:
         sid, sk = await c.new_key("agent")
@@ -132,7 +143,7 @@ async def test_image_task_gets_unique_name_and_its_image_made(tmp_path: Path, fa
             # the task maps /dev/vda and /dev/vdb: a full image with the relay's data disk
             assert create == [{"InstanceId": "ins-relay001", "ImageName": f"web01-{tid}",
                                "ImageDescription": f"migrated {tid}", "DataDiskIds": ["disk-d0relay001"]}]
-            msgs = [e["Message"] for e in await events(admin, tid)]
+            msgs = await wait_event(admin, tid, lambda m: f"image {view['ImageId']} (web01-{tid}) is NORMAL" in m)
             assert any(f"image {view['ImageId']} (web01-{tid}) is NORMAL" in m for m in msgs)
             # the web UI's task page reads the same image ID
             page = await c.service.storage.get_task(tid)
@@ -260,7 +271,7 @@ async def test_image_from_an_earlier_attempt_is_adopted_and_relay_terminated(tmp
                     break
                 await asyncio.sleep(0.02)
             assert (R, "ins-relay001") not in fake.instances
-            msgs = [e["Message"] for e in await events(admin, tid)]
+            msgs = await wait_event(admin, tid, lambda m: m == "relay instance ins-relay001 terminated")
             assert "relay instance ins-relay001 terminated" in msgs
 
             # a user's own machine as the "relay": the image is made, the machine is left alone

@@ -69,21 +69,27 @@ def test_admin_workflow(served, tmp_path):
     (t,) = json.loads(ok("tasks", "list", "--state", "created", "--json", *c))["TaskSet"]
     assert t["DiskMapping"] == [{"Source": "/dev/vda", "Target": "/dev/vda"}]
     shown = ok("tasks", "show", tid, *c)
-    assert "20480 KB/s" in shown and "/dev/vda -> /dev/vda" in shown and "start, delete" in shown
+    assert "20.0 MiB/s" in shown and "/dev/vda -> /dev/vda" in shown and "start, delete" in shown
 
     r = run_cli("tasks", "pause", tid, *c)
     assert r.returncode == 2 and "pause is allowed when syncing, transferring" in r.stderr
     r = run_cli("tasks", "cutover", tid, *c)
     assert r.returncode == 2 and "cutover is allowed when syncing" in r.stderr
     assert "queued" in ok("tasks", "start", tid, *c)
-    assert "1024 KB/s" in ok("tasks", "set-bandwidth", tid, "1024", *c)
+    assert "1.0 MiB/s" in ok("tasks", "set-bandwidth", tid, "1024", *c)  # a bare number is KB/s, as before
     events = ok("tasks", "events", tid, *c)
-    assert "start by ops" in events and "20480 -> 1024" in events
+    assert "start by ops" in events and "20.0 MiB/s -> 1.0 MiB/s" in events
+    out = ok("tasks", "set-bandwidth", tid, "160Mbit", *c)  # any unit: 20e6 B/s = 19531 KB/s
+    assert "19.1 MiB/s" in out
+    assert json.loads(ok("tasks", "show", tid, "--json", *c))["BandwidthLimitKBps"] == 19531
+    assert json.loads(ok("tasks", "set-bandwidth", tid, "20MiB/s", "--json", *c))["BandwidthLimitKBps"] == 20480
+    r = run_cli("tasks", "set-bandwidth", tid, "fast", *c)
+    assert r.returncode == 2 and "'fast' is not a rate" in r.stderr and "20MiB/s, 20480K, 160Mbit" in r.stderr
 
     r = run_cli("tasks", "delete", tid, *c)
     assert r.returncode == 2 and "delete is allowed when" in r.stderr
     r = run_cli("sources", "remove", src, *c)
-    assert r.returncode == 3 and "unfinished task" in r.stderr
+    assert r.returncode == 2 and "unfinished task" in r.stderr  # ResourceInUse: USAGE (docs/exit-codes.md)
     r = run_cli("keys", "revoke", agent_key["SecretId"], *c)
     assert r.returncode == 0 and "revoked" in r.stdout
 
@@ -91,7 +97,16 @@ def test_admin_workflow(served, tmp_path):
     r = run_cli("tasks", "create", "--source", src, "--name", "x", "--region", "ap-guangzhou", "--target-type",
                 "image", "--image-name", "img", "--target-ssh", "root@h", "--target-host-key", HOST_KEY,
                 "--schedule", later, *c)
-    assert r.returncode == 3 and "ScheduledStartTime" in r.stderr and "10 minutes" in r.stderr
+    assert r.returncode == 2 and "ScheduledStartTime" in r.stderr and "10 minutes" in r.stderr
+
+    # the exit code follows the console's error code (docs/exit-codes.md): bad arguments are USAGE, not CONNECTION
+    r = run_cli("tasks", "create", "--source", src, "--name", "x", "--region", "ap-guangzhou", "--target-type",
+                "image", "--image-name", "img", "--target-ssh", "root@h", "--target-host-key", "garbage key line", *c)
+    assert r.returncode == 2 and "InvalidParameterValue" in r.stderr and "TargetHostKey" in r.stderr, r.stderr
+    r = run_cli("tasks", "show", "task-nope", *c)
+    assert r.returncode == 2 and "ResourceNotFound.Task" in r.stderr and "task-nope" in r.stderr, r.stderr
+    r = run_cli("tasks", "start", "task-nope", *c)
+    assert r.returncode == 2 and "ResourceNotFound.Task" in r.stderr, r.stderr
 
 
 def test_credentials_from_env_and_refusals(served, tmp_path):

@@ -16,18 +16,17 @@ from pydantic import ValidationError
 from migrated.console import params as P
 from migrated.console.service import (
     UNFINISHED_STATES,
-    ApiError,
     ConsoleService,
     Principal,
     consistent_finish,
     is_continuous,
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
-from migrated.errors import StateError
+from migrated.errors import MigratedError, StateError
 from migrated.model.states import NOT_DELETED, Action, TaskState, values
 from migrated.model.status import DiskProgress, TaskProgress
 
-from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
+from .forms import form_to_params, message_field, parse_bandwidth, parse_mib, pydantic_errors
 from .model import DiskMapView, DiskView, EventView, FormErrors, SourceView, TaskForm, TaskView
 
 _ACTION_CALL = {
@@ -61,6 +60,10 @@ class ServiceBackend:
     def __init__(self, service: ConsoleService) -> None:
         self.service = service
         self.storage = service.storage
+
+    @property
+    def min_lead_seconds(self) -> float:
+        return self.service.config.scheduler.min_lead_seconds
 
     # -------------------------------------------------------------- keys
 
@@ -120,7 +123,7 @@ class ServiceBackend:
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
             image_id=str(getattr(t, "image_id", "") or p.get("ImageId", "")),  # once the console records one
             target_instance=t.target_instance_id, start_at=t.scheduled_at,
-            bandwidth_limit_mbps=kbps_to_mbps(t.bandwidth_limit_kbps) if t.bandwidth_limit_kbps else None,
+            bandwidth_limit_kbps=t.bandwidth_limit_kbps,
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,
@@ -170,7 +173,7 @@ class ServiceBackend:
             raise FormErrors(errors)
         try:
             result = await self.service.create_task(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             name = message_field(exc.message, form)
             if name is None:
                 raise FormErrors({}, exc.message) from None
@@ -187,7 +190,7 @@ class ServiceBackend:
             raise FormErrors({"bandwidth_mbps": P.validation_error(exc)[1]}) from None
         try:
             await self.service.modify_task_bandwidth(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
 
     async def set_rounds(self, task_id: str, round_interval: str, read_limit_mib: str, *, actor: str) -> None:
@@ -216,7 +219,7 @@ class ServiceBackend:
             raise FormErrors({name: code_msg.split(": ", 1)[-1]}) from None
         try:
             await self.service.modify_task_rounds(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
 
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:
@@ -224,5 +227,5 @@ class ServiceBackend:
         method, model = _ACTION_CALL[action]
         try:
             await getattr(self.service, method)(caller, model(TaskId=task_id))
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
