@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from migrated.cloud.provider import traits_for
+
 from .model import FormErrors, TaskForm
 
 # API parameter -> form field
@@ -56,7 +58,7 @@ ONLY_CONTINUOUS = "only for incremental sync until cutover or a consistent finis
 PATTERN_HINT = {
     "Region": "must be a region such as ap-guangzhou",
     "ImageName": "may hold letters, digits, '.', '_' and '-' only",
-    "TargetInstanceId": "must be an instance ID such as ins-abcd1234",
+    "TargetInstanceId": f"must be an instance ID such as {traits_for(None).instance_id_example}",
 }
 
 KBPS_PER_MBIT = 1_000_000 / 8 / 1024  # Mbit/s -> KB/s (KiB)
