@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -59,9 +58,6 @@ class ProviderTraits:
     image_name_max: int  # longest image name the provider accepts
     credential_env: tuple[str, str]  # SecretId / SecretKey variables when cloud.credentials_file is empty
     calls: CallNames
-
-    def instance_id_ok(self, value: str) -> bool:
-        return re.fullmatch(self.instance_id_pattern, value) is not None
 
 
 TENCENT = ProviderTraits(
@@ -230,7 +226,7 @@ def open_provider(cfg: CloudConfig) -> CloudProvider:
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith("migrated"):
             raise  # our own code is missing: a bug, not an install step
-        raise ConfigError(f"cloud.provider: {traits.name} needs the {traits.title} SDK ({exc.name} is not "
-                          f"installed): pip install 'migrated[{traits.extra}]'") from None
+        raise ConfigError(f"cloud.provider: {traits.name} needs the {traits.title} SDK, which this installation "
+                          f"lacks (no module {exc.name}): pip install 'migrated[{traits.extra}]'") from None
     provider: CloudProvider = module.from_config(cfg)
     return provider

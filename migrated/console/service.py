@@ -672,9 +672,6 @@ class ConsoleService:
         assert self.cloud is not None
         traits = self.cloud.traits
         warnings: list[str] = []
-        if p.TargetInstanceId and not traits.instance_id_ok(p.TargetInstanceId):
-            raise ApiError("InvalidParameterValue", f"parameter TargetInstanceId: {p.TargetInstanceId!r} is not a "
-                           f"{traits.title} instance ID (such as {traits.instance_id_example})")
         try:
             if p.TargetInstanceId:
                 try:
