@@ -26,7 +26,6 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -395,12 +394,3 @@ def from_config(cfg: CloudConfig) -> TencentCloud:
     """The adapter for a console ``cloud:`` section (the factory's entry point); ConfigError when
     the credentials cannot be loaded."""
     return TencentCloud(cloud_credentials(cfg), endpoint=cfg.endpoint, timeout=cfg.api_timeout_seconds)
-
-
-@contextlib.asynccontextmanager
-async def opened(creds: Credentials, **kw: Any):
-    cloud = TencentCloud(creds, **kw)
-    try:
-        yield cloud
-    finally:
-        await cloud.close()
