@@ -87,6 +87,9 @@ def test_cloud_without_the_extra_names_the_pip_install(tmp_path: Path) -> None:
     r = python(block + "from migrated.cloud.cli import main\n"
                        f"sys.exit(main(['check', '--config', {str(cfg)!r}, '--region', 'ap-guangzhou']))")
     assert r.returncode == 2 and "pip install 'migrated[tencent]'" in r.stderr, r.stderr
+    r = python(block + "from migrated.cloud.provider import PROVIDERS, provider_module\n"
+                       "provider_module(PROVIDERS['tencent'])")
+    assert r.returncode == 1 and "pip install 'migrated[tencent]'" in r.stderr, r.stderr
     # the same config without the block gets past that point (the provider opens)
     provider = open_provider(load_cloud_section(cfg))  # type: ignore[arg-type]
     assert provider.traits is PROVIDERS["tencent"]

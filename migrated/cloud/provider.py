@@ -24,6 +24,7 @@ import importlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from migrated.errors import ConfigError, TargetError
@@ -217,16 +218,20 @@ def unique_name(name: str, task_id: str, max_len: int) -> str:
 # ---------------------------------------------------------------- the factory
 
 
-def open_provider(cfg: CloudConfig) -> CloudProvider:
-    """The provider a console ``cloud:`` section names, with its credentials loaded. ConfigError
-    when its SDK is not installed (naming the pip extra) or the credentials cannot be read."""
-    traits = traits_for(cfg.provider)
+def provider_module(traits: ProviderTraits) -> ModuleType:
+    """Import the provider's module (no credentials read, nothing called): what a config check needs
+    to know the provider can be opened. ConfigError naming the pip extra when its SDK is missing."""
     try:
-        module = importlib.import_module(traits.module)
+        return importlib.import_module(traits.module)
     except ModuleNotFoundError as exc:
         if (exc.name or "").startswith("migrated"):
             raise  # our own code is missing: a bug, not an install step
         raise ConfigError(f"cloud.provider: {traits.name} needs the {traits.title} SDK, which this installation "
                           f"lacks (no module {exc.name}): pip install 'migrated[{traits.extra}]'") from None
-    provider: CloudProvider = module.from_config(cfg)
+
+
+def open_provider(cfg: CloudConfig) -> CloudProvider:
+    """The provider a console ``cloud:`` section names, with its credentials loaded. ConfigError
+    when its SDK is not installed (naming the pip extra) or the credentials cannot be read."""
+    provider: CloudProvider = provider_module(traits_for(cfg.provider)).from_config(cfg)
     return provider
