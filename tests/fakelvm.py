@@ -146,6 +146,7 @@ def lvcreate(root: Path, argv: list[str]) -> int:
     size = int(_run("blockdev", "--getsize64", origin).stdout)
     count = size // (1024 * 1024) - (1 if (root / "short-copy").exists() else 0)
     if mnt:
+        _log(root, cmd="freezing", mountpoint=mnt[0], lv=lv)  # before: a watcher counts freezes begun
         _run("fsfreeze", "-f", mnt[0])
         _log(root, cmd="freeze", mountpoint=mnt[0], lv=lv)
     try:

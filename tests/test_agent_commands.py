@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from migrated.agent.daemon import Agent, _parse_ssh
+from migrated.agent.daemon import Agent
+from migrated.agent.runners.driver import parse_ssh as _parse_ssh
 from migrated.agent.state import AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
 from migrated.errors import ConfigError

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_sample_config_parses():
     cfg = load_config(REPO / "etc" / "console.yaml")
-    assert cfg.listen.host == "0.0.0.0" and cfg.listen.port == 8930
+    assert cfg.listen.host == "127.0.0.1" and cfg.listen.port == 8930  # was 0.0.0.0 (issue 10: plain HTTP)
     assert cfg.storage.path == "/var/lib/migrate-console/console.db"
     assert cfg.agents.heartbeat_interval_seconds == 10 and cfg.agents.offline_after_missed == 3
     assert cfg.scheduler.min_lead_seconds == 600
@@ -95,3 +95,14 @@ def test_sign_headers_round_trip():
 def test_malformed_authorization(value):
     with pytest.raises(tc3.MalformedAuthorization):
         tc3.parse_authorization(value)
+
+
+def test_console_file_errors_have_line_column_and_all_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("listen:\n  port: 70000\nagents:\n  max_wait_seconds: 60\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert str(ei.value).splitlines() == [
+        f"{p}: line 2, column 9: listen.port: must be <= 65535, got 70000",
+        f"{p}: line 4, column 21: agents.max_wait_seconds: must be <= 30, got 60",
+    ]

@@ -1,21 +1,64 @@
-"""The Storage contract, run against the SQLite backend on a real file. A second backend
-(PostgreSQL) adds itself to ``BACKENDS`` and must pass the same tests."""
+"""The Storage contract, run against every backend in ``BACKENDS`` (today SQLite on a real file),
+each with heartbeat buffering above it as the console runs it, and bare where the test is about
+the backend's own part. A second backend (PostgreSQL) adds its name to ``BACKENDS`` and its
+options to ``backend_options`` and must pass the same tests."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
-from migrated.console.storage import DiskInfo, NewCommand, SQLiteStorage, StorageConflict, TaskRecord
+from migrated.console import storage as storage_pkg
+from migrated.console.config import StorageConfig
+from migrated.console.storage import (
+    INT64_MAX,
+    DiskInfo,
+    NewCommand,
+    OutOfRange,
+    SQLiteStorage,
+    Storage,
+    StorageConflict,
+    TaskRecord,
+    create_storage,
+)
 
 BACKENDS = ["sqlite"]
 
 
+def backend_options(name: str, tmp_path: Path) -> dict[str, Any]:
+    """What ``create_storage`` needs for the backend ``name`` in a test: the same each call, so a
+    second call reopens what the first one wrote."""
+    return {"sqlite": {"path": tmp_path / "c.db"}}[name]
+
+
+def open_again(name: str, tmp_path: Path, *, flush_seconds: float = 0.1) -> Storage:
+    return create_storage(name, heartbeat_flush_seconds=flush_seconds, **backend_options(name, tmp_path))
+
+
 @pytest.fixture(params=BACKENDS)
-async def store(request, tmp_path):
-    s = SQLiteStorage(tmp_path / "c.db", heartbeat_flush_seconds=0.1)
+def backend_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def store(backend_name, tmp_path):
+    s = open_again(backend_name, tmp_path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def bare(backend_name, tmp_path):
+    """The backend alone: no heartbeat buffer above it."""
+    s = storage_pkg.BACKENDS[backend_name](**backend_options(backend_name, tmp_path))
     await s.open()
     try:
         yield s
@@ -38,9 +81,14 @@ async def source(store, key_id: str, machine: str = "m1") -> str:
     return s.source_id
 
 
-async def test_file_is_private_and_wal(store, tmp_path):
-    assert os.stat(tmp_path / "c.db").st_mode & 0o077 == 0
-    assert (tmp_path / "c.db-wal").exists()
+async def test_sqlite_file_is_private_and_wal(tmp_path):
+    store = SQLiteStorage(tmp_path / "c.db", heartbeat_flush_seconds=0.1)
+    await store.open()
+    try:
+        assert os.stat(tmp_path / "c.db").st_mode & 0o077 == 0
+        assert (tmp_path / "c.db-wal").exists()
+    finally:
+        await store.close()
 
 
 async def test_no_lost_wakeup_and_visibility(store):
@@ -79,7 +127,7 @@ async def test_compare_and_set_and_task_rules(store):
     assert total == 1 and page[0].task_id == "t1"
 
 
-async def test_source_ownership_and_heartbeats_survive_reopen(store, tmp_path):
+async def test_source_ownership_and_heartbeats_survive_reopen(store, backend_name, tmp_path):
     a = await store.create_key("agent", "a", 1.0)
     b = await store.create_key("agent", "b", 1.0)
     sid = await source(store, a.secret_id)
@@ -94,7 +142,7 @@ async def test_source_ownership_and_heartbeats_survive_reopen(store, tmp_path):
     assert await store.record_heartbeat("src-none", "3", 50.0) is False
     assert (await store.get_source(sid)).last_heartbeat == 50.0
     await store.close()
-    reopened = SQLiteStorage(tmp_path / "c.db")
+    reopened = open_again(backend_name, tmp_path)
     await reopened.open()
     try:
         s = await reopened.get_source(sid)
@@ -102,3 +150,171 @@ async def test_source_ownership_and_heartbeats_survive_reopen(store, tmp_path):
     finally:
         await reopened.close()
     await store.open()  # the fixture closes it again
+
+
+async def test_paging_schedule_events_and_counts(store):
+    k = await store.create_key("agent", "a", 1.0)
+    sids = [await source(store, k.secret_id, machine=f"m{i}") for i in range(3)]
+    for i, sid in enumerate(sids):
+        await store.create_task(replace(task(f"t{i}", sid), created_at=float(i)), unfinished_states=["created"])
+    page, total = await store.list_tasks(limit=2)
+    assert ([t.task_id for t in page], total) == (["t2", "t1"], 3), "newest first"
+    page, total = await store.list_tasks(limit=2, offset=2)
+    assert ([t.task_id for t in page], total) == (["t0"], 3)
+    page, total = await store.list_tasks(task_ids=["t0", "t2", "nope"])
+    assert sorted(t.task_id for t in page) == ["t0", "t2"] and total == 2
+    # scheduled starts are rows: due ones earliest first, and the next time to wake for
+    assert await store.next_scheduled_time() is None
+    for tid, at in (("t0", 30.0), ("t1", 20.0)):
+        await store.update_task(tid, expect_state="created", changes={"state": "scheduled", "scheduled_at": at},
+                                now=2.0)
+    assert await store.next_scheduled_time() == 20.0
+    assert [t.task_id for t in await store.due_scheduled_tasks(25.0)] == ["t1"]
+    assert [t.task_id for t in await store.due_scheduled_tasks(30.0)] == ["t1", "t0"]
+    assert await store.task_state_counts() == {"created": 1, "scheduled": 2}
+    # events: oldest first, after an id, a limit
+    ids = [(await store.add_event("t2", sids[2], "info", "", f"e{i}", 3.0 + i)).event_id for i in range(4)]
+    assert [e.message for e in await store.list_events("t2")] == ["e0", "e1", "e2", "e3"]
+    assert [e.message for e in await store.list_events("t2", after_id=ids[1], limit=1)] == ["e2"]
+    assert await store.list_events("t0") == []
+
+
+async def test_removing_a_source_settles_its_commands_and_wake_all(store):
+    k = await store.create_key("agent", "a", 1.0)
+    sid = await source(store, k.secret_id)
+    await store.create_task(task("t1", sid), unfinished_states=["created"])
+    _, cmd = await store.update_task("t1", expect_state="created", changes={"state": "starting"},
+                                     command=NewCommand("start", {"X": 1}), now=2.0)
+    assert await store.count_pending_commands() == 1
+    assert [(c.action, c.params) for c in await store.list_commands("t1")] == [("start", {"X": 1})]
+    waiters = [store.command_waiter(sid), store.command_waiter("src-other")]
+    store.wake_all()
+    assert [await w.wait(5) for w in waiters] == [True, True]
+    assert await store.remove_source(sid) is True and await store.remove_source(sid) is False
+    assert await store.count_pending_commands() == 0
+    (c,) = await store.list_commands("t1")
+    assert (c.command_id, c.result, c.message) == (cmd.command_id, "error", "source removed")
+    assert await store.take_commands(sid, now=3.0, visibility_seconds=30) == ([], None)
+
+
+# ---------------------------------------------------------------- integers past 64 bits
+
+
+async def test_out_of_range_integers_are_refused_by_name(store):
+    """Offset 2**63 used to reach SQLite and come back as OverflowError (an InternalError)."""
+    k = await store.create_key("agent", "a", 1.0)
+    sid = await source(store, k.secret_id)
+    for kwargs, name in [({"offset": 2**63}, "offset"), ({"limit": 2**63}, "limit"), ({"offset": -1}, "offset"),
+                         ({"limit": -1}, "limit"), ({"offset": 10**400}, "offset")]:
+        with pytest.raises(OutOfRange, match=f"^{name} must be between"):
+            await store.list_tasks(**kwargs)
+    with pytest.raises(OutOfRange, match=r"got a 16610-bit number$"):  # no 5,000-digit message
+        await store.list_tasks(offset=10**5000)
+    assert await store.list_tasks(offset=INT64_MAX, limit=INT64_MAX) == ([], 0), "the largest values still page"
+    with pytest.raises(OutOfRange, match=r"^after_id"):
+        await store.list_events("t1", after_id=2**63)
+    with pytest.raises(OutOfRange, match=r"^limit"):
+        await store.list_events("t1", limit=2**64)
+    assert isinstance(OutOfRange("x"), ValueError)
+    with pytest.raises(OutOfRange, match=r"^bandwidth_limit_kbps"):
+        await store.create_task(replace(task("t1", sid), bandwidth_limit_kbps=2**63), unfinished_states=["created"])
+    await store.create_task(task("t1", sid), unfinished_states=["created"])
+    with pytest.raises(OutOfRange, match=r"^bandwidth_limit_kbps"):
+        await store.update_task("t1", expect_state="created", changes={"bandwidth_limit_kbps": 2**70}, now=2.0)
+    assert (await store.get_task("t1")).bandwidth_limit_kbps == 0, "nothing was written"
+
+
+# ---------------------------------------------------------------- heartbeats: the backend's part
+
+
+async def test_backend_writes_heartbeats_forward_only(bare):
+    k = await bare.create_key("agent", "a", 1.0)
+    sid = await source(bare, k.secret_id)
+    await bare.write_heartbeats({sid: (50.0, "2"), "src-none": (50.0, "2")})
+    s = await bare.get_source(sid)
+    assert (s.last_heartbeat, s.agent_version) == (50.0, "2")
+    await bare.write_heartbeats({sid: (40.0, "1")})
+    s = await bare.get_source(sid)
+    assert (s.last_heartbeat, s.agent_version) == (50.0, "2"), "an older beat never moves it back"
+    await bare.write_heartbeats({})
+    # without a buffer above it, a beat is written at once
+    assert await bare.record_heartbeat(sid, "3", 60.0) is True
+    assert await bare.record_heartbeat("src-none", "3", 60.0) is False
+    assert (await bare.get_source(sid)).last_heartbeat == 60.0
+    assert await bare.source_exists(sid) and not await bare.source_exists("src-none")
+
+
+# ---------------------------------------------------------------- heartbeats: the buffer above
+
+
+async def test_buffer_holds_beats_until_a_flush_and_reads_show_them(backend_name, tmp_path):
+    store = open_again(backend_name, tmp_path, flush_seconds=3600)  # no timed flush during the test
+    await store.open()
+    try:
+        k = await store.create_key("agent", "a", 1.0)
+        sid = await source(store, k.secret_id)
+        other = await source(store, k.secret_id, machine="m2")
+        assert await store.record_heartbeat(sid, "2", 50.0) is True
+        assert (await store.backend.get_source(sid)).last_heartbeat == 1.0, "not written per beat"
+        s = await store.get_source(sid)
+        assert (s.last_heartbeat, s.agent_version) == (50.0, "2")
+        listed = {x.source_id: x.last_heartbeat for x in await store.list_sources()}
+        assert listed == {sid: 50.0, other: 1.0}
+        await store.flush()
+        s = await store.backend.get_source(sid)
+        assert (s.last_heartbeat, s.agent_version) == (50.0, "2")
+        # a registration drops the buffered beat: it carries its own time
+        assert await store.record_heartbeat(sid, "2", 55.0)
+        s, created = await store.register_source(machine_id="m1", hostname="h", os_name="", agent_version="4",
+                                                 disks=(), registered_by=k.secret_id, now=60.0)
+        assert not created
+        await store.flush()
+        s = await store.get_source(sid)
+        assert (s.last_heartbeat, s.agent_version) == (60.0, "4")
+        # a removal drops it too, and a beat of a removed source is refused
+        assert await store.record_heartbeat(other, "2", 70.0)
+        assert await store.remove_source(other) is True
+        assert await store.record_heartbeat(other, "2", 71.0) is False
+        await store.flush()
+        assert await store.get_source(other) is None
+    finally:
+        await store.close()
+
+
+async def test_a_failed_flush_keeps_the_beats(backend_name, tmp_path):
+    store = open_again(backend_name, tmp_path, flush_seconds=3600)
+    await store.open()
+    try:
+        k = await store.create_key("agent", "a", 1.0)
+        sid = await source(store, k.secret_id)
+        assert await store.record_heartbeat(sid, "2", 50.0)
+        await store.backend.close()  # the backend goes away under the buffer
+        with pytest.raises(RuntimeError):
+            await store.flush()
+        await store.backend.open()
+        assert (await store.get_source(sid)).last_heartbeat == 50.0, "still buffered, still shown"
+        await store.flush()
+        assert (await store.backend.get_source(sid)).last_heartbeat == 50.0
+    finally:
+        await store.close()
+
+
+async def test_the_timed_flush_writes_beats(store):
+    k = await store.create_key("agent", "a", 1.0)
+    sid = await source(store, k.secret_id)
+    assert await store.record_heartbeat(sid, "2", 50.0)
+    for _ in range(500):  # the fixture flushes every 0.1 s: poll for the write, up to 25 s
+        if (await store.backend.get_source(sid)).last_heartbeat == 50.0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await store.backend.get_source(sid)).last_heartbeat == 50.0
+
+
+def test_backends_by_name(tmp_path):
+    assert set(BACKENDS) == set(storage_pkg.BACKENDS), "every backend runs this contract suite"
+    with pytest.raises(ValueError, match="unknown storage backend 'nope'; known: sqlite"):
+        create_storage("nope")
+    s = create_storage("sqlite", path=tmp_path / "x.db", heartbeat_flush_seconds=1.0)
+    assert isinstance(s.backend, storage_pkg.SQLiteBackend)
+    # the console config accepts exactly the backends there are
+    assert get_args(StorageConfig.model_fields["backend"].annotation) == tuple(storage_pkg.BACKENDS)

@@ -262,7 +262,7 @@ async def test_api_cutover_options_and_live_rounds(console):
         assert (start["Task"]["ContinuousSync"], start["Task"]["ConsistentFinish"]) == (False, True)
         assert (start["Task"]["Quiesce"], start["Task"]["FreezeBudgetSeconds"]) == ("freeze", 12)
         # what the agent makes of it (its own spec reader)
-        from migrated.agent.continuous_task import _options
+        from migrated.agent.runners.continuous import _options
         from migrated.agent.state import TaskRecord as AgentTask
 
         copts = _options(AgentTask(task_id=fin, spec=start["Task"], state="starting"))
@@ -273,7 +273,7 @@ async def test_api_lvm_quiesce_reaches_the_agent(console):
     """Quiesce lvm and SnapshotSize: refused with the parameter named, stored, shown by DescribeTasks,
     and in the start command's task spec the agent gets from PollCommands, which the agent's own
     spec reader turns into an LVM-snapshot cutover of that size."""
-    from migrated.agent.continuous_task import _options
+    from migrated.agent.runners.continuous import _options
     from migrated.agent.state import TaskRecord
 
     sid, sk = await console.new_key("agent")

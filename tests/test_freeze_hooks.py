@@ -17,14 +17,20 @@ async def test_hook_output_and_status_are_reported() -> None:
 
 
 async def test_hook_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    marker = tmp_path / "child-survived"
+    marker, pidfile = tmp_path / "child-survived", tmp_path / "child.pid"
     # the hook starts a background child that would write the marker later
-    r = await run_hook("pre", f"(sleep 3; touch {marker}) & sleep 60", timeout=0.5)
+    r = await run_hook("pre", f"(sleep 3; touch {marker}) & echo $! > {pidfile}; sleep 60", timeout=0.5)
     assert r.timed_out and not r.ok and "timed out after" in r.describe()
-    # the child was in the hook's process group and was killed with it: wait past its sleep
+    # the child was in the hook's process group and was killed with it: it is gone, marker unwritten
     import asyncio
 
-    await asyncio.sleep(3.5)
+    child = int(pidfile.read_text())
+    for _ in range(200):
+        if not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the hook's background child {child} outlived the hook's timeout")
     assert not marker.exists()
 
 

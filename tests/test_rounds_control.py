@@ -1,4 +1,4 @@
-"""Changing a continuous task's rounds on the agent: ``continuous_task.set_rounds`` against a real
+"""Changing a continuous task's rounds on the agent: ``runners.continuous.set_rounds`` against a real
 ``ContinuousControl`` and the agent's task record, the ``/v1/rounds`` endpoint's input checks on a
 real control socket, and ``migratectl set``'s argument parsing. (End to end: test_rounds_live_e2e.py.)"""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from migrated.agent import continuous_task
+from migrated.agent.runners import continuous
 from migrated.agent.state import AgentStore, TaskRecord
 from migrated.cli import ctl
 from migrated.control.client import ControlClient
@@ -24,10 +24,11 @@ from tests.control_helper import MemoryBackend
 
 
 class Agent:
-    """The part of ``migrated.agent.daemon.Agent`` that set_rounds uses: the task, its store, events."""
+    """The part of ``migrated.agent.daemon.Agent`` that set_rounds uses: the task, its store, events,
+    and the running task's ContinuousControl (``Agent.run_control.continuous``)."""
 
     def __init__(self, store: AgentStore, task: TaskRecord) -> None:
-        self.store, self.task, self._continuous = store, task, None
+        self.store, self.task, self.continuous = store, task, None
         self.events: list[str] = []
 
     def event(self, level: str, message: str) -> None:
@@ -43,34 +44,34 @@ def test_set_rounds_live_and_kept_for_a_restart(tmp_path: Path) -> None:
     store = AgentStore(tmp_path)
     agent = Agent(store, TaskRecord("task-1", spec(), "syncing"))
     cc = ContinuousControl(interval=60.0)
-    agent._continuous = cc
-    msg = continuous_task.set_rounds(agent, 5, 2048, "migratectl")
+    agent.continuous = cc
+    msg = continuous.set_rounds(agent.task, agent.continuous, 5, 2048, "migratectl", agent.event)
     assert msg == "task task-1: round interval 60 -> 5 s, source read limit unlimited -> 2.0 MiB/s (by migratectl)"
     assert (cc.interval, cc.read_limit, cc.sync.read_limit) == (5.0, 2 << 20, 2 << 20)
     assert agent.events == [msg.removeprefix("task task-1: ")]
 
     # what a restarted daemon reads: the change wins over the spec, also over a spec the console sends again
     again = store.load_task()
-    assert again is not None and continuous_task.settings(again) == (5.0, 2 << 20)
+    assert again is not None and continuous.settings(again) == (5.0, 2 << 20)
     again.spec = spec(RoundIntervalSeconds=60)
-    assert continuous_task._options(again).interval == 5.0 and continuous_task._options(again).read_limit == 2 << 20
+    assert continuous._options(again).interval == 5.0 and continuous._options(again).read_limit == 2 << 20
     p = TaskProgress(task_id="task-1", state="syncing")
-    continuous_task.fill_settings(p, again)
+    continuous.fill_settings(p, again)
     assert rounds_settings_line(p) == "a round every 5 s, source read limit 2.0 MiB/s"
 
     agent.task = again
-    continuous_task.set_rounds(agent, None, 0, "console")  # 0 = unlimited
-    assert continuous_task.settings(store.load_task()) == (5.0, None)  # type: ignore[arg-type]
+    continuous.set_rounds(agent.task, agent.continuous, None, 0, "console", agent.event)  # 0 = unlimited
+    assert continuous.settings(store.load_task()) == (5.0, None)  # type: ignore[arg-type]
     assert cc.read_limit is None and cc.interval == 5.0
 
 
 def test_set_rounds_during_the_final_pass_keeps_it_unlimited(tmp_path: Path) -> None:
     agent = Agent(AgentStore(tmp_path), TaskRecord("task-1", spec(), "verifying"))
     cc = ContinuousControl(interval=60.0)
-    agent._continuous = cc
-    continuous_task.set_rounds(agent, None, 100, "console")
+    agent.continuous = cc
+    continuous.set_rounds(agent.task, agent.continuous, None, 100, "console", agent.event)
     assert cc.sync.read_limit is None, "the final pass runs while the source is quiesced: never limited"
-    assert continuous_task.settings(agent.task) == (60.0, 100 << 10), "kept for a round after a failed cutover"
+    assert continuous.settings(agent.task) == (60.0, 100 << 10), "kept for a round after a failed cutover"
 
 
 @pytest.mark.parametrize("task, args, error, words", [
@@ -85,7 +86,7 @@ def test_set_rounds_during_the_final_pass_keeps_it_unlimited(tmp_path: Path) -> 
 def test_set_rounds_refusals(tmp_path: Path, task, args, error, words) -> None:
     agent = Agent(AgentStore(tmp_path), task)
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
-        continuous_task.set_rounds(agent, *args, "migratectl")
+        continuous.set_rounds(agent.task, agent.continuous, *args, "migratectl", agent.event)
     assert agent.events == []
 
 

@@ -83,3 +83,21 @@ def test_cutover_drop_in_verifies_and_keeps_the_sandbox(tmp_path: Path) -> None:
     device_allow = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("DeviceAllow=")]
     assert all(not v.startswith("block-") or v.split()[1] == "r" for v in device_allow), device_allow
     assert "SecureBits=noroot-locked" in text  # uid 0 gets the ambient set only
+
+
+def test_console_unit_is_notify_and_checks_its_config_first() -> None:
+    text = (REPO / "systemd" / "migrate-console.service").read_text()
+    assert "Type=notify" in text and "NotifyAccess=main" in text  # READY=1: tests/test_notify_console.py
+    assert "ExecStartPre=/usr/bin/migrate-console check-config --config /etc/migrate-console/console.yaml" in text
+
+
+def test_sysusers_file_creates_the_agents_user_and_group() -> None:
+    """The user and group the agent unit runs as, and the config's default control.group, are created."""
+    from migrated.config import ControlConfig
+
+    unit = (REPO / "systemd" / "migrated.service").read_text()
+    lines = [line.split() for line in (REPO / "systemd" / "sysusers.d" / "migrated.conf").read_text().splitlines()
+             if line and not line.startswith("#")]
+    users = {fields[1] for fields in lines if fields[0] == "u" and fields[2] == "-"}  # u NAME - : group NAME too
+    assert "User=migrated" in unit and "Group=migrated" in unit
+    assert {"migrated", ControlConfig().group} <= users

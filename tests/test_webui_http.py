@@ -139,6 +139,11 @@ async def test_actions_follow_the_api_rules(console: Console) -> None:
             # the CSRF token also works as a header (for scripts), and an unknown action is 404
             async with s.post(f"{console.url}/ui/tasks/{task_id}/explode", headers={"X-CSRF-Token": csrf}) as r:
                 assert r.status == 404
+            # the confirmation page knows a created task has touched nothing (states.NOT_STARTED)
+            async with s.get(f"{console.url}/ui/tasks/{task_id}/delete") as r:
+                page = await r.text()
+                assert "It has not started, so nothing on the source or the target is touched." in page
+                assert "drops its checkpoint" not in page
             async with s.post(f"{console.url}/ui/tasks/{task_id}/delete", headers={"X-CSRF-Token": csrf}) as r:
                 assert r.status == 200 and "Delete: sent" in await r.text()
             assert (await console.service.storage.get_task(task_id)).state == "deleted"

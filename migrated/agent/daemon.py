@@ -23,28 +23,29 @@ checkpoint on start (transferring -> starting -> transferring).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from migrated.agent import continuous_task
-from migrated.agent.checks import SystemProbe, any_failed, migratable_disks, results_to_dict, run_checks
+from migrated.agent.checks import SystemProbe, results_to_dict, run_checks
 from migrated.agent.console_api import AgentConsole
 from migrated.agent.notify import Notifier
+from migrated.agent.runners import continuous, driver, progress
+from migrated.agent.runners.host import RunControl
+from migrated.agent.runners.progress import RateMeter
 from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord
 from migrated.config import Config
 from migrated.control.server import ControlServer
-from migrated.errors import ConsoleError, Interrupted, MigratedError, SourceError, StateError, UsageError
+from migrated.errors import ConsoleError, MigratedError, StateError, UsageError
 from migrated.model.backoff import Backoff
 from migrated.model.states import Action, ActionDenied, TaskState, check_action, transition
-from migrated.model.status import DiskProgress, TaskProgress, continuous_line, format_bytes, format_duration
+from migrated.model.status import TaskProgress, continuous_line, format_bytes, format_duration
 
 log = structlog.get_logger(__name__)
 
@@ -68,57 +69,10 @@ class ConsoleLink:
                 "last_error": self.last_error, "clock_skew": self.clock_skew}
 
 
-@dataclass
-class RateMeter:
-    """Bytes covered per second over the last ``window`` seconds (monotonic clock)."""
-
-    window: float = 10.0
-    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
-
-    def add(self, now: float, done: int) -> None:
-        self.samples.append((now, done))
-        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
-            self.samples.popleft()
-
-    def rate(self) -> float:
-        if len(self.samples) < 2:
-            return 0.0
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return max(0.0, (b1 - b0) / (t1 - t0)) if t1 > t0 else 0.0
-
-    def reset(self) -> None:
-        self.samples.clear()
-
-
-def _disk_size(path: str) -> int:
-    """Size of a block device or image file (0 if it cannot be opened; the engine will say why)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return 0
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-def _parse_ssh(spec: str) -> tuple[str | None, str, int]:
-    """``user@host[:port]`` -> (user, host, port)."""
-    user, _, rest = spec.rpartition("@")
-    host, port = rest, 22
-    if rest.startswith("["):
-        host, _, tail = rest[1:].partition("]")
-        if tail.startswith(":"):
-            port = int(tail[1:])
-    elif rest.count(":") == 1:
-        host, p = rest.split(":")
-        port = int(p)
-    return user or None, host, port
-
-
 class Agent:
     """The daemon. Collaborators are passed in (console, store, notifier, engine session opener,
-    system probe, random source, clocks) so tests can run it against real or small fake parts."""
+    system probe, random source, clocks) so tests can run it against real or small fake parts.
+    It is the :class:`~migrated.agent.runners.host.RunnerHost` of the task runners."""
 
     def __init__(
         self,
@@ -148,16 +102,13 @@ class Agent:
         self.applied: list[list[Any]] = []  # [command_id, ok, message]
         self.bandwidth_bps: int | None = None
         self.started_at = time.time()
-        self._control: Any = None  # the engine's SyncControl of the running attempt
-        self._continuous: Any = None  # ContinuousControl of a running continuous task (continuous_task.py)
-        self._stop_reason: str | None = None
+        self.run_control = RunControl()  # steers the task run in progress
         self._running = False
         self._runner_idle = asyncio.Event()
         self._runner_idle.set()
         self._wake_runner = asyncio.Event()
         self._wake_reporter = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._interrupt = asyncio.Event()  # pause/delete/stop: end a retry wait early
         self._rate = RateMeter()
         self._last_reported: dict[str, Any] | None = None
         self._last_refusal = ""
@@ -179,8 +130,20 @@ class Agent:
                 log.info("continuing task after restart", task_id=self.task.task_id, state=self.task.state)
                 self._wake_runner.set()
 
-    def _save_task(self) -> None:
+    # ------------------------------------------------------------------ RunnerHost
+
+    def save_task(self) -> None:
         self.store.save_task(self.task)
+
+    def wake_reporter(self) -> None:
+        self._wake_reporter.set()
+
+    def note_bytes_done(self, done: int) -> None:
+        self._rate.add(time.monotonic(), done)
+
+    @property
+    def clock_skew(self) -> float | None:
+        return self.link.clock_skew
 
     def set_state(self, new: TaskState, stage: str | None = None, message: str | None = None) -> None:
         """Move the task along one edge of the state table (checked), persist, queue the report."""
@@ -198,7 +161,7 @@ class Agent:
             t.message = message
         if old is not new:
             t.unreported.append({"state": t.state, "stage": t.stage, "message": t.message})
-        self._save_task()
+        self.save_task()
         self._wake_reporter.set()
         self._notify_status()
 
@@ -208,7 +171,7 @@ class Agent:
         if t is None:
             return
         t.unreported.append({"kind": "event", "level": level, "stage": t.stage, "message": message[:4000]})
-        self._save_task()
+        self.save_task()
         self._wake_reporter.set()
 
     def progress(self) -> TaskProgress | None:
@@ -216,8 +179,8 @@ class Agent:
             return None
         p = self.task.progress_obj()
         p.updated_at = time.time()
-        continuous_task.fill(p, self.task.progress, p.updated_at)
-        continuous_task.fill_settings(p, self.task)
+        progress.fill(p, self.task.progress, p.updated_at)
+        continuous.fill_settings(p, self.task)
         if S(self.task.state) is S.TRANSFERRING:
             p.rate_bps = self._rate.rate()
             remaining = p.bytes_total - p.bytes_done
@@ -308,10 +271,7 @@ class Agent:
         self.notifier.stopping("checkpointing and stopping")
         log.info("stopping: checkpointing the running task" if self._running else "stopping")
         if self._running:
-            self._stop_reason = "shutdown"
-            self._interrupt.set()
-            if self._control is not None:
-                self._control.request_stop("the daemon is stopping")
+            self.run_control.request_stop("shutdown", "the daemon is stopping")
         self._wake_runner.set()
         try:
             await asyncio.wait_for(self._runner_idle.wait(), self.cfg.stop_timeout)
@@ -319,7 +279,7 @@ class Agent:
             log.warning("the task did not checkpoint in time; it resumes from its last checkpoint",
                         timeout=self.cfg.stop_timeout)
         if self.task is not None:
-            self._save_task()
+            self.save_task()
         raise _Stop
 
     async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
@@ -463,14 +423,15 @@ class Agent:
                 raise UsageError(f"set-bandwidth: BandwidthLimitKBps must be a whole number >= 0, got {kbps!r}")
             return self._set_bandwidth(kbps * 1024 or None)
         if action == "cutover":
-            return continuous_task.cutover(self)
+            return continuous.cutover(self.task, self.run_control.continuous)
         if action == "set-rounds":
             params = c.get("Params") if isinstance(c.get("Params"), dict) else {}
             interval, kbps = params.get("RoundIntervalSeconds"), params.get("ReadLimitKBps")
             for name, v in (("RoundIntervalSeconds", interval), ("ReadLimitKBps", kbps)):
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                     raise UsageError(f"set-rounds: {name} must be a whole number >= 0 or absent, got {v!r}")
-            return continuous_task.set_rounds(self, interval, kbps, "console")
+            return continuous.set_rounds(self.task, self.run_control.continuous, interval, kbps, "console",
+                                         self.event)
         raise UsageError(f"unknown command action {action!r}")
 
     def _start(self, task_id: str, spec: dict[str, Any], action: Action, by: str) -> str:
@@ -501,10 +462,7 @@ class Agent:
             check_action(Action.PAUSE, S(t.state))
         except ActionDenied as e:
             raise StateError(str(e)) from None
-        self._stop_reason = f"pause by {by}"
-        self._interrupt.set()
-        if self._control is not None:
-            self._control.request_stop(f"paused by {by}")
+        self.run_control.request_stop(f"pause by {by}", f"paused by {by}")
         try:
             await asyncio.wait_for(self._runner_idle.wait(), 120)
         except TimeoutError:
@@ -515,10 +473,7 @@ class Agent:
         t = self.task
         assert t is not None
         if self._running:
-            self._stop_reason = "delete"
-            self._interrupt.set()
-            if self._control is not None:
-                self._control.request_stop("deleted")
+            self.run_control.request_stop("delete", "deleted")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._runner_idle.wait(), 60)
         self.store.drop_checkpoints(t.task_id)
@@ -531,17 +486,13 @@ class Agent:
         self.bandwidth_bps = bps
         if self.task is not None:
             self.task.bandwidth_bps = bps
-            self._save_task()
-        if self._control is not None:
-            self._control.set_bwlimit(bps)
+            self.save_task()
+        self.run_control.set_bwlimit(bps)
         log.info("bandwidth limit changed", bandwidth_bps=bps)
         return f"bandwidth limit {format_bytes(bps) + '/s' if bps else 'removed'}"
 
     def _percent(self) -> str:
-        p = self.progress()
-        if p is None or not p.bytes_total:
-            return "0%"
-        return f"{100.0 * p.bytes_done / p.bytes_total:.1f}%"
+        return progress.percent(self.progress())
 
     # ------------------------------------------------------------------ control socket backend
 
@@ -576,12 +527,12 @@ class Agent:
         return {"message": self._set_bandwidth(bps), "bandwidth_bps": bps}
 
     async def cutover(self) -> dict[str, Any]:
-        return {"message": continuous_task.cutover(self), "task": self._task_dict()}
+        return {"message": continuous.cutover(self.task, self.run_control.continuous), "task": self._task_dict()}
 
     async def set_rounds(self, interval: float | None, read_limit_bps: int | None) -> dict[str, Any]:
         """``migratectl set``: the read limit comes in bytes/s (0 = none) and is kept in KiB/s."""
         kbps = None if read_limit_bps is None else (max(1, round(read_limit_bps / 1024)) if read_limit_bps else 0)
-        msg = continuous_task.set_rounds(self, interval, kbps, "migratectl")
+        msg = continuous.set_rounds(self.task, self.run_control.continuous, interval, kbps, "migratectl", self.event)
         return {"message": msg, "task": self._task_dict()}
 
     def _task_dict(self) -> dict[str, Any] | None:
@@ -600,7 +551,7 @@ class Agent:
             if t is None:
                 continue
             if self._running:
-                self._save_task()  # progress survives kill -9 (the engine's checkpoint is the truth)
+                self.save_task()  # progress survives kill -9 (the engine's checkpoint is the truth)
             try:
                 while t.unreported:
                     entry = t.unreported[0]
@@ -613,7 +564,7 @@ class Agent:
                         p.state, p.stage, p.message = entry["state"], entry["stage"], entry["message"]
                         await self._report(p)
                     t.unreported.pop(0)
-                    self._save_task()
+                    self.save_task()
                 p = self.progress()
                 if p is not None and (S(p.state).active or self._last_reported != p.to_dict() | {"updated_at": 0}):
                     await self._report(p)
@@ -626,7 +577,7 @@ class Agent:
                     self._last_refusal = str(e)
                     if t.unreported:
                         t.unreported.pop(0)
-                    self._save_task()
+                    self.save_task()
                     continue
                 delay = backoff.next_delay()
                 self._console_failed("progress report", e, delay)
@@ -655,202 +606,14 @@ class Agent:
             self._runner_idle.clear()
             structlog.contextvars.bind_contextvars(task_id=t.task_id)  # this task's context only
             try:
-                await self._run_task(t)
+                await self.run_task(t)
             finally:
                 self._running = False
-                self._control = None
+                self.run_control.control = None
                 self._runner_idle.set()
                 self._notify_status()
 
-    def _disk_mapping(self, t: TaskRecord) -> list[tuple[str, str]]:
-        mapping = t.spec.get("DiskMapping")
-        if mapping:
-            return [(str(m["Source"]), str(m["Target"])) for m in mapping]
-        disks = self.probe.disks() or []
-        return [(d.path, d.path) for d in migratable_disks(disks)]
-
-    def _endpoint(self, t: TaskRecord) -> Any:
-        from migrated.transport.ssh import SshEndpoint
-
-        user, host, port = _parse_ssh(str(t.spec.get("TargetSsh", "")))
-        identity = self.ssh_identity or str(self.store.ssh_identity)
-        return SshEndpoint(host=host, port=port, username=user, identity_files=(identity,),
-                           host_keys=(str(t.spec.get("TargetHostKey", "")),), recv_command=self.recv_command)
-
-    async def _run_task(self, t: TaskRecord) -> None:
-        from migrated.engine.sync import SyncControl, SyncOptions
-
-        opener = self.session_opener
-        if opener is None:
-            from migrated.engine.session import open_session as opener
-        backoff = self._backoff()
-        first_failure: float | None = None
-        self._stop_reason = None
-        self._interrupt.clear()
-        while True:
-            control = SyncControl(bwlimit=self.bandwidth_bps)
-            self._control = control
-            done_before = self._bytes_done()
-            try:
-                if self._stop_reason:
-                    raise Interrupted(self._stop_reason)
-                await self._attempt(t, opener, control, SyncOptions)
-                return
-            except Interrupted:
-                self._interrupted(t)
-                return
-            except MigratedError as e:
-                if self._stop_reason:
-                    self._interrupted(t)
-                    return
-                now = time.monotonic()
-                progressed = self._bytes_done() > done_before
-                if progressed or first_failure is None:
-                    first_failure = now
-                    if progressed:
-                        backoff.reset()
-                if e.retryable and now - first_failure < self.cfg.transfer_retry_deadline:
-                    delay = backoff.next_delay()
-                    log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
-                                reason=str(e), retry_in=round(delay, 1))
-                    t.message = f"retrying: {e}"
-                    self.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
-                    await self._sleep(delay, self._interrupt)
-                    continue
-                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
-                    self.set_state(S.FAILED, t.stage, str(e))
-                return
-            except Exception as e:
-                log.exception("task failed with an internal error", task_id=t.task_id)
-                if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
-                    self.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
-                return
-
-    def _bytes_done(self) -> int:
-        p = self.progress()
-        return p.bytes_done if p else 0
-
-    def _interrupted(self, t: TaskRecord) -> None:
-        reason = self._stop_reason or "stopped"
-        if reason.startswith("pause") and S(t.state) in (S.TRANSFERRING, S.SYNCING):
-            self.set_state(S.PAUSED, "transfer", f"{reason} at {self._percent()}")
-        else:
-            log.info("task stopped at a checkpoint", task_id=t.task_id, reason=reason)
-            self._save_task()
-
-    async def _attempt(self, t: TaskRecord, opener: Any, control: Any, options_cls: Any) -> None:
-        hooks = [k for k in ("PreHook", "PostHook") if t.spec.get(k)]
-        if hooks and not self.cfg.allow_console_hooks:
-            raise UsageError(f"task {t.task_id} asks this server to run {' and '.join(hooks)} commands as root at "
-                             "cutover, and this agent does not run hooks from the console: set "
-                             "`allow_console_hooks: true` in migrated.yaml and restart it, or create the task "
-                             "without hooks")
-        mapping = self._disk_mapping(t)
-        if not mapping:
-            raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
-        if continuous_task.is_continuous(t.spec):
-            from migrated.source.privileges import check_cutover
-
-            problem = check_cutover(str(t.spec.get("Quiesce") or "freeze"), [src for src, _ in mapping])
-            if problem:
-                raise UsageError(f"task {t.task_id}: {problem}")
-        endpoint = self._endpoint(t)
-        ignore = t.spec.get("IgnoreChecks", ())
-        # checks run when a task starts afresh; a resume from a checkpoint already passed them
-        if not t.progress and not (self.cfg.ignore_checks == "all" or ignore == "all"):
-            results = await self._task_checks(t, mapping, endpoint, ignore)
-            if any_failed(results):
-                from migrated.errors import ChecksFailed
-
-                failed = "; ".join(f"{r.name}: {r.message}" for r in results if r.result.value == "fail")
-                raise ChecksFailed(f"pre-migration checks failed: {failed}")
-        state_dir = self.store.checkpoint_dir(t.task_id)
-        done = set((t.progress or {}).get("done_disks", []))
-        disks = self._initial_disks(t, mapping)
-        async with opener(endpoint) as session:
-            if S(t.state) is S.STARTING:
-                self.set_state(S.TRANSFERRING, "transfer", f"target {endpoint.label} ready")
-            if continuous_task.is_continuous(t.spec):
-                # the limit lives on `control` only: the engine re-applies SyncOptions.bwlimit to a
-                # control without a limit at every round, which undid `migratectl bandwidth 0`
-                options = options_cls(checksum=False, state_dir=str(state_dir), bwlimit=None)
-                await continuous_task.run(self, t, session, mapping, control, options, disks)
-                return
-            for i, (src, dst) in enumerate(mapping):
-                if src in done:
-                    continue
-                options = options_cls(checksum=bool(t.spec.get("Checksum")), state_dir=str(state_dir),
-                                      bwlimit=self.bandwidth_bps)
-
-                def on_progress(dp: DiskProgress, i: int = i) -> None:
-                    self._on_progress(t, disks, i, dp)
-
-                result = await session.sync_disk(src, dst, options, control, on_progress)
-                disks[i].bytes_done = disks[i].bytes_total = result.bytes_total
-                done.add(src)
-                self._store_progress(t, disks, done)
-                log.info("disk done", task_id=t.task_id, source=src, target=dst,
-                         sent=format_bytes(result.bytes_sent), verified=result.verified)
-                self.event("info", f"disk {src} -> {dst} done: {format_bytes(result.bytes_total)}, "
-                           f"sent {format_bytes(result.bytes_sent)} this run"
-                           + (", every block verified" if result.verified else ""))
-        if t.spec.get("Checksum") and S(t.state) is S.TRANSFERRING:
-            self.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
-        self.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
-                       + (", verified" if t.spec.get("Checksum") else ""))
-
-    async def _task_checks(self, t: TaskRecord, mapping: list[tuple[str, str]], endpoint: Any,
-                           ignore: Any) -> list[Any]:
-        """The checks before a start: local ones, plus the target over SSH (sizes, receiver)."""
-        from migrated.agent.checks import TargetPlan
-        from migrated.agent.target_probe import SshTargetProbe
-
-        sizes = []
-        for src, dst in mapping:
-            try:
-                fd = os.open(src, os.O_RDONLY)
-                try:
-                    sizes.append((src, os.lseek(fd, 0, os.SEEK_END), dst))
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise SourceError(f"cannot open source disk {src}: {e.strerror}") from None
-        skip = tuple(ignore or ())
-        if t.spec.get("DiskMapping"):
-            skip += ("disks",)  # the person chose the disks
-        results = await run_checks(self.cfg, self.probe, clock_skew=self.link.clock_skew,
-                                   target=SshTargetProbe(endpoint), plan=TargetPlan(tuple(sizes)), ignore=skip)
-        for r in results:
-            if r.result.value in ("warn", "fail"):
-                log.warning("pre-migration check", check=r.name, result=r.result.value, detail=r.message)
-                self.event("warning" if r.result.value == "warn" else "error",
-                           f"check {r.name}: {r.result.value}: {r.message}")
-        return results
-
-    def _initial_disks(self, t: TaskRecord, mapping: list[tuple[str, str]]) -> list[DiskProgress]:
-        known = {d["name"]: d for d in (t.progress or {}).get("disks", [])}
-        out = []
-        for src, dst in mapping:
-            d = known.get(src)
-            if d:
-                out.append(DiskProgress(**{k: v for k, v in d.items() if k in DiskProgress.__dataclass_fields__}))
-            else:
-                out.append(DiskProgress(name=src, target=dst, bytes_total=_disk_size(src)))
-        return out
-
-    def _on_progress(self, t: TaskRecord, disks: list[DiskProgress], i: int, dp: DiskProgress) -> None:
-        prev = disks[i]
-        # bytes_done never goes backwards on a resume
-        dp.bytes_done = max(dp.bytes_done, prev.bytes_done if prev.bytes_total == dp.bytes_total else 0)
-        disks[i] = dp
-        done = set((t.progress or {}).get("done_disks", []))
-        self._store_progress(t, disks, done, persist=False)
-        self._rate.add(time.monotonic(), sum(d.bytes_done for d in disks))
-
-    def _store_progress(self, t: TaskRecord, disks: list[DiskProgress], done: set[str], persist: bool = True) -> None:
-        p = TaskProgress(task_id=t.task_id, state=t.state, stage=t.stage, disks=list(disks))
-        d = continuous_task.carry(t.progress, p.to_dict())
-        d["done_disks"] = sorted(done)
-        t.progress = d
-        if persist:
-            self._save_task()
+    async def run_task(self, t: TaskRecord) -> None:
+        """Run ``t`` with the runners (:func:`migrated.agent.runners.driver.run_task`) until it
+        succeeds, fails or :attr:`run_control` stops it."""
+        await driver.run_task(self, self.run_control, t, self._backoff())

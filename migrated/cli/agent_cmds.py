@@ -42,10 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = subparsers.add_parser("run", help="run the agent daemon (what systemd starts)")
     _common(p)
-    p.add_argument("--log-level", dest="run_log_level", choices=["debug", "info", "warning", "error"],
-                   default=None, help="override log.level from the config")
-    p.add_argument("--log-format", dest="run_log_format", choices=["auto", "console", "json", "journald"],
-                   default=None, help="override log.format from the config")
+    from migrated.cli.options import add_log_options
+
+    add_log_options(p, subcommand=True)  # override log.level / log.format from the config
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("register", help="register this server with a console (asks for SecretId/SecretKey)")
@@ -260,7 +259,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from migrated.agent.state import AgentStore
 
     cfg = load_config(args.config)
-    logs.configure(args.run_log_level or cfg.log.level, args.run_log_format or cfg.log.format)
+    logs.configure(getattr(args, "log_level", None) or cfg.log.level,
+                   getattr(args, "log_format", None) or cfg.log.format)
     notifier = Notifier.from_environ()
     store = AgentStore(cfg.state_dir)
     source = store.load_source()

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from migrated.cli.options import add_common_options, configure_logging
 from migrated.config import DEFAULT_CONFIG_PATH, ControlConfig, load_config
 from migrated.control.client import ControlClient
 from migrated.errors import ExitCode, MigratedError, UsageError
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="control socket (default: control.socket from the config)")
     p.add_argument("--config", help=f"daemon config file to read the socket path from (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    add_common_options(p)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="source, console link, task, per-disk progress, rate, ETA")
     s.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -247,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        configure_logging(args, level="warning", fmt="console")  # stderr; stdout is the answer
         return asyncio.run(_run(args))
     except MigratedError as e:
         print(f"migratectl: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from migrated.cli.options import add_common_options, configure_logging
 from migrated.errors import MigratedError
 
 SUBCOMMANDS: list[str] = [
@@ -18,13 +19,16 @@ SUBCOMMANDS: list[str] = [
     "migrated.cli.version_cmd",
     "migrated.cli.agent_cmds",
     "migrated.cli.thaw_cmd",
+    "migrated.cli.install_units",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migrated", description="migrated agent: move disks to another host over SSH")
-    parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
-    parser.add_argument("--log-format", default="console", choices=["console", "json"])
+    from migrated.transport.recv import PROTOCOL_VERSION
+
+    # default warning / console; `run` takes log.level / log.format from the config file instead
+    add_common_options(parser, version_detail=f"protocol {PROTOCOL_VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(name).add_parser(sub)
@@ -35,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from migrated import logs
-
-        logs.configure(args.log_level, args.log_format)
+        configure_logging(args, level="warning", fmt="console")
         return int(args.func(args))
     except MigratedError as e:
         print(f"migrated: {e}", file=sys.stderr)

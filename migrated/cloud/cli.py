@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from migrated import logs
+from migrated.cli.options import add_common_options, configure_logging
 from migrated.cloud.config import load_cloud_section
 from migrated.cloud.provider import CloudProvider, InstanceInvalid, open_provider
 from migrated.errors import ChecksFailed, CloudError, ConfigError, ExitCode, MigratedError
@@ -83,12 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--instance", default="", help="also validate this target instance (an instance ID, e.g. ins-...)")
     c.add_argument("--ssh-port", type=int, default=22, help="the target's SSH port to look for (default 22)")
     c.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_common_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(level="error", fmt="console")  # stderr; stdout is the report (or JSON)
+    configure_logging(args, level="error", fmt="console")  # stderr; stdout is the report (or JSON)
     try:
         checks = asyncio.run(_check(args))
     except MigratedError as exc:

@@ -30,8 +30,8 @@ from migrated.console import params as P
 from migrated.console.auth import Verifier
 from migrated.console.config import API_VERSION, ConsoleConfig
 from migrated.console.scheduler import Scheduler
-from migrated.console.service import ApiError, Caller, ConsoleService
-from migrated.console.storage import SQLiteStorage, Storage
+from migrated.console.service import ApiError, ConsoleService, Principal
+from migrated.console.storage import Storage, create_storage
 from migrated.console.web import setup_web
 
 log = structlog.get_logger(__name__)
@@ -45,11 +45,11 @@ VERIFIER = web.AppKey("verifier", Verifier)
 class ActionSpec:
     role: str  # admin | agent
     model: type[BaseModel]
-    handler: Callable[[ConsoleService, Caller, Any], Awaitable[dict[str, Any]]]
+    handler: Callable[[ConsoleService, Principal, Any], Awaitable[dict[str, Any]]]
 
 
 def _spec(role: str, model: type[BaseModel], method: str) -> ActionSpec:
-    async def call(svc: ConsoleService, caller: Caller, p: Any) -> dict[str, Any]:
+    async def call(svc: ConsoleService, caller: Principal, p: Any) -> dict[str, Any]:
         return await getattr(svc, method)(caller, p)
 
     return ActionSpec(role, model, call)
@@ -222,7 +222,7 @@ async def api_handler(request: web.Request) -> web.Response:
         except ValidationError as exc:
             c, m = P.validation_error(exc)
             raise ApiError(c, m) from None
-        result = await spec.handler(svc, Caller(key), params)
+        result = await spec.handler(svc, Principal(key), params)
         result["RequestId"] = rid
         return _reply(result)
     except ApiError as exc:
@@ -271,7 +271,8 @@ def build_app(service: ConsoleService) -> web.Application:
 
 
 def make_storage(cfg: ConsoleConfig) -> Storage:
-    return SQLiteStorage(cfg.storage.path, heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
+    return create_storage(cfg.storage.backend, path=cfg.storage.path,
+                          heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
 
 
 def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Callable[[], float] = time.time
@@ -284,8 +285,7 @@ def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Cal
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics: Metrics = app[METRICS]  # type: ignore[assignment]
-        if isinstance(store, SQLiteStorage):
-            store.observe_write = metrics.writes.observe
+        store.observe_write = metrics.writes.observe
         await store.open()
         sched = Scheduler(service, tick_seconds=cfg.scheduler.tick_seconds)
         sched.start()

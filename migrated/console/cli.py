@@ -3,6 +3,7 @@
 ::
 
     migrate-console serve --config /etc/migrate-console/console.yaml
+    migrate-console check-config --config /etc/migrate-console/console.yaml   (the unit's ExecStartPre)
     migrate-console keys create --local --config console.yaml --role admin --name ops \
         --save ~/.config/migrate-console/credentials.yaml
     migrate-console keys create --role agent --name fleet
@@ -40,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from migrated.cli.options import add_common_options, add_log_options, configure_logging
 from migrated.errors import ConfigError, ConsoleError, MigratedError, StateError, UsageError
 from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 
@@ -204,12 +206,48 @@ def task_lines(t: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- serve
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """What ``serve`` would refuse before it listens: the config, the TLS files it names, a database
+    path it cannot create or write (under the unit's sandbox, where ExecStartPre runs too)."""
+    from migrated.console.config import load_config
+
+    cfg = load_config(args.config)
+    _ssl_context(cfg)
+    _check_storage_path(Path(cfg.storage.path))
+    scheme = "https" if cfg.listen.tls is not None else "http"
+    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, "
+          f"{cfg.storage.backend} {cfg.storage.path})")
+    return 0
+
+
+def _check_storage_path(db: Path) -> None:
+    """The database file, or the nearest directory above it that exists (storage creates the rest),
+    must be writable: SQLite writes the file and its -wal/-shm files beside it."""
+    existing = next(p for p in (db.parent, *db.parent.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is not a directory, so {db} cannot be created", path="storage.path")
+    for p in (existing, db) if db.exists() else (existing,):
+        if not os.access(p, os.W_OK):
+            raise ConfigError(f"{p} is not writable by this user (uid {os.getuid()})", path="storage.path")
+
+
+def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
+    if cfg.listen.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cfg.listen.tls.cert_file, cfg.listen.tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"listen.tls: cannot load {cfg.listen.tls.cert_file}: {exc}") from None
+    return ctx
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from migrated.console.config import load_config
     from migrated.logs import configure
 
     cfg = load_config(args.config)
-    configure(level=args.log_level or cfg.log.level, fmt=cfg.log.format)
+    configure(level=args.log_level or cfg.log.level, fmt=args.log_format or cfg.log.format)
     return asyncio.run(_serve(cfg))
 
 
@@ -220,13 +258,10 @@ async def _serve(cfg: Any) -> int:
     from migrated.console.app import create_app
 
     log = structlog.get_logger("migrated.console")
-    ssl_ctx = None
-    if cfg.listen.tls is not None:
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            ssl_ctx.load_cert_chain(cfg.listen.tls.cert_file, cfg.listen.tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"listen.tls: cannot load {cfg.listen.tls.cert_file}: {exc}") from None
+    from migrated.agent.notify import Notifier
+
+    notifier = Notifier.from_environ()  # Type=notify: READY=1 once listening, STOPPING=1 on SIGTERM
+    ssl_ctx = _ssl_context(cfg)
     app = create_app(cfg)
     runner = web.AppRunner(app, shutdown_timeout=2, handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -254,7 +289,9 @@ async def _serve(cfg: Any) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        notifier.ready(f"listening on {scheme}://{host}:{port}")
         await stop.wait()
+        notifier.stopping("stopping")
         log.info("console stopping")
     finally:
         await runner.cleanup()
@@ -473,6 +510,7 @@ def cmd_tasks_events(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="migrate-console", description="The migrated console: control plane and admin.")
+    add_common_options(p)  # `serve` falls back to log: in its config, the admin commands to info / console
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     api = argparse.ArgumentParser(add_help=False)
@@ -481,9 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--timeout", type=float, default=40.0, help="seconds per API call (default 40)")
     api.add_argument("--json", action="store_true", help="print the API's JSON reply")
 
+    s = sub.add_parser("check-config", help="validate console.yaml and its TLS files (for ExecStartPre)")
+    s.add_argument("--config", required=True, help="console.yaml")
+    s.set_defaults(func=cmd_check_config)
+
     s = sub.add_parser("serve", help="run the console")
     s.add_argument("--config", required=True, help="console.yaml")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_log_options(s, subcommand=True)  # also accepted after `serve`
     s.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
@@ -582,13 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from migrated.logs import configure
 
     args = build_parser().parse_args(argv)
     try:
         # Log lines go to stderr from the start, so stdout carries only the command's output
         # (`--json` included); `serve` configures again from its config file.
-        configure(level=getattr(args, "log_level", None) or "info", fmt="console")
+        configure_logging(args, level="info", fmt="console")
         return int(args.func(args))
     except MigratedError as exc:
         print(f"migrate-console: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """migrate-console configuration: YAML -> frozen, validated models.
 
-Validated whole at load time: unknown keys are refused, every error names its key
-path (``agents.heartbeat_interval_seconds: ...``). Defaults sit next to their fields.
+Validated whole at load time by the loader the agent's config uses too (``migrated/configload.py``):
+unknown keys are refused, every error names its key path, line and column
+(``agents.heartbeat_interval_seconds: ...``), all of them at once. Defaults sit next to their fields.
 """
 
 from __future__ import annotations
@@ -9,18 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from migrated.cloud.config import CloudConfig  # the cloud: section lives with the cloud boundary
-from migrated.errors import ConfigError
+from migrated.configload import StrictModel, load_file, validate
 
 API_VERSION = "2026-11-01"
 SERVICE = "migrate"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+_Model = StrictModel  # unknown keys refused, no coercion, frozen
 
 
 class TLSConfig(_Model):
@@ -62,7 +61,8 @@ class SchedulerConfig(_Model):
 
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["console", "json"] = "console"
+    # the same formats as the agent's log.format and every program's --log-format
+    format: Literal["auto", "console", "json", "journald"] = "console"
 
 
 class ConsoleConfig(_Model):
@@ -75,38 +75,10 @@ class ConsoleConfig(_Model):
     cloud: CloudConfig | None = None  # docs/cloud.md
 
 
-def _first_error(exc: ValidationError) -> ConfigError:
-    errs = exc.errors()
-    lines = []
-    for e in errs:
-        path = ".".join(str(x) for x in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{path}: {msg}")
-    return ConfigError("; ".join(lines))
-
-
 def parse_config(data: object, *, origin: str = "config") -> ConsoleConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: the top level must be a mapping")
-    try:
-        return ConsoleConfig.model_validate(data)
-    except ValidationError as exc:
-        err = _first_error(exc)
-        raise ConfigError(f"{origin}: {err.message}") from None
+    """Validate already-parsed data (a dict, or None for all defaults)."""
+    return validate(ConsoleConfig, data, origin)
 
 
 def load_config(path: str | Path) -> ConsoleConfig:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_config(data, origin=str(p))
+    return load_file(ConsoleConfig, path)

@@ -64,6 +64,10 @@ from migrated.console.storage import (
 )
 from migrated.errors import CloudError, TargetError
 from migrated.model.states import (
+    AGENT_HOLDS,
+    AGENT_KEEPS,
+    NOT_STARTED,
+    UNFINISHED,
     Action,
     ActionDenied,
     IllegalTransition,
@@ -72,11 +76,12 @@ from migrated.model.states import (
     check_action,
     denied_actions,
     transition,
+    values,
 )
 
 log = structlog.get_logger(__name__)
 
-UNFINISHED_STATES = tuple(s.value for s in TaskState if not s.finished)
+UNFINISHED_STATES = values(UNFINISHED)
 
 # command actions the agent understands (Action values plus set-bandwidth)
 CMD_START, CMD_PAUSE, CMD_RETRY, CMD_DELETE, CMD_SET_BANDWIDTH = "start", "pause", "retry", "delete", "set-bandwidth"
@@ -120,7 +125,7 @@ def parse_time(value: str, name: str) -> float:
 
 
 @dataclass
-class Caller:
+class Principal:
     """Who signed the request."""
 
     key: KeyRecord
@@ -257,7 +262,7 @@ class ConsoleService:
 
     # ------------------------------------------------------------ helpers
 
-    async def _own_source(self, caller: Caller, source_id: str) -> SourceRecord:
+    async def _own_source(self, caller: Principal, source_id: str) -> SourceRecord:
         s = await self.storage.get_source(source_id)
         if s is None:
             raise ApiError("ResourceNotFound.Source", f"source {source_id} does not exist; register again")
@@ -272,7 +277,7 @@ class ConsoleService:
             raise ApiError("ResourceNotFound.Task", f"task {task_id} does not exist")
         return t
 
-    async def _own_task(self, caller: Caller, source_id: str, task_id: str) -> TaskRecord:
+    async def _own_task(self, caller: Principal, source_id: str, task_id: str) -> TaskRecord:
         await self._own_source(caller, source_id)
         t = await self.storage.get_task(task_id)
         if t is None or t.source_id != source_id:
@@ -281,7 +286,7 @@ class ConsoleService:
 
     # ------------------------------------------------------------ agent actions
 
-    async def register_source(self, caller: Caller, p: P.RegisterSource) -> dict[str, Any]:
+    async def register_source(self, caller: Principal, p: P.RegisterSource) -> dict[str, Any]:
         disks = tuple(DiskInfo(d.Name, d.SizeBytes, tuple(d.MountPoints), d.IsSystem) for d in p.Disks)
         names = [d.name for d in disks]
         if len(set(names)) != len(names):
@@ -297,13 +302,13 @@ class ConsoleService:
                  hostname=s.hostname)
         return {"SourceId": s.source_id, "HeartbeatIntervalSeconds": self.config.agents.heartbeat_interval_seconds}
 
-    async def heartbeat(self, caller: Caller, p: P.Heartbeat) -> dict[str, Any]:
+    async def heartbeat(self, caller: Principal, p: P.Heartbeat) -> dict[str, Any]:
         s = await self._own_source(caller, p.SourceId)
         now = self.clock()
         await self.storage.record_heartbeat(s.source_id, p.AgentVersion or s.agent_version, now)
         return {"HeartbeatIntervalSeconds": self.config.agents.heartbeat_interval_seconds, "ServerTime": now}
 
-    async def poll_commands(self, caller: Caller, p: P.PollCommands) -> dict[str, Any]:
+    async def poll_commands(self, caller: Principal, p: P.PollCommands) -> dict[str, Any]:
         s = await self._own_source(caller, p.SourceId)
         a = self.config.agents
         loop = asyncio.get_running_loop()
@@ -337,7 +342,7 @@ class ConsoleService:
         v["Task"] = self.agent_task_view(t) if t is not None else None
         return v
 
-    async def ack_command(self, caller: Caller, p: P.AckCommand) -> dict[str, Any]:
+    async def ack_command(self, caller: Principal, p: P.AckCommand) -> dict[str, Any]:
         await self._own_source(caller, p.SourceId)
         rec, first = await self.storage.ack_command(p.SourceId, p.CommandId, p.Result, p.Message, self.clock())
         if rec is None:
@@ -347,7 +352,7 @@ class ConsoleService:
                                          f"command {rec.action} failed on the agent: {p.Message}", self.clock())
         return {"CommandId": rec.command_id, "Result": rec.result}
 
-    async def report_task_progress(self, caller: Caller, p: P.ReportTaskProgress) -> dict[str, Any]:
+    async def report_task_progress(self, caller: Principal, p: P.ReportTaskProgress) -> dict[str, Any]:
         now = self.clock()
         for _attempt in range(5):
             t = await self._own_task(caller, p.SourceId, p.TaskId)
@@ -389,14 +394,14 @@ class ConsoleService:
             return {"TaskId": t.task_id, "State": t.state}
         raise ApiError("InternalError.Busy", "the task keeps changing; report again")
 
-    async def report_task_event(self, caller: Caller, p: P.ReportTaskEvent) -> dict[str, Any]:
+    async def report_task_event(self, caller: Principal, p: P.ReportTaskEvent) -> dict[str, Any]:
         t = await self._own_task(caller, p.SourceId, p.TaskId)
         e = await self.storage.add_event(t.task_id, t.source_id, p.Level, p.Stage, p.Message, self.clock())
         return {"EventId": e.event_id}
 
     # ------------------------------------------------------------ keys
 
-    async def create_key(self, caller: Caller | None, p: P.CreateKey) -> dict[str, Any]:
+    async def create_key(self, caller: Principal | None, p: P.CreateKey) -> dict[str, Any]:
         k = await self.storage.create_key(p.Role, p.Name, self.clock())
         log.info("key created", key_id=k.secret_id, role=k.role, name=k.name,
                  by=caller.secret_id if caller else "local")
@@ -407,11 +412,11 @@ class ConsoleService:
         return {"SecretId": k.secret_id, "Role": k.role, "Name": k.name, "CreatedTime": iso(k.created_at),
                 "RevokedTime": iso(k.revoked_at), "Status": "active" if k.active else "revoked"}
 
-    async def describe_keys(self, caller: Caller, p: P.DescribeKeys) -> dict[str, Any]:
+    async def describe_keys(self, caller: Principal, p: P.DescribeKeys) -> dict[str, Any]:
         keys = await self.storage.list_keys()
         return {"KeySet": [self.key_view(k) for k in keys], "TotalCount": len(keys)}
 
-    async def revoke_key(self, caller: Caller, p: P.RevokeKey) -> dict[str, Any]:
+    async def revoke_key(self, caller: Principal, p: P.RevokeKey) -> dict[str, Any]:
         k = await self.storage.get_key(p.SecretId)
         if k is None:
             raise ApiError("ResourceNotFound.Key", f"key {p.SecretId} does not exist")
@@ -427,7 +432,7 @@ class ConsoleService:
 
     # ------------------------------------------------------------ sources
 
-    async def describe_sources(self, caller: Caller, p: P.DescribeSources) -> dict[str, Any]:
+    async def describe_sources(self, caller: Principal, p: P.DescribeSources) -> dict[str, Any]:
         srcs = await self.storage.list_sources()
         if p.SourceIds is not None:
             wanted = set(p.SourceIds)
@@ -442,7 +447,7 @@ class ConsoleService:
             out.append(v)
         return {"SourceSet": out, "TotalCount": len(out)}
 
-    async def remove_source(self, caller: Caller, p: P.RemoveSource) -> dict[str, Any]:
+    async def remove_source(self, caller: Principal, p: P.RemoveSource) -> dict[str, Any]:
         s = await self.storage.get_source(p.SourceId)
         if s is None:
             raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
@@ -457,7 +462,7 @@ class ConsoleService:
 
     # ------------------------------------------------------------ tasks
 
-    async def create_task(self, caller: Caller, p: P.CreateTask) -> dict[str, Any]:
+    async def create_task(self, caller: Principal, p: P.CreateTask) -> dict[str, Any]:
         s = await self.storage.get_source(p.SourceId)
         if s is None:
             raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
@@ -527,7 +532,7 @@ class ConsoleService:
         log.info("task created", task_id=task_id, source_id=s.source_id, state=state.value)
         return {"TaskId": rec.task_id, "ImageName": rec.image_name, "State": rec.state}
 
-    async def describe_tasks(self, caller: Caller, p: P.DescribeTasks) -> dict[str, Any]:
+    async def describe_tasks(self, caller: Principal, p: P.DescribeTasks) -> dict[str, Any]:
         tasks, total = await self.storage.list_tasks(
             source_id=p.SourceId, states=[s.value for s in p.States] if p.States is not None else None,
             task_ids=p.TaskIds, limit=p.Limit, offset=p.Offset)
@@ -560,7 +565,7 @@ class ConsoleService:
                 command = NewCommand(CMD_CUTOVER)
             else:  # delete
                 new = TaskState.DELETED
-                if state not in (TaskState.CREATED, TaskState.SCHEDULED):
+                if state not in NOT_STARTED:
                     command = NewCommand(CMD_DELETE)  # the agent holds a checkpoint / target to release
             if new != state:
                 why = transition(state, new)
@@ -577,19 +582,19 @@ class ConsoleService:
             return {"TaskId": t.task_id, "State": t.state, "CommandId": cmd.command_id if cmd else None}
         raise ApiError("InternalError.Busy", f"task {task_id} keeps changing; try again")
 
-    async def start_task(self, caller: Caller, p: P.StartTask) -> dict[str, Any]:
+    async def start_task(self, caller: Principal, p: P.StartTask) -> dict[str, Any]:
         return await self._act(p.TaskId, Action.START, by=caller.key.name or caller.secret_id)
 
-    async def pause_task(self, caller: Caller, p: P.PauseTask) -> dict[str, Any]:
+    async def pause_task(self, caller: Principal, p: P.PauseTask) -> dict[str, Any]:
         return await self._act(p.TaskId, Action.PAUSE, by=caller.key.name or caller.secret_id)
 
-    async def retry_task(self, caller: Caller, p: P.RetryTask) -> dict[str, Any]:
+    async def retry_task(self, caller: Principal, p: P.RetryTask) -> dict[str, Any]:
         return await self._act(p.TaskId, Action.RETRY, by=caller.key.name or caller.secret_id)
 
-    async def delete_task(self, caller: Caller, p: P.DeleteTask) -> dict[str, Any]:
+    async def delete_task(self, caller: Principal, p: P.DeleteTask) -> dict[str, Any]:
         return await self._act(p.TaskId, Action.DELETE, by=caller.key.name or caller.secret_id)
 
-    async def cutover_task(self, caller: Caller, p: P.CutoverTask) -> dict[str, Any]:
+    async def cutover_task(self, caller: Principal, p: P.CutoverTask) -> dict[str, Any]:
         """Continuous tasks in ``syncing``: the agent cuts over after the round in progress."""
         return await self._act(p.TaskId, Action.CUTOVER, by=caller.key.name or caller.secret_id)
 
@@ -603,7 +608,7 @@ class ConsoleService:
         except ApiError:
             return None
 
-    async def modify_task_bandwidth(self, caller: Caller, p: P.ModifyTaskBandwidth) -> dict[str, Any]:
+    async def modify_task_bandwidth(self, caller: Principal, p: P.ModifyTaskBandwidth) -> dict[str, Any]:
         for _attempt in range(5):
             t = await self._task(p.TaskId)
             state = TaskState(t.state)
@@ -612,8 +617,7 @@ class ConsoleService:
                                f"task {t.task_id}: cannot change the bandwidth of a task that is {state.value}; "
                                "allowed while it is not success or deleted")
             command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
-                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
-                                    TaskState.VERIFYING, TaskState.PAUSED) else None)
+                       if state in AGENT_HOLDS else None)
             event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
             try:
                 t, cmd = await self.storage.update_task(
@@ -625,7 +629,7 @@ class ConsoleService:
                     "CommandId": cmd.command_id if cmd else None}
         raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
 
-    async def modify_task_rounds(self, caller: Caller, p: P.ModifyTaskRounds) -> dict[str, Any]:
+    async def modify_task_rounds(self, caller: Principal, p: P.ModifyTaskRounds) -> dict[str, Any]:
         """A continuous task's round interval and/or source read limit: stored (a restart and a retry
         keep it), and sent to the agent at once while it holds the task (``set-rounds`` command)."""
         for _attempt in range(5):
@@ -642,8 +646,7 @@ class ConsoleService:
             change = {k: v for k, v in (("RoundIntervalSeconds", p.RoundIntervalSeconds),
                                         ("ReadLimitKBps", p.ReadLimitKBps)) if v is not None}
             command = (NewCommand(CMD_SET_ROUNDS, change)
-                       if state in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING,
-                                    TaskState.VERIFYING, TaskState.PAUSED, TaskState.FAILED) else None)
+                       if state in AGENT_KEEPS else None)
             by = caller.key.name or caller.secret_id
             what = ", ".join(f"{k} {t.continuous.get(k)} -> {v}" for k, v in change.items())
             try:
@@ -658,7 +661,7 @@ class ConsoleService:
                     "ReadLimitKBps": c.get("ReadLimitKBps"), "CommandId": cmd.command_id if cmd else None}
         raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
 
-    async def describe_task_events(self, caller: Caller, p: P.DescribeTaskEvents) -> dict[str, Any]:
+    async def describe_task_events(self, caller: Principal, p: P.DescribeTaskEvents) -> dict[str, Any]:
         await self._task(p.TaskId)
         events = await self.storage.list_events(p.TaskId, after_id=p.AfterEventId, limit=p.Limit)
         return {"EventSet": [self.event_view(e) for e in events]}

@@ -25,12 +25,12 @@ class TaskState(StrEnum):
     @property
     def finished(self) -> bool:
         """No agent work remains (the task may still be deleted)."""
-        return self in (TaskState.SUCCESS, TaskState.DELETED)
+        return self in FINISHED
 
     @property
     def active(self) -> bool:
         """An agent is (or should be) working on it right now."""
-        return self in (TaskState.STARTING, TaskState.TRANSFERRING, TaskState.SYNCING, TaskState.VERIFYING)
+        return self in ACTIVE
 
 
 class Action(StrEnum):
@@ -42,6 +42,24 @@ class Action(StrEnum):
 
 
 S = TaskState
+
+# ---- named sets of states (use these instead of spelling a tuple of states at the call site)
+
+FINISHED: frozenset[TaskState] = frozenset({S.SUCCESS, S.DELETED})  # no agent work remains
+UNFINISHED: frozenset[TaskState] = frozenset(TaskState) - FINISHED  # at most one per source
+ACTIVE: frozenset[TaskState] = frozenset({S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING})  # an agent works on it
+NOT_STARTED: frozenset[TaskState] = frozenset({S.CREATED, S.SCHEDULED})  # nothing on the source or target touched
+# the agent holds the task (running or paused): a live setting change (bandwidth) is sent to it at once
+AGENT_HOLDS: frozenset[TaskState] = ACTIVE | {S.PAUSED}
+# ... or keeps its record for a retry: a setting the agent must keep across a retry (rounds) is sent too
+AGENT_KEEPS: frozenset[TaskState] = AGENT_HOLDS | {S.FAILED}
+NOT_DELETED: frozenset[TaskState] = frozenset(TaskState) - {S.DELETED}  # what the task lists show
+
+
+def values(states: frozenset[TaskState]) -> tuple[str, ...]:
+    """The states' values in the order of :class:`TaskState` (for storage filters and messages)."""
+    return tuple(s.value for s in TaskState if s in states)
+
 
 # (from, to) -> why the edge exists
 _EDGES: dict[tuple[TaskState, TaskState], str] = {
@@ -96,10 +114,6 @@ class ActionDenied(ValueError):
             f"cannot {action.value} a task that is {state.value}; {action.value} is allowed when {allowed}"
         )
         self.action, self.state = action, state
-
-
-def can_transition(old: TaskState, new: TaskState) -> bool:
-    return (old, new) in _EDGES
 
 
 def transition(old: TaskState, new: TaskState) -> str:

@@ -44,7 +44,7 @@ def tokens_equal(a: str | None, b: str | None) -> bool:
 
 
 @dataclass
-class Session:
+class WebSession:
     token: str
     secret_id: str
     csrf: str
@@ -64,16 +64,16 @@ class SessionStore:
     def __init__(self, *, idle: float = 3600.0, absolute: float = 12 * 3600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.idle, self.absolute, self.clock = idle, absolute, clock
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, WebSession] = {}
 
-    def create(self, secret_id: str, tz: str) -> Session:
+    def create(self, secret_id: str, tz: str) -> WebSession:
         now = self.clock()
         self._expire(now)
-        s = Session(token=new_token(), secret_id=secret_id, csrf=new_token(), tz=tz, created=now, last_seen=now)
+        s = WebSession(token=new_token(), secret_id=secret_id, csrf=new_token(), tz=tz, created=now, last_seen=now)
         self._sessions[s.token] = s
         return s
 
-    def get(self, token: str | None) -> Session | None:
+    def get(self, token: str | None) -> WebSession | None:
         """The live session for ``token`` (touching it), or None."""
         if not token:
             return None

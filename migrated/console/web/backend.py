@@ -17,14 +17,14 @@ from migrated.console import params as P
 from migrated.console.service import (
     UNFINISHED_STATES,
     ApiError,
-    Caller,
     ConsoleService,
+    Principal,
     consistent_finish,
     is_continuous,
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import StateError
-from migrated.model.states import Action, TaskState
+from migrated.model.states import NOT_DELETED, Action, TaskState, values
 from migrated.model.status import DiskProgress, TaskProgress
 
 from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
@@ -78,11 +78,11 @@ class ServiceBackend:
     async def admin_active(self, secret_id: str) -> bool:
         return await self._admin_key(secret_id) is not None
 
-    async def _caller(self, secret_id: str) -> Caller:
+    async def _caller(self, secret_id: str) -> Principal:
         k = await self._admin_key(secret_id)
         if k is None:
             raise StateError(f"the admin key {secret_id} was revoked; log in with another admin key")
-        return Caller(k)
+        return Principal(k)
 
     # -------------------------------------------------------------- sources
 
@@ -133,7 +133,7 @@ class ServiceBackend:
         )
 
     async def list_tasks(self) -> list[TaskView]:
-        live = [s.value for s in TaskState if s != TaskState.DELETED]
+        live = values(NOT_DELETED)
         tasks, _ = await self.storage.list_tasks(states=live, limit=500)
         now = self.service.clock()
         sources = {s.source_id: s for s in await self.storage.list_sources()}

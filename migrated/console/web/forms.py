@@ -100,10 +100,6 @@ def parse_mib(text: str, field: str = "read_limit_mib") -> int:
     return max(1, round(mib * 1024)) if mib > 0 else 0
 
 
-def kbps_to_mib(kbps: int) -> float:
-    return round(kbps / 1024, 1)
-
-
 def local_to_iso(value: str, tz: str) -> str:
     """``2026-11-25T19:00`` typed in ``tz`` -> ``2026-11-25T19:00:00+08:00``. ValueError if unreadable."""
     naive = datetime.fromisoformat(value)

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from migrated.cloud.provider import traits_for
 from migrated.errors import MigratedError, StateError
-from migrated.model.states import Action, ActionDenied, TaskState, allowed_actions
+from migrated.model.states import NOT_STARTED, Action, ActionDenied, TaskState, allowed_actions
 from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
 
 from .auth import (
@@ -35,8 +35,8 @@ from .auth import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     LoginThrottle,
-    Session,
     SessionStore,
+    WebSession,
     new_token,
     tokens_equal,
 )
@@ -163,7 +163,8 @@ def make_jinja() -> jinja2.Environment:
     )
     env.filters["bytes"] = format_bytes
     env.filters["ago"] = fmt_ago
-    env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action)
+    env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action,
+                       NOT_STARTED=NOT_STARTED)
     return env
 
 
@@ -178,7 +179,7 @@ def _secure_headers(resp: web.StreamResponse) -> web.StreamResponse:
     return resp
 
 
-def render(request: web.Request, template: str, *, status: int = 200, session: Session | None = None,
+def render(request: web.Request, template: str, *, status: int = 200, session: WebSession | None = None,
            **ctx: Any) -> web.Response:
     env = request.app[JINJA]
     if session is not None and "partial" not in request.query:
@@ -201,7 +202,7 @@ def _redirect(location: str) -> web.Response:
     return resp
 
 
-def _session(request: web.Request) -> Session | None:
+def _session(request: web.Request) -> WebSession | None:
     return request.app[SESSIONS].get(request.cookies.get(SESSION_COOKIE))
 
 
@@ -215,7 +216,7 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, WebSession], Awaitable[web.StreamResponse]]
 
 
 def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -306,7 +307,7 @@ async def login_post(request: web.Request) -> web.StreamResponse:
 
 
 @page
-async def logout_post(request: web.Request, session: Session) -> web.StreamResponse:
+async def logout_post(request: web.Request, session: WebSession) -> web.StreamResponse:
     request.app[SESSIONS].drop(session.token)
     log.info("web.logout", secret_id=session.secret_id)
     resp = _redirect("/ui/login")
@@ -326,7 +327,7 @@ def source_live(s: SourceView, now: float) -> dict[str, Any]:
 
 
 @page
-async def sources_page(request: web.Request, session: Session) -> web.StreamResponse:
+async def sources_page(request: web.Request, session: WebSession) -> web.StreamResponse:
     sources = await request.app[BACKEND].list_sources()
     now = time.time()
     return render(request, "sources.html", session=session, nav="sources", sources=sources, now=now,
@@ -334,7 +335,7 @@ async def sources_page(request: web.Request, session: Session) -> web.StreamResp
 
 
 @page
-async def sources_api(request: web.Request, session: Session) -> web.StreamResponse:
+async def sources_api(request: web.Request, session: WebSession) -> web.StreamResponse:
     now = time.time()
     return _json({"sources": [source_live(s, now) for s in await request.app[BACKEND].list_sources()]})
 
@@ -364,7 +365,7 @@ def _default_form(source: SourceView) -> TaskForm:
     return TaskForm(disks=[(d.name, d.migrate_by_default, d.name) for d in source.disks])
 
 
-def _create_page(request: web.Request, session: Session, source: SourceView, form: TaskForm,
+def _create_page(request: web.Request, session: WebSession, source: SourceView, form: TaskForm,
                  errors: FormErrors | None = None, status: int = 200) -> web.Response:
     return render(request, "create_task.html", status=status, session=session, nav="sources", source=source,
                   form=form, errors=errors.fields if errors else {}, general=errors.general if errors else "",
@@ -373,7 +374,7 @@ def _create_page(request: web.Request, session: Session, source: SourceView, for
 
 
 @page
-async def create_get(request: web.Request, session: Session) -> web.StreamResponse:
+async def create_get(request: web.Request, session: WebSession) -> web.StreamResponse:
     source = await request.app[BACKEND].get_source(request.match_info["source_id"])
     if source is None:
         return render(request, "error.html", status=404, session=session, title="No such source",
@@ -382,7 +383,7 @@ async def create_get(request: web.Request, session: Session) -> web.StreamRespon
 
 
 @page
-async def create_post(request: web.Request, session: Session) -> web.StreamResponse:
+async def create_post(request: web.Request, session: WebSession) -> web.StreamResponse:
     backend = request.app[BACKEND]
     source = await backend.get_source(request.match_info["source_id"])
     if source is None:
@@ -401,19 +402,19 @@ async def create_post(request: web.Request, session: Session) -> web.StreamRespo
 # ---------------------------------------------------------------------------- tasks
 
 @page
-async def tasks_page(request: web.Request, session: Session) -> web.StreamResponse:
+async def tasks_page(request: web.Request, session: WebSession) -> web.StreamResponse:
     tasks = await request.app[BACKEND].list_tasks()
     return render(request, "tasks.html", session=session, nav="tasks", tasks=tasks,
                   live={t.id: task_live(t, session.tz) for t in tasks})
 
 
 @page
-async def tasks_api(request: web.Request, session: Session) -> web.StreamResponse:
+async def tasks_api(request: web.Request, session: WebSession) -> web.StreamResponse:
     tasks = await request.app[BACKEND].list_tasks()
     return _json({"tasks": [task_live(t, session.tz) for t in tasks]})
 
 
-async def _task_or_404(request: web.Request, session: Session) -> TaskView | web.Response:
+async def _task_or_404(request: web.Request, session: WebSession) -> TaskView | web.Response:
     task = await request.app[BACKEND].get_task(request.match_info["task_id"])
     if task is None or task.state == TaskState.DELETED:
         return render(request, "error.html", status=404, session=session, title="No such task",
@@ -422,7 +423,7 @@ async def _task_or_404(request: web.Request, session: Session) -> TaskView | web
 
 
 @page
-async def task_page(request: web.Request, session: Session) -> web.StreamResponse:
+async def task_page(request: web.Request, session: WebSession) -> web.StreamResponse:
     task = await _task_or_404(request, session)
     if isinstance(task, web.Response):
         return task
@@ -432,7 +433,7 @@ async def task_page(request: web.Request, session: Session) -> web.StreamRespons
 
 
 @page
-async def task_api(request: web.Request, session: Session) -> web.StreamResponse:
+async def task_api(request: web.Request, session: WebSession) -> web.StreamResponse:
     backend = request.app[BACKEND]
     task = await backend.get_task(request.match_info["task_id"])
     if task is None or task.state == TaskState.DELETED:
@@ -444,7 +445,7 @@ async def task_api(request: web.Request, session: Session) -> web.StreamResponse
 
 
 @page
-async def delete_confirm(request: web.Request, session: Session) -> web.StreamResponse:
+async def delete_confirm(request: web.Request, session: WebSession) -> web.StreamResponse:
     task = await _task_or_404(request, session)
     if isinstance(task, web.Response):
         return task
@@ -453,7 +454,7 @@ async def delete_confirm(request: web.Request, session: Session) -> web.StreamRe
                   denied="" if allowed else str(ActionDenied(Action.DELETE, task.state)))
 
 
-async def _change_task(session: Session, task_id: str, change: Awaitable[Any], what: str, done: str,
+async def _change_task(session: WebSession, task_id: str, change: Awaitable[Any], what: str, done: str,
                        event: str) -> web.StreamResponse:
     """Run a task change from a form; flash ``done`` or why ``what`` was not changed; back to the task."""
     try:
@@ -469,7 +470,7 @@ async def _change_task(session: Session, task_id: str, change: Awaitable[Any], w
 
 
 @page
-async def task_bandwidth(request: web.Request, session: Session) -> web.StreamResponse:
+async def task_bandwidth(request: web.Request, session: WebSession) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     post = await request.post()
     change = request.app[BACKEND].set_bandwidth(task_id, str(post.get("bandwidth_mbps", "")), actor=session.secret_id)
@@ -478,7 +479,7 @@ async def task_bandwidth(request: web.Request, session: Session) -> web.StreamRe
 
 
 @page
-async def task_rounds(request: web.Request, session: Session) -> web.StreamResponse:
+async def task_rounds(request: web.Request, session: WebSession) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     post = await request.post()
     change = request.app[BACKEND].set_rounds(task_id, str(post.get("round_interval", "")),
@@ -488,7 +489,7 @@ async def task_rounds(request: web.Request, session: Session) -> web.StreamRespo
 
 
 @page
-async def task_action(request: web.Request, session: Session) -> web.StreamResponse:
+async def task_action(request: web.Request, session: WebSession) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     try:
         action = Action(request.match_info["action"])

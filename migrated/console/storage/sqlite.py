@@ -1,304 +1,54 @@
-"""Console storage: one small async interface, and its SQLite implementation.
+"""The SQLite backend of :class:`~migrated.console.storage.interface.Storage` (the embedded default).
 
-Everything the console keeps goes through :class:`Storage`: keys, sources,
-tasks, the command queue, task events, and the long-poll wake-up. The API, the
-scheduler and the web UI never touch SQL. Business rules (which state allows
-which action, one unfinished task per source) live in ``service.py``; storage
-offers the atomic primitives those rules need:
-
-* :meth:`Storage.update_task` is a compare-and-set on the task state that can
-  enqueue a command *in the same transaction*, so a state change and its
-  command are durable together or not at all (nothing lost, nothing run twice
-  across a crash or a second console process).
-* :meth:`Storage.command_waiter` returns a waiter *before* the caller looks for
-  commands; :meth:`Storage.update_task` wakes
-  every waiter of the source after commit. Taking the waiter first means a
-  command committed between "look" and "wait" is never missed.
-
-SQLite (the embedded default): WAL journal, ``synchronous=FULL`` (a commit is
-durable when it returns). Writes go through one connection in one dedicated
-thread, so the event loop never blocks on ``fsync``; reads use a second,
-read-only connection right on the event loop (a WAL reader never waits for the
-writer, and a read costs far less than a hop to another thread and back). Heartbeats are the exception to durable
-commits: they are held in memory and written in one transaction every few
-seconds (losing the last few seconds of "last seen" in a crash is harmless and
-saves an fsync per beat). A PostgreSQL backend adds a class with the same
-methods, using ``LISTEN/NOTIFY`` for :meth:`command_waiter` across processes.
+WAL journal, ``synchronous=FULL`` (a commit is durable when it returns). Writes
+go through one connection in one dedicated thread, so the event loop never
+blocks on ``fsync``; reads use a second, read-only connection right on the
+event loop (a WAL reader never waits for the writer, and a read costs far less
+than a hop to another thread and back). Heartbeats arrive here in batches from
+``heartbeats.BufferedHeartbeats`` above; the long-poll wake-up is
+``wakeup.LocalWakeups`` (one console process per file).
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import json
 import os
-import secrets
 import sqlite3
-import string
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from migrated.model.states import TaskState
+
+from .interface import (
+    Beat,
+    CommandRecord,
+    CommandWaiter,
+    DiskInfo,
+    EventRecord,
+    KeyRecord,
+    NewCommand,
+    SourceRecord,
+    Storage,
+    StorageConflict,
+    TaskRecord,
+    check_int64,
+    new_id,
+    new_secret_id,
+    new_secret_key,
+)
+from .wakeup import LocalWakeups
+
 T = TypeVar("T")
 
-_ALNUM = string.ascii_letters + string.digits
-_LOWER = string.ascii_lowercase + string.digits
+_SCHEDULED = TaskState.SCHEDULED.value
 
-
-def new_id(prefix: str, n: int = 10) -> str:
-    return prefix + "".join(secrets.choice(_LOWER) for _ in range(n))
-
-
-def new_secret_id() -> str:
-    return "AKID" + "".join(secrets.choice(_ALNUM) for _ in range(32))
-
-
-def new_secret_key() -> str:
-    return "".join(secrets.choice(_ALNUM) for _ in range(40))
-
-
-# ---------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    secret_id: str
-    secret_key: str
-    role: str  # admin | agent
-    name: str
-    created_at: float
-    revoked_at: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-
-@dataclass(frozen=True)
-class DiskInfo:
-    name: str
-    size_bytes: int
-    mount_points: tuple[str, ...] = ()
-    is_system: bool = False
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    source_id: str
-    machine_id: str
-    hostname: str
-    os_name: str
-    agent_version: str
-    disks: tuple[DiskInfo, ...]
-    registered_by: str  # SecretId of the agent key that registered it
-    registered_at: float
-    last_heartbeat: float | None = None
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    task_id: str
-    source_id: str
-    name: str
-    description: str
-    region: str
-    target_type: str  # image | instance
-    image_name: str
-    target_instance_id: str
-    target_ssh: str
-    target_host_key: str
-    bandwidth_limit_kbps: int
-    checksum: bool
-    disk_mapping: tuple[tuple[str, str], ...]  # (source disk, target disk)
-    scheduled_at: float | None
-    state: str
-    stage: str = ""
-    message: str = ""
-    progress: dict[str, Any] = field(default_factory=dict)
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    image_id: str = ""  # the cloud image made from the target (image tasks, cloud enabled)
-    image_state: str = ""  # "" | PENDING | CREATING | NORMAL | FAILED | SKIPPED (Tencent states as reported)
-    # continuous sync (None = one-shot): the CreateTask parameters params.CONTINUOUS_PARAMS
-    # {"RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook", "FreezeBudgetSeconds",
-    # "SnapshotSize"}, each None when not given (older rows hold fewer keys: read with .get);
-    # ModifyTaskRounds changes the first two
-    continuous: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class CommandRecord:
-    command_id: str
-    source_id: str
-    task_id: str
-    action: str
-    params: dict[str, Any]
-    created_at: float
-    delivered_at: float | None = None
-    deliveries: int = 0
-    acked_at: float | None = None
-    result: str = ""
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class NewCommand:
-    action: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    event_id: int
-    task_id: str
-    source_id: str
-    time: float
-    level: str
-    stage: str
-    message: str
-
-
-class StorageConflict(Exception):
-    """A compare-and-set lost: the row changed (or vanished) since the caller read it."""
-
-
-# ---------------------------------------------------------------- interface
-
-
-class CommandWaiter(abc.ABC):
-    @abc.abstractmethod
-    async def wait(self, timeout: float) -> bool:
-        """Wait until a command may be queued for the source, or ``timeout`` seconds. True if woken."""
-
-
-class Storage(abc.ABC):
-    """What the console keeps. Every method is safe to call concurrently from the event loop."""
-
-    # lifecycle
-    @abc.abstractmethod
-    async def open(self) -> None: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    # keys
-    @abc.abstractmethod
-    async def create_key(self, role: str, name: str, now: float) -> KeyRecord: ...
-
-    @abc.abstractmethod
-    async def get_key(self, secret_id: str) -> KeyRecord | None: ...
-
-    @abc.abstractmethod
-    async def list_keys(self) -> list[KeyRecord]: ...
-
-    @abc.abstractmethod
-    async def revoke_key(self, secret_id: str, now: float) -> KeyRecord | None:
-        """Revoke (idempotent); None when no such key."""
-
-    # sources
-    @abc.abstractmethod
-    async def register_source(
-        self, *, machine_id: str, hostname: str, os_name: str, agent_version: str,
-        disks: tuple[DiskInfo, ...], registered_by: str, now: float,
-    ) -> tuple[SourceRecord, bool]:
-        """Insert or update the source of ``machine_id``; returns (record, created).
-
-        An existing source registered by another key moves to ``registered_by`` only when
-        that other key is revoked or gone (key rotation); otherwise :class:`StorageConflict`.
-        """
-
-    @abc.abstractmethod
-    async def get_source(self, source_id: str) -> SourceRecord | None: ...
-
-    @abc.abstractmethod
-    async def list_sources(self) -> list[SourceRecord]: ...
-
-    @abc.abstractmethod
-    async def remove_source(self, source_id: str) -> bool: ...
-
-    @abc.abstractmethod
-    async def record_heartbeat(self, source_id: str, agent_version: str, now: float) -> bool:
-        """Note that the source is alive; False when the source does not exist."""
-
-    # tasks
-    @abc.abstractmethod
-    async def create_task(self, task: TaskRecord, *, unfinished_states: Iterable[str]) -> TaskRecord:
-        """Insert ``task``; refuses (StorageConflict, message names the task) when the source
-        already has a task in ``unfinished_states``. When an image name is taken by another
-        task, ``-<task id>`` is appended to it."""
-
-    @abc.abstractmethod
-    async def get_task(self, task_id: str) -> TaskRecord | None: ...
-
-    @abc.abstractmethod
-    async def list_tasks(
-        self, *, source_id: str | None = None, states: Iterable[str] | None = None,
-        task_ids: Iterable[str] | None = None, limit: int = 100, offset: int = 0,
-    ) -> tuple[list[TaskRecord], int]:
-        """Newest first; returns (page, total matching)."""
-
-    @abc.abstractmethod
-    async def update_task(
-        self, task_id: str, *, expect_state: str, changes: dict[str, Any],
-        command: NewCommand | None = None, event: tuple[str, str, str] | None = None, now: float,
-    ) -> tuple[TaskRecord, CommandRecord | None]:
-        """Atomically: if the task is in ``expect_state``, apply ``changes`` (column names of
-        TaskRecord), enqueue ``command`` for the task's source and add ``event`` (level, stage,
-        message). StorageConflict when the state differs. Wakes the source's waiters."""
-
-    @abc.abstractmethod
-    async def due_scheduled_tasks(self, now: float) -> list[TaskRecord]: ...
-
-    @abc.abstractmethod
-    async def next_scheduled_time(self) -> float | None: ...
-
-    # commands
-    @abc.abstractmethod
-    def command_waiter(self, source_id: str) -> CommandWaiter: ...
-
-    @abc.abstractmethod
-    def wake_all(self) -> None:
-        """Wake every waiter of this process (shutdown)."""
-
-    @abc.abstractmethod
-    async def take_commands(
-        self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,
-    ) -> tuple[list[CommandRecord], float | None]:
-        """Unacked commands that were never delivered or whose delivery is older than the
-        visibility timeout, oldest first, marked delivered now. Also returns when the next
-        in-flight command becomes due again (None if none). Delivery marks need not be
-        durable: after a crash an unacked command may come again early, never not at all."""
-
-    @abc.abstractmethod
-    async def ack_command(
-        self, source_id: str, command_id: str, result: str, message: str, now: float,
-    ) -> tuple[CommandRecord | None, bool]:
-        """(record, first_ack). Idempotent: a second ack returns the first one's record."""
-
-    @abc.abstractmethod
-    async def list_commands(self, task_id: str) -> list[CommandRecord]: ...
-
-    @abc.abstractmethod
-    async def count_pending_commands(self) -> int: ...
-
-    # events
-    @abc.abstractmethod
-    async def add_event(self, task_id: str, source_id: str, level: str, stage: str, message: str,
-                        now: float) -> EventRecord: ...
-
-    @abc.abstractmethod
-    async def list_events(self, task_id: str, *, after_id: int = 0, limit: int = 100) -> list[EventRecord]: ...
-
-    @abc.abstractmethod
-    async def task_state_counts(self) -> dict[str, int]: ...
-
-
-# ---------------------------------------------------------------- SQLite
+# ---------------------------------------------------------------- schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -368,7 +118,8 @@ def _task_to_row(t: TaskRecord) -> dict[str, Any]:
         "task_id": t.task_id, "source_id": t.source_id, "name": t.name, "description": t.description,
         "region": t.region, "target_type": t.target_type, "image_name": t.image_name,
         "target_instance_id": t.target_instance_id, "target_ssh": t.target_ssh,
-        "target_host_key": t.target_host_key, "bandwidth_limit_kbps": t.bandwidth_limit_kbps,
+        "target_host_key": t.target_host_key,
+        "bandwidth_limit_kbps": check_int64("bandwidth_limit_kbps", t.bandwidth_limit_kbps),
         "checksum": int(t.checksum), "disk_mapping": json.dumps([list(p) for p in t.disk_mapping]),
         "scheduled_at": t.scheduled_at, "state": t.state, "stage": t.stage, "message": t.message,
         "progress": json.dumps(t.progress), "created_at": t.created_at, "updated_at": t.updated_at,
@@ -400,33 +151,16 @@ def _command_from_row(row: sqlite3.Row) -> CommandRecord:
     return CommandRecord(**d)
 
 
-class _EventWaiter(CommandWaiter):
-    def __init__(self, event: asyncio.Event) -> None:
-        self._event = event
+class SQLiteBackend(Storage):
+    """One SQLite file, written by one console process."""
 
-    async def wait(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(max(0.0, timeout)):
-                await self._event.wait()
-            return True
-        except TimeoutError:
-            return False
-
-
-class SQLiteStorage(Storage):
-    """SQLite file storage. ``heartbeat_flush_seconds``: how often buffered heartbeats are written."""
-
-    def __init__(self, path: str | os.PathLike[str], *, heartbeat_flush_seconds: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None  # the writer: used only in the storage thread
         self._rdb: sqlite3.Connection | None = None  # the reader: used only on the event loop thread
-        self._waiters: dict[str, asyncio.Event] = {}
+        self._wakeups = LocalWakeups()
         self._delivered: dict[str, tuple[float, int]] = {}  # command id -> (last delivery, deliveries), unacked
-        self._beats: dict[str, tuple[float, str]] = {}  # source_id -> (time, agent version), not yet written
-        self._beats_lock = threading.Lock()
-        self._flush_every = heartbeat_flush_seconds
-        self._flusher: asyncio.Task[None] | None = None
         # called with the seconds each storage-thread call took, queueing included (for /metrics)
         self.observe_write: Callable[[float], None] | None = None
 
@@ -499,11 +233,6 @@ class SQLiteStorage(Storage):
             raise
         db.execute("COMMIT")
 
-    def _notify(self, source_id: str) -> None:
-        ev = self._waiters.pop(source_id, None)
-        if ev is not None:
-            ev.set()
-
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-db")
         await self._run(self._connect)
@@ -513,16 +242,9 @@ class SQLiteStorage(Storage):
         rdb.row_factory = sqlite3.Row
         rdb.execute("PRAGMA query_only=ON")
         self._rdb = rdb
-        self._flusher = asyncio.create_task(self._flush_loop(), name="heartbeat-flush")
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
         if self._executor is not None:
-            await self._run(self._flush_beats)
             await self._run(self._close_db)
             if self._rdb is not None:
                 self._rdb.close()
@@ -534,34 +256,6 @@ class SQLiteStorage(Storage):
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_every)
-            await self._run(self._flush_beats)
-
-    def _flush_beats(self) -> None:
-        with self._beats_lock:
-            beats, self._beats = self._beats, {}
-        if not beats or self._db is None:
-            return
-        # one statement, not executemany: every sqlite3 step releases and re-takes the GIL, and with a
-        # busy event loop each re-take can wait a whole switch interval (thousands of rows: seconds)
-        batch = json.dumps([[sid, t, v] for sid, (t, v) in beats.items()])
-        with self._tx() as db:
-            db.execute(
-                "UPDATE sources SET last_heartbeat=json_extract(j.value, '$[1]'), "
-                "agent_version=json_extract(j.value, '$[2]') "
-                "FROM json_each(?) AS j WHERE sources.source_id=json_extract(j.value, '$[0]')",
-                (batch,),
-            )
-
-    def _with_beat(self, s: SourceRecord) -> SourceRecord:
-        with self._beats_lock:
-            b = self._beats.get(s.source_id)
-        if b is None:
-            return s
-        return replace(s, last_heartbeat=b[0], agent_version=b[1])
 
     # -- keys
 
@@ -635,8 +329,6 @@ class SQLiteStorage(Storage):
                     )
                     created = True
                 row = db.execute("SELECT * FROM sources WHERE source_id=?", (source_id,)).fetchone()
-            with self._beats_lock:
-                self._beats.pop(source_id, None)
             return _source_from_row(row), created
 
         return await self._run(go)
@@ -645,7 +337,7 @@ class SQLiteStorage(Storage):
         def go() -> SourceRecord | None:
             db = self._reader()
             row = db.execute("SELECT * FROM sources WHERE source_id=?", (source_id,)).fetchone()
-            return self._with_beat(_source_from_row(row)) if row else None
+            return _source_from_row(row) if row else None
 
         return go()
 
@@ -653,7 +345,7 @@ class SQLiteStorage(Storage):
         def go() -> list[SourceRecord]:
             db = self._reader()
             rows = db.execute("SELECT * FROM sources ORDER BY registered_at").fetchall()
-            return [self._with_beat(_source_from_row(r)) for r in rows]
+            return [_source_from_row(r) for r in rows]
 
         return go()
 
@@ -663,23 +355,31 @@ class SQLiteStorage(Storage):
                 n = db.execute("DELETE FROM sources WHERE source_id=?", (source_id,)).rowcount
                 db.execute("UPDATE commands SET acked_at=?, result='error', message='source removed' "
                            "WHERE source_id=? AND acked_at IS NULL", (time.time(), source_id))
-            with self._beats_lock:
-                self._beats.pop(source_id, None)
             return n > 0
 
         return await self._run(go)
 
-    async def record_heartbeat(self, source_id: str, agent_version: str, now: float) -> bool:
-        def go() -> bool:
-            db = self._reader()
-            row = db.execute("SELECT 1 FROM sources WHERE source_id=?", (source_id,)).fetchone()
-            if row is None:
-                return False
-            with self._beats_lock:
-                self._beats[source_id] = (now, agent_version)
-            return True
+    async def source_exists(self, source_id: str) -> bool:
+        return self._reader().execute("SELECT 1 FROM sources WHERE source_id=?", (source_id,)).fetchone() is not None
 
-        return go()
+    async def write_heartbeats(self, beats: Mapping[str, Beat]) -> None:
+        if not beats:
+            return
+        # one statement, not executemany: every sqlite3 step releases and re-takes the GIL, and with a
+        # busy event loop each re-take can wait a whole switch interval (thousands of rows: seconds)
+        batch = json.dumps([[sid, t, v] for sid, (t, v) in beats.items()])
+
+        def go() -> None:
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE sources SET last_heartbeat=json_extract(j.value, '$[1]'), "
+                    "agent_version=json_extract(j.value, '$[2]') "
+                    "FROM json_each(?) AS j WHERE sources.source_id=json_extract(j.value, '$[0]') "
+                    "AND (sources.last_heartbeat IS NULL OR sources.last_heartbeat<=json_extract(j.value, '$[1]'))",
+                    (batch,),
+                )
+
+        await self._run(go)
 
     # -- tasks
 
@@ -725,6 +425,8 @@ class SQLiteStorage(Storage):
         self, *, source_id: str | None = None, states: Iterable[str] | None = None,
         task_ids: Iterable[str] | None = None, limit: int = 100, offset: int = 0,
     ) -> tuple[list[TaskRecord], int]:
+        check_int64("limit", limit, minimum=0)
+        check_int64("offset", offset, minimum=0)
         where: list[str] = []
         args: list[Any] = []
         if source_id is not None:
@@ -786,7 +488,7 @@ class SQLiteStorage(Storage):
             if cmd is not None:
                 # wake the source's polls from here, right after the commit: this runs even when
                 # the request that queued the command was cancelled (client gone) meanwhile
-                loop.call_soon_threadsafe(self._notify, cur.source_id)
+                loop.call_soon_threadsafe(self._wakeups.notify, cur.source_id)
             return new, cmd
 
         loop = asyncio.get_running_loop()
@@ -796,7 +498,7 @@ class SQLiteStorage(Storage):
         def go() -> list[TaskRecord]:
             db = self._reader()
             rows = db.execute(
-                "SELECT * FROM tasks WHERE state='scheduled' AND scheduled_at<=? ORDER BY scheduled_at", (now,)
+                "SELECT * FROM tasks WHERE state=? AND scheduled_at<=? ORDER BY scheduled_at", (_SCHEDULED, now)
             ).fetchall()
             return [_task_from_row(r) for r in rows]
 
@@ -805,21 +507,17 @@ class SQLiteStorage(Storage):
     async def next_scheduled_time(self) -> float | None:
         def go() -> float | None:
             db = self._reader()
-            return db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state='scheduled'").fetchone()[0]
+            return db.execute("SELECT MIN(scheduled_at) FROM tasks WHERE state=?", (_SCHEDULED,)).fetchone()[0]
 
         return go()
 
     # -- commands
 
     def command_waiter(self, source_id: str) -> CommandWaiter:
-        ev = self._waiters.get(source_id)
-        if ev is None:
-            ev = self._waiters[source_id] = asyncio.Event()
-        return _EventWaiter(ev)
+        return self._wakeups.waiter(source_id)
 
     def wake_all(self) -> None:
-        for sid in list(self._waiters):
-            self._notify(sid)
+        self._wakeups.notify_all()
 
     async def take_commands(
         self, source_id: str, now: float, visibility_seconds: float, limit: int = 20,
@@ -897,6 +595,9 @@ class SQLiteStorage(Storage):
         return await self._run(go)
 
     async def list_events(self, task_id: str, *, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        check_int64("after_id", after_id)
+        check_int64("limit", limit, minimum=0)
+
         def go() -> list[EventRecord]:
             db = self._reader()
             rows = db.execute(

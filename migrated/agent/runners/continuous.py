@@ -33,28 +33,27 @@ there would stall the event loop, the final pass with it, until the guardian's b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from migrated.agent.runners import progress
 from migrated.errors import QuiesceError, StateError, UsageError
 from migrated.model.states import TaskState as S
 from migrated.model.status import DiskProgress, TaskProgress, format_bytes
 from migrated.source.hooks import HookFailed
 
 if TYPE_CHECKING:
-    from migrated.agent.daemon import Agent
+    from migrated.agent.runners.host import RunControl, RunnerHost
     from migrated.agent.state import TaskRecord
+    from migrated.engine.continuous import ContinuousControl
 
 log = structlog.get_logger(__name__)
 
-# TaskProgress fields this runner keeps in the task record between progress updates
-KEYS = ("phase", "round", "round_changed_bytes", "forecast_seconds", "convergence", "advice",
-        "downtime_seconds", "lag_since")
-
 
 class Steer:
-    """What the daemon holds as ``Agent._control`` during a continuous run: a stop (pause, delete,
+    """What the daemon holds as ``RunControl.control`` during a continuous run: a stop (pause, delete,
     SIGTERM) goes to :meth:`ContinuousControl.stop` so the wait between rounds ends too; the
     bandwidth limit goes to the engine's SyncControl."""
 
@@ -82,24 +81,9 @@ def finishes_at_once(spec: dict[str, Any]) -> bool:
     return bool(spec.get("ConsistentFinish")) and not spec.get("ContinuousSync")
 
 
-def carry(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """Keep the continuous fields of ``old`` in a freshly built progress dict ``new``."""
-    for k in KEYS:
-        if old and old.get(k) is not None and new.get(k) in (None, ""):
-            new[k] = old[k]
-    return new
-
-
-def fill(p: TaskProgress, stored: dict[str, Any] | None, now: float) -> None:
-    """Complete a TaskProgress built from the task record: the lag is live (now - start of the last round)."""
-    since = (stored or {}).get("lag_since")
-    if since is not None and p.state in (S.SYNCING.value, S.TRANSFERRING.value) and p.downtime_seconds is None:
-        p.lag_seconds = max(0.0, now - float(since))
-
-
-def cutover(agent: Agent) -> str:
-    """The console's ``cutover`` command and ``migratectl cutover``."""
-    t = agent.task
+def cutover(t: TaskRecord | None, cc: ContinuousControl | None) -> str:
+    """The console's ``cutover`` command and ``migratectl cutover`` for the agent's task ``t``, whose
+    rounds run under ``cc`` (None: between attempts)."""
     if t is None:
         raise StateError("no task on this agent")
     if not is_continuous(t.spec) or finishes_at_once(t.spec):
@@ -107,7 +91,6 @@ def cutover(agent: Agent) -> str:
                          + ("; it cuts over by itself when its full pass is done" if finishes_at_once(t.spec) else ""))
     if S(t.state) is not S.SYNCING:
         raise StateError(f"cannot cutover a task that is {t.state}; cutover is allowed when syncing")
-    cc = getattr(agent, "_continuous", None)
     if cc is None:
         raise StateError(f"task {t.task_id} is between attempts; try again in a moment")
     cc.request_cutover()
@@ -131,11 +114,12 @@ def fill_settings(p: TaskProgress, t: TaskRecord) -> None:
         p.round_interval_seconds, p.read_limit_bps = settings(t)
 
 
-def set_rounds(agent: Agent, interval: float | None, read_limit_kbps: int | None, by: str) -> str:
+def set_rounds(t: TaskRecord | None, cc: ContinuousControl | None, interval: float | None,
+               read_limit_kbps: int | None, by: str, event: Callable[[str, str], None]) -> str:
     """Change the round interval (seconds) and/or the source read limit (KiB/s, 0 = none) of the
-    continuous task: live when it runs, and kept for a restart. StateError for a task that is not
-    continuous or is finished; UsageError for a bad value."""
-    t = agent.task
+    continuous task ``t``: live when it runs (under ``cc``), and kept for a restart (``event``, the
+    host's, saves the task record). StateError for a task that is not continuous or is finished;
+    UsageError for a bad value."""
     if t is None:
         raise StateError("no task on this agent")
     if not is_continuous(t.spec) or finishes_at_once(t.spec):
@@ -156,7 +140,6 @@ def set_rounds(agent: Agent, interval: float | None, read_limit_kbps: int | None
     if read_limit_kbps is not None:
         t.rounds["ReadLimitKBps"] = int(read_limit_kbps)
     new_interval, new_limit = settings(t)
-    cc = getattr(agent, "_continuous", None)
     if cc is not None:
         if interval is not None:
             cc.set_interval(new_interval)
@@ -170,7 +153,7 @@ def set_rounds(agent: Agent, interval: float | None, read_limit_kbps: int | None
         parts.append(f"source read limit {_rate(old_limit)} -> {_rate(new_limit)}")
     text = f"{', '.join(parts)} (by {by})"
     log.info("rounds settings changed", task_id=t.task_id, interval=new_interval, read_limit_bps=new_limit, by=by)
-    agent.event("info", text)  # saves the task record and wakes the reporter
+    event("info", text)  # saves the task record and wakes the reporter
     return f"task {t.task_id}: {text}" + ("" if cc is not None else "; applies when the rounds run")
 
 
@@ -225,27 +208,28 @@ def _options(t: TaskRecord) -> Any:
     return copts
 
 
-async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str, str]], control: Any,
-              options: Any, disks: list[DiskProgress]) -> None:
-    """Rounds and cutover of task ``t`` over ``session`` (the daemon's ``_attempt`` has opened it and
-    moved the task to transferring). Returns once the task is successful; raises like the engine."""
+async def run(host: RunnerHost, rc: RunControl, t: TaskRecord, session: Any, mapping: list[tuple[str, str]],
+              control: Any, options: Any, disks: list[DiskProgress]) -> None:
+    """Rounds and cutover of task ``t`` over ``session`` (the driver's ``attempt`` has opened it and
+    moved the task to transferring); ``rc`` steers it while it runs. Returns once the task is
+    successful; raises like the engine."""
     from migrated.engine.continuous import ContinuousControl, run_continuous_disks
 
     copts = _options(t)
-    copts.freeze_record = agent.freeze_record
+    copts.freeze_record = host.freeze_record
     cc = ContinuousControl(control)
     if getattr(control, "stop_requested", False):
         cc.stop(getattr(control, "stop_reason", "") or "stop requested")
     at_once = finishes_at_once(t.spec)
     if S(t.state) is S.VERIFYING or at_once:
         cc.request_cutover()  # asked for before a restart or a failed attempt (not lost), or a consistent finish
-    agent._continuous = cc
-    agent._control = Steer(cc)
+    rc.continuous = cc
+    rc.control = Steer(cc)
     index = {src: i for i, (src, _) in enumerate(mapping)}
     base = int((t.progress or {}).get("round") or 0)  # rounds of earlier runs: the numbering goes on
 
     def on_progress(dp: DiskProgress) -> None:
-        agent._on_progress(t, disks, index[dp.name], dp)
+        progress.on_progress(host, t, disks, index[dp.name], dp)
 
     def keep(**values: Any) -> None:
         t.progress = t.progress or {}
@@ -262,40 +246,40 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
                     f"in {e['seconds']:.1f} s" + (f"; {e['message']}" if e.get("message") else ""))
             log.info("round done", task_id=t.task_id, round=n, changed=e["bytes_changed"], advice=e.get("advice"))
             if S(t.state) is S.TRANSFERRING and at_once:
-                agent.event("info", f"full pass: {format_bytes(e['bytes_changed'])} changed, "
+                host.event("info", f"full pass: {format_bytes(e['bytes_changed'])} changed, "
                                     f"{format_bytes(e['bytes_sent'])} sent in {e['seconds']:.1f} s; cutting over now "
                                     "(consistent finish)")
                 return
             if S(t.state) is S.TRANSFERRING:
-                agent.set_state(S.SYNCING, "rounds", ("rounds resumed from the checkpoint; " if base
+                host.set_state(S.SYNCING, "rounds", ("rounds resumed from the checkpoint; " if base
                                                       else "full pass done; ") + text)
             else:
-                agent._save_task()
-                agent._wake_reporter.set()
-            agent.event("warning" if e.get("advice") == "not-converging" else "info", text)
+                host.save_task()
+                host.wake_reporter()
+            host.event("warning" if e.get("advice") == "not-converging" else "info", text)
         elif kind == "cutover":
             keep(phase="final-pass")
             what = ", ".join(e.get("mountpoints") or e.get("volumes") or []) or "nothing mounted"
             msg = f"cutover: final pass with the source quiesced ({e.get('quiesce')}: {what})"
             if S(t.state) in (S.SYNCING, S.TRANSFERRING):
-                agent.set_state(S.VERIFYING, "cutover", msg)
+                host.set_state(S.VERIFYING, "cutover", msg)
             else:
-                agent.event("info", msg)
+                host.event("info", msg)
         elif kind == "snapshot":
             names = ", ".join(str(s.get("name")) for s in e.get("snapshots") or [])
-            agent.event("info", f"cutover point: LVM snapshot {names} taken, source running again "
+            host.event("info", f"cutover point: LVM snapshot {names} taken, source running again "
                                 f"(downtime {float(e.get('downtime') or 0.0):.2f} s); final pass from the snapshot")
         elif kind == "snapshot-leftover-removed":
-            agent.event("warning", f"removed the LVM snapshot {e.get('snapshot')} a killed earlier run left behind")
+            host.event("warning", f"removed the LVM snapshot {e.get('snapshot')} a killed earlier run left behind")
         elif kind == "freeze":
-            agent.store.hold()  # nothing to the state dir until the thaw: it may be on a frozen fs
+            host.store.hold()  # nothing to the state dir until the thaw: it may be on a frozen fs
         elif kind == "thaw":
-            agent.store.release()
+            host.store.release()
         elif kind == "freeze-budget-exceeded":
-            agent.event("warning", str(e.get("message", "the final pass did not fit the freeze budget")))
+            host.event("warning", str(e.get("message", "the final pass did not fit the freeze budget")))
         elif kind == "thawed":
             keep(phase="verifying", downtime_seconds=float(e.get("downtime") or 0.0))
-            agent._save_task()
+            host.save_task()
         elif kind == "verified":
             keep(phase="done")
 
@@ -310,19 +294,19 @@ async def run(agent: Agent, t: TaskRecord, session: Any, mapping: list[tuple[str
         _scrub_notes(e, copts)
         raise
     finally:
-        agent._continuous = None
-        agent.store.release()  # no-op unless a freeze ended without its thaw event
+        rc.continuous = None
+        host.store.release()  # no-op unless a freeze ended without its thaw event
     for h in (result.cutover.hooks if result.cutover else []):
-        agent.event("info", f"cutover: {hook_summary(h)}")
+        host.event("info", f"cutover: {hook_summary(h)}")
     for i, d in enumerate(disks):
         d.bytes_done = d.bytes_total = max(d.bytes_total, d.bytes_done)
         disks[i] = d
-    agent._store_progress(t, disks, {src for src, _ in mapping})
+    progress.store_progress(host, t, disks, {src for src, _ in mapping})
     rep = result.cutover
     downtime = rep.downtime if rep else 0.0
     keep(phase="done", downtime_seconds=downtime)
-    agent.event("info", f"cutover done: downtime {downtime:.2f} s ({rep.quiesce if rep else '?'}), "
+    host.event("info", f"cutover done: downtime {downtime:.2f} s ({rep.quiesce if rep else '?'}), "
                 f"final pass {format_bytes(rep.final_changed if rep else 0)} changed, "
                 f"{rep.blocks_verified if rep else 0} blocks verified after {len(result.rounds)} round(s)")
-    agent.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated with a cutover; downtime "
+    host.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated with a cutover; downtime "
                     f"{downtime:.2f} s, every block verified")
