@@ -11,7 +11,8 @@ variables: :func:`migrated.cloud.config.cloud_credentials`). Both files are the 
 Contracts:
 
 * A file that group or others can read is refused, with ``chmod 600 <file>`` in the message.
-* Unknown keys are refused and named; values are non-empty strings, stripped.
+* Unknown keys are refused and named (``ConfigError.path``, in :mod:`migrated.configload`'s
+  ``FILE: key: message`` form); values are non-empty strings, stripped.
 * No message, ``repr`` or traceback shows the SecretKey (nor any value read from the file).
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from migrated.configload import Issue, config_error
 from migrated.errors import ConfigError
 
 KEYS = ("secret_id", "secret_key")
@@ -39,13 +41,6 @@ class Credentials:
         return f"Credentials(secret_id={self.secret_id!r}, secret_key='[redacted]')"
 
 
-def _in_file(source: str, key: str, message: str) -> ConfigError:
-    """'<file>: <key>: <message>' with ``.path`` = the key."""
-    out = ConfigError(f"{source}: {key}: {message}" if key else f"{source}: {message}")
-    out.path = key
-    return out
-
-
 def parse_credentials(text: str, source: str) -> Credentials:
     """The credentials file's text (YAML ``secret_id``, ``secret_key``). Errors never echo values."""
     hint = "the file must hold secret_id: AKID... and secret_key: ..."
@@ -57,11 +52,11 @@ def parse_credentials(text: str, source: str) -> Credentials:
         raise ConfigError(f"{source}: expected a mapping; {hint}")
     for key in data:
         if key not in KEYS:
-            raise _in_file(source, str(key), f"unknown key (known: {', '.join(KEYS)})")
+            raise config_error(source, [Issue(str(key), f"unknown key (known: {', '.join(KEYS)})")])
     for key in KEYS:
         value = data.get(key)
         if not isinstance(value, str) or not value.strip():
-            raise _in_file(source, key, f"required, a non-empty string ({hint})")
+            raise config_error(source, [Issue(key, f"required, a non-empty string ({hint})")])
     return Credentials(secret_id=data["secret_id"].strip(), secret_key=data["secret_key"].strip())
 
 

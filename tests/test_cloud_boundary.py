@@ -87,6 +87,9 @@ def test_cloud_without_the_extra_names_the_pip_install(tmp_path: Path) -> None:
     r = python(block + "from migrated.cloud.cli import main\n"
                        f"sys.exit(main(['check', '--config', {str(cfg)!r}, '--region', 'ap-guangzhou']))")
     assert r.returncode == 2 and "pip install 'migrated[tencent]'" in r.stderr, r.stderr
+    r = python(block + "from migrated.console.cli import main\n"
+                       f"sys.exit(main(['check-config', '--config', {str(cfg)!r}]))")
+    assert r.returncode == 2 and "pip install 'migrated[tencent]'" in r.stderr, r.stderr  # ExecStartPre catches it
     r = python(block + "from migrated.cloud.provider import PROVIDERS, provider_module\n"
                        "provider_module(PROVIDERS['tencent'])")
     assert r.returncode == 1 and "pip install 'migrated[tencent]'" in r.stderr, r.stderr
@@ -191,3 +194,13 @@ def test_disk_fit_rule(disks: list[DiskSpec], words: str | None) -> None:
 def test_unique_name_keeps_the_limit() -> None:
     assert unique_name("web01", "task-1", 60) == "web01-task-1"
     assert unique_name("x" * 80, "task-abc", 20) == "x" * 11 + "-task-abc"
+
+
+def test_console_check_config_refuses_what_serve_would_refuse_about_the_cloud(tmp_path: Path) -> None:
+    cfg = write_console_config(tmp_path)
+    check = [sys.executable, "-m", "migrated.console.cli", "check-config", "--config", str(cfg)]
+    ok = subprocess.run(check, env=repo_env(), capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "tc.yaml").chmod(0o644)
+    loose = subprocess.run(check, env=repo_env(), capture_output=True, text=True, timeout=120)
+    assert loose.returncode == 2 and "chmod 600" in loose.stderr and "boundary-secret" not in loose.stderr

@@ -2,7 +2,7 @@
 
 :class:`CloudConfig` is the section's model (``migrated.console.config`` puts it under ``cloud``);
 :func:`load_cloud_section` reads only that section of a console config file, for ``migrate-cloud``,
-with the same model and the same ``cloud.<key>: <problem>`` messages as the console.
+with the same model and the same ``FILE: line L, column C: cloud.<key>: <problem>`` messages as the console.
 """
 
 from __future__ import annotations
@@ -10,18 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from migrated.cloud.provider import DEFAULT_PROVIDER, PROVIDERS, traits_for
+from migrated.cloud.provider import DEFAULT_PROVIDER, PROVIDERS, provider_module, traits_for
+from migrated.configload import StrictModel, load_file
 from migrated.credentials import Credentials, credentials_from_env, read_credentials
 from migrated.errors import ConfigError
 
 
-class CloudConfig(BaseModel):
+class CloudConfig(StrictModel):
     """Absent from the config = no cloud calls at all."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     provider: str = DEFAULT_PROVIDER  # a name in migrated.cloud.provider.PROVIDERS
     # YAML with secret_id / secret_key, mode 0600; empty = the provider's variables from the environment
@@ -58,24 +56,22 @@ def cloud_credentials(cfg: CloudConfig, environ: Mapping[str, str] | None = None
     return creds
 
 
+def check_cloud(cfg: CloudConfig) -> None:
+    """What opening the provider would refuse, without calling the cloud (``migrate-console
+    check-config``): its SDK missing (the pip extra named), the credentials unreadable or loose."""
+    provider_module(traits_for(cfg.provider))
+    cloud_credentials(cfg)
+
+
+class _CloudSection(StrictModel):
+    """A console config file seen from the cloud side: its ``cloud:`` key; the others are the console's."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    cloud: CloudConfig | None = None
+
+
 def load_cloud_section(path: str | Path) -> CloudConfig | None:
-    """The ``cloud:`` section of the console config file at ``path`` (None when it has none)."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    if data.get("cloud") is None:
-        return None
-    try:
-        return CloudConfig.model_validate(data["cloud"])
-    except ValidationError as exc:
-        problems = "; ".join(".".join(("cloud", *(str(x) for x in e["loc"]))) + ": "
-                             + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors())
-        raise ConfigError(f"{p}: {problems}") from None
+    """The ``cloud:`` section of the console config file at ``path`` (None when it has none), checked
+    by the console's loader (:mod:`migrated.configload`): the same messages, lines and columns."""
+    return load_file(_CloudSection, path).cloud
