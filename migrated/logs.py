@@ -5,7 +5,13 @@ Formats: ``console`` (readable, for a terminal), ``json`` (one object a line),
 ``journald`` (native journal fields: ``journalctl -o verbose`` shows TASK_ID,
 SOURCE_ID, STAGE, ... as their own fields), and ``auto``: journald when stderr is
 the journal stream systemd gave us (``$JOURNAL_STREAM``), console on a tty, else json.
-Never log a secret: the ``redact`` processor drops keys that look like one.
+Never log a secret: the ``redact`` processor drops keys that look like one, and tracebacks
+are written without local variables (a frame's locals once put every request header,
+``Authorization`` included, into the log).
+
+Records of the standard ``logging`` module (aiohttp's "Error handling request", asyncio's "Task
+exception was never retrieved", warnings) go through the same structlog chain, so with ``json``
+every line a program writes is one JSON object, tracebacks included; uncaught exceptions too.
 """
 
 from __future__ import annotations
@@ -49,7 +55,10 @@ def configure(level: str = "info", fmt: str = "console", stream: Any = None,
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        # plain_traceback: never rich's default (show_locals=True), which logs every frame's variables
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty(),
+                                                 exception_formatter=structlog.dev.plain_traceback)
+    _route_stdlib_logging(lvl, one_line=fmt == "json")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -63,6 +72,39 @@ def configure(level: str = "info", fmt: str = "console", stream: Any = None,
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+class _ToStructlog(logging.Handler):
+    """A ``logging`` handler that hands each record to structlog: one chain, one format for both."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            kw: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                kw["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **kw)
+        except Exception:
+            self.handleError(record)
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    structlog.get_logger("migrated").critical("uncaught exception", exc_info=(kind, value, tb))
+
+
+def _route_stdlib_logging(level: int, *, one_line: bool) -> None:
+    """Send every ``logging`` record (and warnings) through structlog, replacing an earlier call's
+    handler. ``one_line``: uncaught exceptions are logged too, instead of a traceback on stderr."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(h)
+    root.addHandler(_ToStructlog())
+    # WARNING at least, as Python's last-resort handler had it: no aiohttp access or asyncssh info lines
+    root.setLevel(max(level, logging.WARNING))
+    logging.captureWarnings(True)
+    sys.excepthook = _uncaught if one_line else sys.__excepthook__
 
 
 # ---------------------------------------------------------------- journald
@@ -212,6 +254,7 @@ def _configure_journald(level: str, path: str) -> None:
 
         raise UsageError(f"--log-level: unknown level {level!r} (debug, info, warning, error)")
     journal = JournalLogger(path)
+    _route_stdlib_logging(lvl, one_line=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -1,6 +1,6 @@
 """A control server with a small in-memory backend, for the control-socket tests.
 
-``python -m tests.control_helper SOCKET GROUP`` serves until SIGTERM and prints
+``python -m tests.control_helper SOCKET GROUP [LOG_FORMAT]`` serves until SIGTERM and prints
 ``ready`` once the socket is bound. The real daemon is tested end to end elsewhere.
 """
 
@@ -72,5 +72,5 @@ async def serve(path: str, group: str | None) -> None:
 if __name__ == "__main__":
     from migrated import logs
 
-    logs.configure("warning", "console")
+    logs.configure("warning", sys.argv[3] if len(sys.argv) > 3 else "console")  # optional 3rd arg: log format
     asyncio.run(serve(sys.argv[1], None if sys.argv[2] == "-" else sys.argv[2]))

@@ -83,7 +83,7 @@ def test_admin_workflow(served, tmp_path):
     r = run_cli("tasks", "delete", tid, *c)
     assert r.returncode == 2 and "delete is allowed when" in r.stderr
     r = run_cli("sources", "remove", src, *c)
-    assert r.returncode == 3 and "unfinished task" in r.stderr
+    assert r.returncode == 2 and "unfinished task" in r.stderr  # ResourceInUse: USAGE (docs/exit-codes.md)
     r = run_cli("keys", "revoke", agent_key["SecretId"], *c)
     assert r.returncode == 0 and "revoked" in r.stdout
 
@@ -91,7 +91,16 @@ def test_admin_workflow(served, tmp_path):
     r = run_cli("tasks", "create", "--source", src, "--name", "x", "--region", "ap-guangzhou", "--target-type",
                 "image", "--image-name", "img", "--target-ssh", "root@h", "--target-host-key", HOST_KEY,
                 "--schedule", later, *c)
-    assert r.returncode == 3 and "ScheduledStartTime" in r.stderr and "10 minutes" in r.stderr
+    assert r.returncode == 2 and "ScheduledStartTime" in r.stderr and "10 minutes" in r.stderr
+
+    # the exit code follows the console's error code (docs/exit-codes.md): bad arguments are USAGE, not CONNECTION
+    r = run_cli("tasks", "create", "--source", src, "--name", "x", "--region", "ap-guangzhou", "--target-type",
+                "image", "--image-name", "img", "--target-ssh", "root@h", "--target-host-key", "garbage key line", *c)
+    assert r.returncode == 2 and "InvalidParameterValue" in r.stderr and "TargetHostKey" in r.stderr, r.stderr
+    r = run_cli("tasks", "show", "task-nope", *c)
+    assert r.returncode == 2 and "ResourceNotFound.Task" in r.stderr and "task-nope" in r.stderr, r.stderr
+    r = run_cli("tasks", "start", "task-nope", *c)
+    assert r.returncode == 2 and "ResourceNotFound.Task" in r.stderr, r.stderr
 
 
 def test_credentials_from_env_and_refusals(served, tmp_path):

@@ -125,3 +125,119 @@ async def test_chunked_body_over_the_cap(tmp_path):
         async with aiohttp.ClientSession() as s, s.post(c.url + "/", data=chunks(), headers=h) as r:
             reply = json.loads(await r.read())["Response"]
         assert reply["Error"]["Code"] == "RequestSizeLimitExceeded" and "4096" in reply["Error"]["Message"]
+
+
+# ---------------------------------------------------------------- numbers an attacker sends
+
+def _int_fields(model, prefix=""):
+    """(path, a params dict with 2**63 at that path) for every integer field of an action, nested too."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(ann) if a is not type(None)] if union else [ann]
+        for a in args:
+            if a is int:
+                yield f"{prefix}{name}", {name: 2**63}
+            elif typing.get_origin(a) is list and typing.get_args(a):
+                (inner,) = typing.get_args(a)
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    for path, sub in _int_fields(inner, f"{prefix}{name}.0."):
+                        yield path, {name: [sub]}
+
+
+def test_every_integer_parameter_fits_63_bits():
+    from pydantic import ValidationError
+
+    from migrated.console import params as P
+
+    checked = []
+    for action, spec in sorted(ACTIONS.items()):
+        for path, params in _int_fields(spec.model):
+            with pytest.raises(ValidationError) as ei:
+                spec.model.model_validate(params)
+            mine = [e for e in ei.value.errors() if ".".join(map(str, e["loc"])) == path]
+            # a range error (InvalidParameterValue in params.validation_error), not a type error
+            assert mine and mine[0]["type"] in ("value_error", "less_than_equal"), (action, path, ei.value.errors())
+            checked.append(f"{action}.{path}")
+    assert {"DescribeTasks.Offset", "RegisterSource.Disks.0.SizeBytes", "DescribeTaskEvents.AfterEventId",
+            "ReportTaskProgress.Round"} <= set(checked), checked
+    P.DescribeTasks.model_validate({"Offset": P.MAX_INT})  # the largest one is taken
+
+
+PROGRESS = b'{"SourceId": "SRC", "TaskId": "task-x", "State": "transferring", '
+
+
+@pytest.mark.parametrize(("action", "body"), [
+    ("DescribeTasks", b'{"Offset": 9223372036854775808}'),  # 2**63: was InternalError (SQLite OverflowError)
+    ("DescribeTasks", b'{"Offset": 9223372036854775807}'),  # 2**63-1 passes the API; storage must not crash
+    ("DescribeTaskEvents", b'{"TaskId": "task-x", "AfterEventId": 9223372036854775808}'),
+    ("ReportTaskProgress", PROGRESS + b'"RateBps": 1e400}'),  # was stored as infinity, then served as Infinity
+    ("ReportTaskProgress", PROGRESS + b'"RateBps": NaN}'),
+    ("ReportTaskProgress", PROGRESS + b'"EtaSeconds": -Infinity}'),
+    ("RegisterSource", b'{"MachineId": "m-big", "Hostname": "h", "Disks": [{"Name": "/dev/vda", "SizeBytes": '
+                       + b"9" * 4000 + b"}]}"),
+])
+def test_out_of_range_and_non_finite_numbers_are_refused(live, action, body):
+    c, agent_id, agent_key, src = live
+    sid, skey = (c.admin_id, c.admin_key) if ACTIONS[action].role == "admin" else (agent_id, agent_key)
+    reply = post(c.url, c.url.removeprefix("http://"), sid, skey, action, body.replace(b"SRC", src.encode()))
+    if b"9223372036854775807}" in body:
+        assert reply["TaskSet"] == [], reply
+        return
+    assert reply["Error"]["Code"] == "InvalidParameterValue", reply
+
+
+def _strict_json(raw: bytes):
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+    return json.loads(raw, parse_constant=refuse)
+
+
+async def test_a_stored_infinity_is_served_as_null_in_strict_json(tmp_path):
+    from tests.console_support import task_params
+
+    async with running_console(tmp_path) as c:
+        aid, akey = await c.new_key("agent")
+        async with c.client(aid, akey) as a:
+            src = await register(a)
+        tid = (await c.admin_call("CreateTask", task_params(src)))["TaskId"]
+        # what an older console stored when ReportTaskProgress took RateBps 1e400 and 4,000-digit sizes
+        huge = {"Name": "/dev/vda", "BytesTotal": int("9" * 4000), "BytesDone": 1}
+        await c.service.storage.update_task(tid, expect_state="created", now=time.time(), changes={
+            "progress": {"Disks": [huge], "RateBps": float("inf"), "EtaSeconds": float("nan"),
+                         "UpdatedAt": time.time()}})
+        body = json.dumps({"TaskIds": [tid]}).encode()
+        h = tc3.sign_headers(secret_id=c.admin_id, secret_key=c.admin_key, service="migrate",
+                             host=c.url.removeprefix("http://"), action="DescribeTasks", version="2026-11-01",
+                             timestamp=int(time.time()), body=body, nonce="inf")
+        async with aiohttp.ClientSession() as s, s.post(c.url + "/", data=body, headers=h) as r:
+            raw = await r.read()
+        (t,) = _strict_json(raw)["Response"]["TaskSet"]
+        assert t["Progress"]["RateBps"] is None and t["Progress"]["EtaSeconds"] is None, t["Progress"]
+        assert t["Progress"]["Percent"] == 0.0  # 1 of a 4,000-digit total: no OverflowError
+        assert b"Infinity" not in raw and b"NaN" not in raw
+
+
+@pytest.mark.parametrize(("timestamp", "code"), [
+    ("9" * 400, "AuthFailure.SignatureExpire"),  # was InternalError (OverflowError at abs(now - ts))
+    ("9" * 19, "AuthFailure.SignatureExpire"),
+    ("\u00b2", "InvalidParameter"),  # "²".isdigit() is true, int("²") is an error
+    ("\u0661\u0662", "InvalidParameter"),  # Arabic-Indic digits
+])
+def test_absurd_timestamps_are_signature_errors(live, timestamp, code):
+    c = live[0]
+    body = b"{}"
+    h = tc3.sign_headers(secret_id=c.admin_id, secret_key=c.admin_key, service="migrate",
+                         host=c.url.removeprefix("http://"), action="DescribeKeys", version="2026-11-01",
+                         timestamp=int(time.time()), body=body, nonce=str(time.monotonic_ns()))
+    h["X-TC-Timestamp"] = timestamp
+    r = requests.post(c.url + "/", data=body, headers={k: v.encode() for k, v in h.items()}, timeout=30)
+    assert r.status_code == 200
+    err = r.json()["Response"]["Error"]
+    assert err["Code"] == code, err
+    assert len(err["Message"]) < 300, err

@@ -190,3 +190,74 @@ def test_parse_rate() -> None:
     assert ctl.parse_rate("1.5G") == int(1.5 * (1 << 30))
     assert ctl.parse_rate("800KiB/s") == 800 << 10
     assert ctl.parse_rate("unlimited") is None and ctl.parse_rate("0") is None
+
+
+class RoundsBackend(MemoryBackend):
+    async def set_rounds(self, interval: float | None, read_limit_bps: int | None) -> dict:
+        return {"interval_seconds": interval, "read_limit_bps": read_limit_bps}
+
+
+async def test_numbers_and_bodies_a_client_sends_are_bounded(rundir: Path) -> None:
+    """POST /v1/bandwidth took 2**70 (the console caps bandwidth; the daemon now does too), and a deeply
+    nested body was a 500 InternalError: every bad body is a 4xx with a JSON error."""
+    from migrated.control import MAX_BPS
+
+    path = str(rundir / "control.sock")
+    async with ControlServer(path, GROUP, RoundsBackend()), \
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as s:
+        async def call(url: str, data: bytes) -> tuple[int, dict]:
+            async with s.post("http://x" + url, data=data) as r:
+                return r.status, await r.json()
+
+        for body, words in [
+            (json.dumps({"bps": 2**70}).encode(), "bps must be a whole number 0-"),
+            (json.dumps({"bps": MAX_BPS + 1}).encode(), "bps must be"),
+            (b'{"bps": 1e400}', "bps must be"),
+            (b'{"bps": "50M"}', "bps must be"),
+            (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+            (b'{"bps": ' + b"9" * 5000 + b"}", "not JSON"),
+            (b"\xff\xfe{}", "not JSON"),
+            (b"[1]", "must be a JSON object"),
+        ]:
+            code, reply = await call("/v1/bandwidth", body)
+            assert code == 400 and words in reply["error"]["message"], (body[:30], code, reply)
+            assert len(reply["error"]["message"]) < 300
+        code, reply = await call("/v1/bandwidth", json.dumps({"bps": 2**70}).encode())
+        assert reply["error"]["code"] == "OutOfRange" and reply["error"]["exit_code"] == 2
+        code, reply = await call("/v1/bandwidth", b"{" + b" " * (70 * 1024) + b"}")
+        assert code == 413 and reply["error"]["code"] == "UsageError", reply
+        for body in ({"read_limit_bps": 2**70}, {"interval_seconds": float("nan")},
+                     {"interval_seconds": float("inf")}):
+            code, reply = await call("/v1/rounds", json.dumps(body).encode())
+            assert code == 400, (body, reply)
+        code, reply = await call("/v1/bandwidth", json.dumps({"bps": MAX_BPS}).encode())
+        assert code == 200 and reply["bandwidth_bps"] == MAX_BPS
+        code, reply = await call("/v1/rounds", json.dumps({"read_limit_bps": MAX_BPS}).encode())
+        assert code == 200 and reply["read_limit_bps"] == MAX_BPS
+
+
+def test_with_json_logs_every_line_the_server_writes_is_one_json_object(rundir: Path) -> None:
+    """Bad HTTP on the control socket made aiohttp write multi-line tracebacks into a --log-format json log."""
+    import signal
+
+    path = str(rundir / "control.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.control_helper", path, GROUP, "json"], cwd=REPO,
+                            env=repo_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for raw in (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                    b"GET /v1/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                    b"\x00\x01\x02 garbage\r\n\r\n"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.settimeout(30)
+                c.connect(path)
+                c.sendall(raw)
+                assert c.recv(4096).startswith(b"HTTP/1.")  # answered 400: the record is logged by then
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    lines = err.splitlines()
+    assert lines, "aiohttp logs a bad request (Error handling request)"
+    records = [json.loads(line) for line in lines]  # every line is JSON ...
+    assert all(isinstance(r, dict) for r in records), lines  # ... and an object
+    assert any(r.get("logger") == "aiohttp.server" and "Traceback" in r.get("exception", "") for r in records), lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from yarl import URL
 
 from tests.console_proc import ConsoleProcess, run_cli, write_config
-from tests.console_support import HOST_KEY, Console, register, running_console
+from tests.console_support import HOST_KEY, Console, register, running_console, task_params
 
 REPO = Path(__file__).resolve().parent.parent
 WEB = REPO / "migrated" / "console" / "web"
@@ -313,3 +314,37 @@ async def test_cutover_button_only_while_syncing(console: Console) -> None:
         assert [c["Action"] for c in polled["Commands"]][-1] == "cutover"
     finally:
         await agent.close()
+
+
+async def test_what_an_agent_reported_cannot_break_the_pages(console: Console) -> None:
+    """RegisterSource once took a disk SizeBytes of 4,000 digits, and from then on /ui/sources and the
+    new-task page answered 500 for everyone (OverflowError in format_bytes). The API now refuses it
+    (63 bits); a size stored before that, and a progress of NaN / infinity, still render."""
+    from migrated.console.storage import DiskInfo
+    from migrated.errors import ConsoleError
+
+    aid, akey = await console.new_key("agent")
+    async with console.client(aid, akey) as agent:
+        with pytest.raises(ConsoleError) as ei:
+            await agent.call("RegisterSource", {"MachineId": "m-huge", "Hostname": "huge", "Disks": [
+                {"Name": "/dev/vda", "SizeBytes": int("9" * 4000), "IsSystem": True}]})
+        assert ei.value.code == "InvalidParameterValue" and "Disks.0.SizeBytes" in ei.value.message
+    storage = console.service.storage
+    src, _ = await storage.register_source(
+        machine_id="m-old", hostname="old", os_name="", agent_version="", registered_by=aid, now=time.time(),
+        disks=(DiskInfo("/dev/vda", int("9" * 4000), ("/",), True), DiskInfo("/dev/vdb", 2**63 - 1, (), False)))
+    await storage.record_heartbeat(src.source_id, "", time.time())
+    tid = (await console.admin_call("CreateTask", task_params(src.source_id)))["TaskId"]
+    await storage.update_task(tid, expect_state="created", now=time.time(), changes={"state": "transferring",
+        "progress": {"Disks": [{"Name": "/dev/vda", "BytesTotal": int("9" * 4000), "BytesDone": 1}],
+                     "RateBps": float("inf"), "EtaSeconds": float("nan"), "LagSeconds": float("inf"),
+                     "Round": 3, "ForecastSeconds": float("nan"), "DowntimeSeconds": float("inf"),
+                     "UpdatedAt": time.time()}})
+    async with http() as s:
+        await login(s, console.url, console.admin_id, console.admin_key)
+        for path in ("/ui/sources", "/ui/api/sources", f"/ui/sources/{src.source_id}/new-task", "/ui/tasks",
+                     "/ui/api/tasks", f"/ui/tasks/{tid}", f"/ui/api/tasks/{tid}"):
+            async with s.get(f"{console.url}{path}") as r:
+                assert r.status == 200, (path, r.status, (await r.text())[:500])
+                if "/api/" in path:  # strict JSON: no NaN / Infinity
+                    json.loads(await r.text(), parse_constant=lambda c, p=path: pytest.fail(f"{p}: {c}"))

@@ -5,7 +5,9 @@ app by whoever builds it: ``build_app`` returns a plain ``web.Application`` and 
 
 Every API reply is HTTP 200 with ``Content-Type: application/json`` exactly (the
 Tencent SDK only looks for an error body then): ``{"Response": {..., "RequestId"}}``
-or ``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``. No request can
+or ``{"Response": {"Error": {"Code", "Message"}, "RequestId"}}``, always strict JSON (no NaN
+or Infinity). Errors become replies in one place, :func:`error_reply`: a
+:class:`~migrated.errors.MigratedError` answers with its class's API code. No request can
 produce a 500: anything unexpected is logged and answered ``InternalError``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,9 +33,20 @@ from migrated.console import params as P
 from migrated.console.auth import Verifier
 from migrated.console.config import API_VERSION, ConsoleConfig
 from migrated.console.scheduler import Scheduler
-from migrated.console.service import ApiError, ConsoleService, Principal
+from migrated.console.service import ConsoleService, Principal
 from migrated.console.storage import Storage, create_storage
 from migrated.console.web import setup_web
+from migrated.errors import (
+    InvalidAction,
+    InvalidParameter,
+    InvalidParameterValue,
+    MigratedError,
+    MissingParameter,
+    NoSuchVersion,
+    RequestTooLarge,
+    UnauthorizedOperation,
+    UnknownParameter,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -158,18 +172,49 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by None (JSON has no spelling for them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _reply(payload: dict[str, Any]) -> web.Response:
-    return web.Response(body=json.dumps({"Response": payload}).encode(), headers={"Content-Type": "application/json"})
+    """Strict JSON only: a non-finite number (one stored before the API refused them) is served as null."""
+    try:
+        body = json.dumps({"Response": payload}, allow_nan=False)
+    except ValueError:
+        body = json.dumps({"Response": _finite(payload)}, allow_nan=False)
+    return web.Response(body=body.encode(), headers={"Content-Type": "application/json"})
 
 
-def _error(code: str, message: str, rid: str) -> web.Response:
-    return _reply({"Error": {"Code": code, "Message": message}, "RequestId": rid})
+# pydantic's problem (params.validation_error) -> the class that answers it
+_PARAM_ERRORS: dict[str, type[MigratedError]] = {
+    "MissingParameter": MissingParameter,
+    "UnknownParameter": UnknownParameter,
+    "InvalidParameter": InvalidParameter,
+    "InvalidParameterValue": InvalidParameterValue,
+}
+
+
+def error_reply(exc: BaseException, rid: str) -> tuple[str, web.Response]:
+    """The one place an error becomes an API reply: (code, response). A :class:`MigratedError` answers
+    with its own API code and message; anything else is a bug, answered ``InternalError`` with the
+    request ID to find in the log (the caller logs it) and nothing of the exception itself."""
+    if isinstance(exc, MigratedError):
+        code, message = exc.api_code, exc.message
+    else:
+        code, message = "InternalError", f"internal error; the console log has request {rid}"
+    return code, _reply({"Error": {"Code": code, "Message": message}, "RequestId": rid})
 
 
 async def _read_body(request: web.Request, cap: int) -> bytes:
     if request.content_length is not None and request.content_length > cap:
-        raise ApiError("RequestSizeLimitExceeded", f"the request body is {request.content_length} bytes; "
-                                                   f"the limit is {cap}")
+        raise RequestTooLarge(f"the request body is {request.content_length} bytes; the limit is {cap}")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -178,7 +223,7 @@ async def _read_body(request: web.Request, cap: int) -> bytes:
             break
         size += len(chunk)
         if size > cap:
-            raise ApiError("RequestSizeLimitExceeded", f"the request body is over the limit of {cap} bytes")
+            raise RequestTooLarge(f"the request body is over the limit of {cap} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -199,41 +244,38 @@ async def api_handler(request: web.Request) -> web.Response:
                                     headers=headers, body=body, now=time.time())
         spec = ACTIONS.get(action)
         if spec is None:
-            raise ApiError("InvalidAction", f"no action {action!r}; see docs/console-api.md")
+            raise InvalidAction(f"no action {action!r}; see docs/console-api.md")
         version = request.headers.get("X-TC-Version", "")
         if version != API_VERSION:
-            raise ApiError("NoSuchVersion", f"X-TC-Version {version!r} is not supported; use {API_VERSION}")
+            raise NoSuchVersion(f"X-TC-Version {version!r} is not supported; use {API_VERSION}")
         if key.role != spec.role:
-            raise ApiError("AuthFailure.UnauthorizedOperation",
-                           f"{action} needs an {spec.role} key; this is an {key.role} key")
+            raise UnauthorizedOperation(f"{action} needs an {spec.role} key; this is an {key.role} key")
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
-            raise ApiError("InvalidParameter", f"Content-Type must be application/json, not {ctype!r}")
+            raise InvalidParameter(f"Content-Type must be application/json, not {ctype!r}")
         try:
             data = json.loads(body or b"{}")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError("InvalidParameter", f"the body is not valid JSON: {exc}") from None
+            raise InvalidParameter(f"the body is not valid JSON: {exc}") from None
         except RecursionError:
-            raise ApiError("InvalidParameter", "the body is nested too deeply") from None
+            raise InvalidParameter("the body is nested too deeply") from None
         if not isinstance(data, dict):
-            raise ApiError("InvalidParameter", "the body must be a JSON object of parameters")
+            raise InvalidParameter("the body must be a JSON object of parameters")
         try:
             params = spec.model.model_validate(data)
         except ValidationError as exc:
             c, m = P.validation_error(exc)
-            raise ApiError(c, m) from None
+            raise _PARAM_ERRORS.get(c, InvalidParameterValue)(m) from None
         result = await spec.handler(svc, Principal(key), params)
         result["RequestId"] = rid
         return _reply(result)
-    except ApiError as exc:
-        code = exc.code
-        if code.startswith("AuthFailure"):
+    except Exception as exc:
+        code, reply = error_reply(exc, rid)
+        if not isinstance(exc, MigratedError) or (code == "InternalError"):  # a bug: the log has the stack
+            log.exception("request failed", action=action, request_id=rid)
+        elif code.startswith("AuthFailure"):
             log.info("request refused", action=action, code=code, remote=request.remote)
-        return _error(exc.code, exc.message, rid)
-    except Exception:
-        code = "InternalError"
-        log.exception("request failed", action=action, request_id=rid)
-        return _error("InternalError", f"internal error; the console log has request {rid}", rid)
+        return reply
     finally:
         metrics.requests.labels(label, code).inc()
         metrics.latency.labels(label).observe(time.monotonic() - t0)

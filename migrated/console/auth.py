@@ -1,4 +1,5 @@
-"""Server-side TC3-HMAC-SHA256 verification: headers -> the key that signed, or an ApiError.
+"""Server-side TC3-HMAC-SHA256 verification: headers -> the key that signed, or a
+:class:`~migrated.errors.MigratedError` whose API code is below.
 
 Checks, in order, each with its Tencent-style code:
 
@@ -32,8 +33,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Awaitable, Callable, Mapping
 
-from migrated.console.service import ApiError
 from migrated.console.storage import KeyRecord
+from migrated.errors import AuthError, InvalidParameter, MissingParameter, SignatureExpire
 from migrated.model import tc3
 
 
@@ -76,47 +77,48 @@ class Verifier:
         """``headers``: lower-case names -> values. Returns the active key that signed the request."""
         for name in ("x-tc-action", "x-tc-version", "x-tc-timestamp"):
             if not headers.get(name):
-                raise ApiError("MissingParameter", f"missing header {_title(name)}")
+                raise MissingParameter(f"missing header {_title(name)}")
         raw_ts = headers["x-tc-timestamp"].strip()
-        if not raw_ts.isdigit():
-            raise ApiError("InvalidParameter", "header X-TC-Timestamp must be a unix time in whole seconds")
+        if not (raw_ts.isascii() and raw_ts.isdigit()):  # isdigit alone takes "²", which int() refuses
+            raise InvalidParameter("header X-TC-Timestamp must be a unix time in whole seconds")
         ts = int(raw_ts)
         auth_value = headers.get("authorization")
         if not auth_value:
-            raise ApiError("AuthFailure.InvalidAuthorization", "missing header Authorization (TC3-HMAC-SHA256)")
+            raise AuthError("missing header Authorization (TC3-HMAC-SHA256)", detail="InvalidAuthorization")
         try:
             auth = tc3.parse_authorization(auth_value)
         except tc3.MalformedAuthorization as exc:
-            raise ApiError("AuthFailure.InvalidAuthorization", str(exc)) from None
+            raise AuthError(str(exc), detail="InvalidAuthorization") from None
         for name in auth.signed_headers:
             if name not in headers:
-                raise ApiError("AuthFailure.InvalidAuthorization", f"signed header {name} is not in the request")
+                raise AuthError(f"signed header {name} is not in the request", detail="InvalidAuthorization")
         if self.require_signed_action and "x-tc-action" not in auth.signed_headers:
-            raise ApiError("AuthFailure.InvalidAuthorization",
-                           "this console requires X-TC-Action among the SignedHeaders (api.require_signed_action)")
+            raise AuthError("this console requires X-TC-Action among the SignedHeaders (api.require_signed_action)",
+                            detail="InvalidAuthorization")
         if auth.service != self.service:
-            raise ApiError("AuthFailure.InvalidAuthorization",
-                           f"the credential scope names service {auth.service!r}; this console is {self.service!r}")
-        if abs(now - ts) > self.window:
-            raise ApiError("AuthFailure.SignatureExpire",
-                           f"X-TC-Timestamp {ts} is {int(now - ts)} s from the server time {int(now)}; "
-                           f"allowed ±{self.window} s (check the client's clock)")
+            raise AuthError(f"the credential scope names service {auth.service!r}; this console is {self.service!r}",
+                            detail="InvalidAuthorization")
+        # 19 digits and more is past the year 10**10 (and beyond a float: now - ts would overflow)
+        if len(raw_ts) > 18 or abs(now - ts) > self.window:
+            shown, skew = (raw_ts, f"{int(now - ts)}") if len(raw_ts) <= 18 else (f"{raw_ts[:18]}...", "far")
+            raise SignatureExpire(f"X-TC-Timestamp {shown} is {skew} s from the server time {int(now)}; "
+                                  f"allowed ±{self.window} s (check the client's clock)")
         key = await self.get_key(auth.secret_id)
         if key is None or not key.active:
-            raise ApiError("AuthFailure.SecretIdNotFound", "the SecretId does not exist or was revoked")
+            raise AuthError("the SecretId does not exist or was revoked", detail="SecretIdNotFound")
         expected = tc3.signature(
             key.secret_key, timestamp=raw_ts, date=auth.date, service=auth.service, method=method, path=path,
             query=query, headers=headers, signed_headers=auth.signed_headers, body=body,
         )
         if not tc3.signatures_equal(expected, auth.signature) or auth.date != tc3.utc_date(ts):
-            raise ApiError("AuthFailure.SignatureFailure",
-                           "the signature does not match (wrong SecretKey, or the request changed after signing)")
+            raise AuthError("the signature does not match (wrong SecretKey, or the request changed after signing)",
+                            detail="SignatureFailure")
         action = headers["x-tc-action"]
         replay_key = f"{action}|{headers['x-tc-version']}|{auth.signature}"
         checked = "x-tc-nonce" in auth.signed_headers or action not in self.repeatable
         if checked and not self.replays.check_and_add(replay_key, ts + self.window + 1, now):
-            raise ApiError("AuthFailure.ReplayedRequest",
-                           "this signed request was already received; sign every request anew")
+            raise AuthError("this signed request was already received; sign every request anew",
+                            detail="ReplayedRequest")
         return key
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from migrated.cli.options import add_common_options, add_log_options, configure_logging
-from migrated.errors import ConfigError, ConsoleError, MigratedError, StateError, UsageError
+from migrated.errors import ConfigError, ConsoleError, MigratedError, UsageError
 from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
@@ -99,12 +99,8 @@ async def _call(args: argparse.Namespace, action: str, params: dict[str, Any]) -
 
     endpoint, sid, skey = resolve_credentials(args)
     async with ConsoleClient(endpoint, sid, skey, timeout=args.timeout) as c:
-        try:
-            return await c.call(action, params)
-        except ConsoleError as exc:
-            if exc.code == "FailedOperation.ActionDenied":
-                raise StateError(exc.message) from None
-            raise
+        # a refusal is a ConsoleError whose exit code follows its code (migrated.errors.exit_code_for)
+        return await c.call(action, params)
 
 
 def call(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Request parameters of every console API action, as strict pydantic models.
 
 Strict: a string is not a number, a number is not a bool; unknown parameters are
-refused (``UnknownParameter``) like Tencent Cloud does. :func:`validation_error`
+refused (``UnknownParameter``) like Tencent Cloud does. Every integer fits 63 bits and
+every float is finite (``InvalidParameterValue`` otherwise), so what is stored can be served
+as JSON and rendered. :func:`validation_error`
 turns pydantic's errors into the Tencent-style code and a message that names the
 parameter path (``Disks.0.SizeBytes``). The web UI builds the same models.
 """
@@ -48,8 +50,22 @@ def _one_line(v: str) -> str:
 HookCommand = Annotated[str, Field(min_length=1, max_length=MAX_HOOK_CHARS), AfterValidator(_one_line)]
 
 
+# every integer the API takes fits 63 bits (SQLite's INTEGER, and what every renderer can format)
+MAX_INT = 2**63 - 1
+
+
 class _P(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan: JSON has no NaN/Infinity, so a stored one would break every strict client's reply
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int63(cls, v: object) -> object:
+        """Every integer parameter of every action (nested ones and lists of them too) fits 63 bits."""
+        for x in v if isinstance(v, list) else (v,):
+            if isinstance(x, int) and not isinstance(x, bool) and not -MAX_INT <= x <= MAX_INT:
+                raise ValueError(f"must be at most {MAX_INT}" if x > 0 else f"must be at least {-MAX_INT}")
+        return v
 
 
 # ---------------------------------------------------------------- agent actions

@@ -5,7 +5,8 @@ scheduler, and by the web UI; all of them get the same refusals with the same
 words. It holds no state of its own beyond the long-polls it is serving: every
 fact lives in :class:`~migrated.console.storage.Storage`.
 
-Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
+Errors are the classes of :mod:`migrated.errors`; each carries its API code (``app.py``
+``error_reply`` answers with it). Codes used here:
 
 ==========================================  ==============================================
 ``AuthFailure.UnauthorizedOperation``       the key's role, or the source is not the key's
@@ -19,6 +20,7 @@ Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
 ``FailedOperation.SourceOffline``           start/retry while the source is offline
 ``FailedOperation.LastAdminKey``            revoking the last active admin key
 ``FailedOperation.MachineOwnedByOtherKey``  RegisterSource of a machine another live key owns
+``FailedOperation.NotContinuous``           ModifyTaskRounds of a task without rounds
 ``InvalidParameterValue``                   a value that parses but is not acceptable
 ``InvalidParameter.TargetInstance``         (cloud on) TargetInstanceId names no instance in
                                             the task's Region
@@ -26,6 +28,7 @@ Errors are :class:`ApiError` with a Tencent-style code. Codes used here:
                                             Windows, or its disks are too small
 ``FailedOperation.CloudApi``                (cloud on) Tencent Cloud refused a call; the
                                             message has Tencent's code and RequestId
+``InternalError.Busy``                      the task kept changing under five attempts
 ==========================================  ==============================================
 
 With a ``cloud:`` config section (docs/cloud.md) the service also talks to a cloud through the
@@ -62,7 +65,23 @@ from migrated.console.storage import (
     TaskRecord,
     new_id,
 )
-from migrated.errors import CloudError, TargetError
+from migrated.errors import (
+    Busy,
+    CloudError,
+    IllegalStateTransition,
+    InvalidParameter,
+    InvalidParameterValue,
+    MigratedError,
+    MissingParameter,
+    Refused,
+    ResourceInUse,
+    ResourceNotFound,
+    SourceOffline,
+    StateError,
+    TargetError,
+    TargetInstanceUnusable,
+    UnauthorizedOperation,
+)
 from migrated.model.states import (
     AGENT_HOLDS,
     AGENT_KEEPS,
@@ -78,6 +97,7 @@ from migrated.model.states import (
     transition,
     values,
 )
+from migrated.model.status import percent_done
 
 log = structlog.get_logger(__name__)
 
@@ -100,15 +120,6 @@ def consistent_finish(t: TaskRecord) -> bool:
     its cutover options live in ``t.continuous`` too, with ``ConsistentFinish: true``."""
     return bool(t.continuous and t.continuous.get("ConsistentFinish"))
 
-class ApiError(Exception):
-    """An error the API answers with ``{"Error": {"Code", "Message"}}``. Messages hold no secrets."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
 def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -118,7 +129,7 @@ def parse_time(value: str, name: str) -> float:
     try:
         dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError("InvalidParameterValue", f"parameter {name}: not an ISO 8601 time: {value!r}") from None
+        raise InvalidParameterValue(f"parameter {name}: not an ISO 8601 time: {value!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
@@ -226,7 +237,7 @@ class ConsoleService:
                 "Disks": disks,
                 "BytesTotal": total,
                 "BytesDone": done,
-                "Percent": round(100.0 * done / total, 2) if total else 0.0,
+                "Percent": percent_done(done, total),
                 "RateBps": p.get("RateBps", 0.0),
                 "EtaSeconds": p.get("EtaSeconds"),
                 "LagSeconds": p.get("LagSeconds"),
@@ -265,23 +276,23 @@ class ConsoleService:
     async def _own_source(self, caller: Principal, source_id: str) -> SourceRecord:
         s = await self.storage.get_source(source_id)
         if s is None:
-            raise ApiError("ResourceNotFound.Source", f"source {source_id} does not exist; register again")
+            raise ResourceNotFound(f"source {source_id} does not exist; register again", detail="Source")
         if s.registered_by != caller.secret_id:
-            raise ApiError("AuthFailure.UnauthorizedOperation",
-                           f"source {source_id} was registered with another key; this key cannot act on it")
+            raise UnauthorizedOperation(
+                f"source {source_id} was registered with another key; this key cannot act on it")
         return s
 
     async def _task(self, task_id: str) -> TaskRecord:
         t = await self.storage.get_task(task_id)
         if t is None:
-            raise ApiError("ResourceNotFound.Task", f"task {task_id} does not exist")
+            raise ResourceNotFound(f"task {task_id} does not exist", detail="Task")
         return t
 
     async def _own_task(self, caller: Principal, source_id: str, task_id: str) -> TaskRecord:
         await self._own_source(caller, source_id)
         t = await self.storage.get_task(task_id)
         if t is None or t.source_id != source_id:
-            raise ApiError("ResourceNotFound.Task", f"task {task_id} does not exist on source {source_id}")
+            raise ResourceNotFound(f"task {task_id} does not exist on source {source_id}", detail="Task")
         return t
 
     # ------------------------------------------------------------ agent actions
@@ -290,14 +301,14 @@ class ConsoleService:
         disks = tuple(DiskInfo(d.Name, d.SizeBytes, tuple(d.MountPoints), d.IsSystem) for d in p.Disks)
         names = [d.name for d in disks]
         if len(set(names)) != len(names):
-            raise ApiError("InvalidParameterValue", "parameter Disks: disk names must be unique")
+            raise InvalidParameterValue("parameter Disks: disk names must be unique")
         try:
             s, created = await self.storage.register_source(
                 machine_id=p.MachineId, hostname=p.Hostname, os_name=p.OsName, agent_version=p.AgentVersion,
                 disks=disks, registered_by=caller.secret_id, now=self.clock(),
             )
         except StorageConflict as exc:
-            raise ApiError("FailedOperation.MachineOwnedByOtherKey", str(exc)) from None
+            raise Refused(str(exc), detail="MachineOwnedByOtherKey") from None
         log.info("source registered" if created else "source re-registered", source_id=s.source_id,
                  hostname=s.hostname)
         return {"SourceId": s.source_id, "HeartbeatIntervalSeconds": self.config.agents.heartbeat_interval_seconds}
@@ -346,7 +357,7 @@ class ConsoleService:
         await self._own_source(caller, p.SourceId)
         rec, first = await self.storage.ack_command(p.SourceId, p.CommandId, p.Result, p.Message, self.clock())
         if rec is None:
-            raise ApiError("ResourceNotFound.Command", f"command {p.CommandId} does not exist on source {p.SourceId}")
+            raise ResourceNotFound(f"command {p.CommandId} does not exist on source {p.SourceId}", detail="Command")
         if first and p.Result == "error":
             await self.storage.add_event(rec.task_id, rec.source_id, "error", "",
                                          f"command {rec.action} failed on the agent: {p.Message}", self.clock())
@@ -362,7 +373,7 @@ class ConsoleService:
                 try:
                     why = transition(old, new)
                 except IllegalTransition as exc:
-                    raise ApiError("FailedOperation.IllegalStateTransition", f"task {t.task_id}: {exc}") from None
+                    raise IllegalStateTransition(f"task {t.task_id}: {exc}") from None
                 text = f"{old.value} -> {new.value}: {why}" + (f" ({p.Message})" if p.Message else "")
                 event = ("error" if new == TaskState.FAILED else "info", p.Stage, text)
             progress = {
@@ -392,7 +403,7 @@ class ConsoleService:
             if make_image:
                 self._start_image_job(t.task_id)
             return {"TaskId": t.task_id, "State": t.state}
-        raise ApiError("InternalError.Busy", "the task keeps changing; report again")
+        raise Busy("the task keeps changing; report again")
 
     async def report_task_event(self, caller: Principal, p: P.ReportTaskEvent) -> dict[str, Any]:
         t = await self._own_task(caller, p.SourceId, p.TaskId)
@@ -419,12 +430,12 @@ class ConsoleService:
     async def revoke_key(self, caller: Principal, p: P.RevokeKey) -> dict[str, Any]:
         k = await self.storage.get_key(p.SecretId)
         if k is None:
-            raise ApiError("ResourceNotFound.Key", f"key {p.SecretId} does not exist")
+            raise ResourceNotFound(f"key {p.SecretId} does not exist", detail="Key")
         if k.active and k.role == "admin":
             admins = [x for x in await self.storage.list_keys() if x.active and x.role == "admin"]
             if len(admins) <= 1:
-                raise ApiError("FailedOperation.LastAdminKey",
-                               "this is the last active admin key; create another admin key first")
+                raise Refused("this is the last active admin key; create another admin key first",
+                              detail="LastAdminKey")
         k = await self.storage.revoke_key(p.SecretId, self.clock())
         assert k is not None
         log.info("key revoked", key_id=k.secret_id, by=caller.secret_id)
@@ -450,12 +461,11 @@ class ConsoleService:
     async def remove_source(self, caller: Principal, p: P.RemoveSource) -> dict[str, Any]:
         s = await self.storage.get_source(p.SourceId)
         if s is None:
-            raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
+            raise ResourceNotFound(f"source {p.SourceId} does not exist", detail="Source")
         tasks, _ = await self.storage.list_tasks(source_id=s.source_id, states=UNFINISHED_STATES, limit=1)
         if tasks:
-            raise ApiError("ResourceInUse.Source",
-                           f"source {s.source_id} has unfinished task {tasks[0].task_id} ({tasks[0].state}); "
-                           "delete it first")
+            raise ResourceInUse(f"source {s.source_id} has unfinished task {tasks[0].task_id} ({tasks[0].state}); "
+                                "delete it first", detail="Source")
         await self.storage.remove_source(s.source_id)
         log.info("source removed", source_id=s.source_id, by=caller.secret_id)
         return {"SourceId": s.source_id}
@@ -465,39 +475,38 @@ class ConsoleService:
     async def create_task(self, caller: Principal, p: P.CreateTask) -> dict[str, Any]:
         s = await self.storage.get_source(p.SourceId)
         if s is None:
-            raise ApiError("ResourceNotFound.Source", f"source {p.SourceId} does not exist")
+            raise ResourceNotFound(f"source {p.SourceId} does not exist", detail="Source")
         if p.TargetType == "image" and not p.ImageName:
-            raise ApiError("MissingParameter", "missing parameter ImageName (required when TargetType is image)")
+            raise MissingParameter("missing parameter ImageName (required when TargetType is image)")
         if p.TargetType == "instance" and not p.TargetInstanceId:
-            raise ApiError("MissingParameter",
-                           "missing parameter TargetInstanceId (required when TargetType is instance)")
+            raise MissingParameter("missing parameter TargetInstanceId (required when TargetType is instance)")
         now = self.clock()
         scheduled_at = None
         if p.ScheduledStartTime:
             scheduled_at = parse_time(p.ScheduledStartTime, "ScheduledStartTime")
             lead = self.config.scheduler.min_lead_seconds
             if scheduled_at < now + lead:
-                raise ApiError("InvalidParameterValue",
-                               f"parameter ScheduledStartTime: must be at least {lead / 60:g} minutes from now "
-                               f"(server time {iso(now)})")
+                raise InvalidParameterValue(
+                    f"parameter ScheduledStartTime: must be at least {lead / 60:g} minutes from now "
+                    f"(server time {iso(now)})")
         disk_names = {d.name for d in s.disks}
         if p.DiskMapping is not None:
             mapping = tuple((m.Source, m.Target) for m in p.DiskMapping)
             for i, (src, _) in enumerate(mapping):
                 if src not in disk_names:
-                    raise ApiError("InvalidParameterValue",
-                                   f"parameter DiskMapping.{i}.Source: source {s.source_id} has no disk {src!r} "
-                                   f"(it has {', '.join(sorted(disk_names)) or 'none'})")
+                    raise InvalidParameterValue(
+                        f"parameter DiskMapping.{i}.Source: source {s.source_id} has no disk {src!r} "
+                        f"(it has {', '.join(sorted(disk_names)) or 'none'})")
             if len({a for a, _ in mapping}) != len(mapping) or len({b for _, b in mapping}) != len(mapping):
-                raise ApiError("InvalidParameterValue", "parameter DiskMapping: each disk may appear once per side")
+                raise InvalidParameterValue("parameter DiskMapping: each disk may appear once per side")
             if not mapping:
-                raise ApiError("InvalidParameterValue", "parameter DiskMapping: map at least one disk")
+                raise InvalidParameterValue("parameter DiskMapping: map at least one disk")
         else:
             chosen = [d for d in s.disks if d.is_system or d.mount_points] or list(s.disks)
             mapping = tuple((d.name, d.name) for d in chosen)
             if not mapping:
-                raise ApiError("InvalidParameterValue",
-                               f"parameter DiskMapping: source {s.source_id} reported no disks; give DiskMapping")
+                raise InvalidParameterValue(
+                    f"parameter DiskMapping: source {s.source_id} reported no disks; give DiskMapping")
         task_id = new_id("task-")
         state = TaskState.SCHEDULED if scheduled_at is not None else TaskState.CREATED
         image_name = p.ImageName if p.TargetType == "image" else ""
@@ -525,7 +534,7 @@ class ConsoleService:
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
         except StorageConflict as exc:
-            raise ApiError("ResourceInUse.Source", str(exc)) from None
+            raise ResourceInUse(str(exc), detail="Source") from None
         await self.storage.add_event(task_id, s.source_id, "info", "", f"task created ({state.value})", now)
         for w in warnings:
             await self.storage.add_event(task_id, s.source_id, "warning", "check", w, now)
@@ -546,15 +555,14 @@ class ConsoleService:
             try:
                 check_action(action, state)
             except ActionDenied as exc:
-                raise ApiError("FailedOperation.ActionDenied", f"task {task_id}: {exc}") from None
+                raise StateError(f"task {task_id}: {exc}") from None
             changes: dict[str, Any] = {}
             command: NewCommand | None = None
             if action in (Action.START, Action.RETRY):
                 if by != "scheduler":
                     s = await self.storage.get_source(t.source_id)
                     if s is None or not self.is_online(s):
-                        raise ApiError("FailedOperation.SourceOffline",
-                                       f"source {t.source_id} is offline; start the agent on it and try again")
+                        raise SourceOffline(f"source {t.source_id} is offline; start the agent on it and try again")
                 new = TaskState.STARTING
                 command = NewCommand(CMD_RETRY if action == Action.RETRY else CMD_START)
             elif action == Action.PAUSE:
@@ -580,7 +588,7 @@ class ConsoleService:
                 continue
             log.info("task action", task_id=task_id, action=action.value, by=by, state=t.state)
             return {"TaskId": t.task_id, "State": t.state, "CommandId": cmd.command_id if cmd else None}
-        raise ApiError("InternalError.Busy", f"task {task_id} keeps changing; try again")
+        raise Busy(f"task {task_id} keeps changing; try again")
 
     async def start_task(self, caller: Principal, p: P.StartTask) -> dict[str, Any]:
         return await self._act(p.TaskId, Action.START, by=caller.key.name or caller.secret_id)
@@ -605,7 +613,7 @@ class ConsoleService:
             return None
         try:
             return await self._act(task_id, Action.START, by="scheduler")
-        except ApiError:
+        except MigratedError:
             return None
 
     async def modify_task_bandwidth(self, caller: Principal, p: P.ModifyTaskBandwidth) -> dict[str, Any]:
@@ -613,9 +621,8 @@ class ConsoleService:
             t = await self._task(p.TaskId)
             state = TaskState(t.state)
             if state.finished:
-                raise ApiError("FailedOperation.ActionDenied",
-                               f"task {t.task_id}: cannot change the bandwidth of a task that is {state.value}; "
-                               "allowed while it is not success or deleted")
+                raise StateError(f"task {t.task_id}: cannot change the bandwidth of a task that is {state.value}; "
+                                 "allowed while it is not success or deleted")
             command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
                        if state in AGENT_HOLDS else None)
             event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
@@ -627,7 +634,7 @@ class ConsoleService:
                 continue
             return {"TaskId": t.task_id, "BandwidthLimitKBps": t.bandwidth_limit_kbps,
                     "CommandId": cmd.command_id if cmd else None}
-        raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
+        raise Busy(f"task {p.TaskId} keeps changing; try again")
 
     async def modify_task_rounds(self, caller: Principal, p: P.ModifyTaskRounds) -> dict[str, Any]:
         """A continuous task's round interval and/or source read limit: stored (a restart and a retry
@@ -636,13 +643,12 @@ class ConsoleService:
             t = await self._task(p.TaskId)
             state = TaskState(t.state)
             if not is_continuous(t):
-                raise ApiError("FailedOperation.NotContinuous",
-                               f"task {t.task_id} is not a continuous task (created without ContinuousSync): the "
-                               "round interval and the source read limit apply only to continuous tasks")
+                raise Refused(f"task {t.task_id} is not a continuous task (created without ContinuousSync): the "
+                              "round interval and the source read limit apply only to continuous tasks",
+                              detail="NotContinuous")
             if state.finished:
-                raise ApiError("FailedOperation.ActionDenied",
-                               f"task {t.task_id}: cannot change the rounds of a task that is {state.value}; "
-                               "allowed while it is not success or deleted")
+                raise StateError(f"task {t.task_id}: cannot change the rounds of a task that is {state.value}; "
+                                 "allowed while it is not success or deleted")
             change = {k: v for k, v in (("RoundIntervalSeconds", p.RoundIntervalSeconds),
                                         ("ReadLimitKBps", p.ReadLimitKBps)) if v is not None}
             command = (NewCommand(CMD_SET_ROUNDS, change)
@@ -659,7 +665,7 @@ class ConsoleService:
             c = t.continuous or {}
             return {"TaskId": t.task_id, "RoundIntervalSeconds": c.get("RoundIntervalSeconds"),
                     "ReadLimitKBps": c.get("ReadLimitKBps"), "CommandId": cmd.command_id if cmd else None}
-        raise ApiError("InternalError.Busy", f"task {p.TaskId} keeps changing; try again")
+        raise Busy(f"task {p.TaskId} keeps changing; try again")
 
     async def describe_task_events(self, caller: Principal, p: P.DescribeTaskEvents) -> dict[str, Any]:
         await self._task(p.TaskId)
@@ -680,9 +686,10 @@ class ConsoleService:
                 try:
                     info = await self.cloud.validate_instance(p.Region, p.TargetInstanceId, disks)
                 except InstanceInvalid as exc:
-                    code = "InvalidParameter.TargetInstance" if exc.kind == "not_found" else \
-                        "FailedOperation.TargetInstance"
-                    raise ApiError(code, f"parameter TargetInstanceId: {exc}") from None
+                    text = f"parameter TargetInstanceId: {exc}"
+                    if exc.kind == "not_found":
+                        raise InvalidParameter(text, detail="TargetInstance") from None
+                    raise TargetInstanceUnusable(text) from None
                 cfg = self.config.cloud
                 if cfg is not None and cfg.check_security_groups:
                     m = P._SSH_RE.match(p.TargetSsh)
@@ -693,10 +700,10 @@ class ConsoleService:
                                 f"image {image_name} when the task succeeds")
             if p.TargetType == "image" and image_name:
                 image_name = await self.cloud.unique_image_name(p.Region, image_name, task_id)
-        except CloudError as exc:
+        except CloudError as exc:  # answered as FailedOperation.CloudApi, with what the console was doing
             again = " (temporary: try again)" if exc.retryable else ""
-            raise ApiError("FailedOperation.CloudApi", f"cannot check the target on {traits.title}: {exc}{again}"
-                           ) from None
+            exc.message = f"cannot check the target on {traits.title}: {exc.message}{again}"
+            raise exc from None
         return warnings, image_name
 
     def _start_image_job(self, task_id: str) -> None:

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from migrated.control import API_VERSION
-from migrated.errors import DaemonAlreadyRunning, MigratedError, StateError, UsageError
+from migrated.control import API_VERSION, MAX_BPS
+from migrated.errors import DaemonAlreadyRunning, MigratedError, OutOfRange, StateError, UsageError
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,15 @@ def _status_for(e: MigratedError) -> int:
     return 500 if not e.retryable else 503
 
 
+MAX_BODY = 64 * 1024
+
+
+def _short(value: object) -> str:
+    """A client's value for a message: at most 40 characters of its repr."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 ROUTES: dict[str, str] = {
     "/v1/status": "GET",
     "/v1/pause": "POST",
@@ -84,6 +93,8 @@ def make_app(backend: ControlBackend) -> web.Application:
             return await handler(request)
         except MigratedError as e:
             return _error(_status_for(e), type(e).__name__, e.message, int(e.exit_code))
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "UsageError", f"the request body is over {MAX_BODY} bytes")
         except web.HTTPException:
             raise
         except Exception as e:  # a bug: say so, keep serving
@@ -96,8 +107,10 @@ def make_app(backend: ControlBackend) -> web.Application:
             return {}
         try:
             data = json.loads(raw)
-        except ValueError as e:
-            raise UsageError(f"request body is not JSON: {e}") from None
+        except ValueError as e:  # UnicodeDecodeError and too many digits included
+            raise UsageError(f"request body is not JSON: {str(e)[:200]}") from None
+        except RecursionError:
+            raise UsageError("request body is not JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise UsageError("request body must be a JSON object")
         return data
@@ -119,8 +132,9 @@ def make_app(backend: ControlBackend) -> web.Application:
         if unknown or "bps" not in data:
             raise UsageError('body must be {"bps": <bytes per second, 0 or null for unlimited>}')
         bps = data["bps"]
-        if bps is not None and (isinstance(bps, bool) or not isinstance(bps, int) or bps < 0):
-            raise UsageError(f"bps must be a whole number >= 0 or null; got {bps!r}")
+        if bps is not None and (isinstance(bps, bool) or not isinstance(bps, int) or not 0 <= bps <= MAX_BPS):
+            kind = OutOfRange if isinstance(bps, int) and bps > MAX_BPS else UsageError
+            raise kind(f"bps must be a whole number 0-{MAX_BPS} (100 GiB/s) or null; got {_short(bps)}")
         return web.json_response(await backend.set_bandwidth(bps or None))
 
     async def rounds(request: web.Request) -> web.Response:
@@ -132,13 +146,14 @@ def make_app(backend: ControlBackend) -> web.Application:
                                                                     if unknown else ""))
         interval, limit = data.get("interval_seconds"), data.get("read_limit_bps")
         if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int | float)
-                                     or not 0 <= interval <= 86400):
-            raise UsageError(f"interval_seconds must be a number of seconds 0-86400; got {interval!r}")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise UsageError(f"read_limit_bps must be a whole number >= 0 (0 = unlimited); got {limit!r}")
+                                     or not 0 <= interval <= 86400):  # NaN fails the comparison too
+            raise UsageError(f"interval_seconds must be a number of seconds 0-86400; got {_short(interval)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_BPS):
+            kind = OutOfRange if isinstance(limit, int) and limit > MAX_BPS else UsageError
+            raise kind(f"read_limit_bps must be a whole number 0-{MAX_BPS} (0 = unlimited); got {_short(limit)}")
         return web.json_response(await backend.set_rounds(interval, limit))
 
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/pause", simple(backend.pause))
     app.router.add_post("/v1/resume", simple(backend.resume))

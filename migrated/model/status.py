@@ -1,10 +1,14 @@
 """Status as data: the one shape that the engine fills, the daemon serves on its
 control socket, migratectl renders, and the console receives in
 ReportTaskProgress. Pure: no I/O. Never parse status out of log lines.
+
+The ``format_*`` renderers never raise: what they show may come from any agent (a huge
+integer, NaN, a string where a number belongs), and one bad report must not break a page.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +29,10 @@ class DiskProgress:
 
     @property
     def fraction(self) -> float:
-        return 1.0 if self.bytes_total == 0 else min(1.0, self.bytes_done / self.bytes_total)
+        try:
+            return 1.0 if self.bytes_total == 0 else max(0.0, min(1.0, self.bytes_done / self.bytes_total))
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError):  # a renderer never raises
+            return 0.0
 
 
 @dataclass
@@ -86,9 +93,9 @@ def continuous_line(p: TaskProgress) -> str:
     if p.lag_seconds is not None:
         parts.append(f"lag {format_duration(p.lag_seconds)}")
     if p.forecast_seconds is not None:
-        parts.append(f"forecast of the final pass {p.forecast_seconds:.1f} s")
+        parts.append(f"forecast of the final pass {format_seconds(p.forecast_seconds)} s")
     if p.downtime_seconds is not None:
-        parts.append(f"downtime {p.downtime_seconds:.2f} s")
+        parts.append(f"downtime {format_seconds(p.downtime_seconds, '.2f')} s")
     line = ", ".join(parts)
     if p.advice == "not-converging" and p.convergence:
         line += f"; {p.convergence}"
@@ -101,21 +108,53 @@ def rounds_settings_line(p: TaskProgress) -> str:
     if p.round_interval_seconds is None:
         return ""
     limit = f"{format_bytes(p.read_limit_bps)}/s" if p.read_limit_bps else "unlimited"
-    return f"a round every {p.round_interval_seconds:g} s, source read limit {limit}"
+    return f"a round every {format_seconds(p.round_interval_seconds, 'g')} s, source read limit {limit}"
+
+
+def _finite(x: object) -> float | None:
+    """``x`` as a finite float, or None (not a number, NaN, infinite, beyond a float)."""
+    if isinstance(x, bool):
+        return None
+    try:
+        f = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def percent_done(done: float, total: float) -> float:
+    """``100 * done / total`` rounded to 0.01, 0.0 without a total. Never raises (a stored 4,000-digit
+    total is beyond a float)."""
+    try:
+        return round(100.0 * done / total, 2) if total else 0.0
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return 0.0
 
 
 def format_bytes(n: float) -> str:
+    """``1.5 MiB``. Never raises, whatever an agent reported: "?" for what is not a finite number."""
+    x = _finite(n)
+    if x is None:
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        if abs(x) < 1024 or unit == "TiB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
     raise AssertionError("unreachable")
 
 
+def format_seconds(seconds: float | None, spec: str = ".1f") -> str:
+    """``12.5`` (no unit). Never raises: "?" for what is not a finite number."""
+    x = _finite(seconds)
+    return "?" if x is None else format(x, spec)
+
+
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
+    """``01:05`` or ``2:01:05``; ``--:--`` when unknown. Never raises, whatever an agent reported."""
+    x = _finite(seconds)
+    if x is None:
         return "--:--"
-    s = int(seconds)
+    s = int(x)
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrated.errors import OutOfRange  # the error tree's (a ValueError too): the API answers InvalidParameterValue
+
 _ALNUM = string.ascii_letters + string.digits
 _LOWER = string.ascii_lowercase + string.digits
 
@@ -165,10 +167,6 @@ class EventRecord:
 
 class StorageConflict(Exception):
     """A compare-and-set lost: the row changed (or vanished) since the caller read it."""
-
-
-class OutOfRange(ValueError):
-    """An integer the storage would have to keep or page by does not fit a signed 64-bit column."""
 
 
 def check_int64(name: str, value: int, *, minimum: int = INT64_MIN) -> int:

@@ -16,14 +16,13 @@ from pydantic import ValidationError
 from migrated.console import params as P
 from migrated.console.service import (
     UNFINISHED_STATES,
-    ApiError,
     ConsoleService,
     Principal,
     consistent_finish,
     is_continuous,
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
-from migrated.errors import StateError
+from migrated.errors import MigratedError, StateError
 from migrated.model.states import NOT_DELETED, Action, TaskState, values
 from migrated.model.status import DiskProgress, TaskProgress
 
@@ -170,7 +169,7 @@ class ServiceBackend:
             raise FormErrors(errors)
         try:
             result = await self.service.create_task(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             name = message_field(exc.message, form)
             if name is None:
                 raise FormErrors({}, exc.message) from None
@@ -187,7 +186,7 @@ class ServiceBackend:
             raise FormErrors({"bandwidth_mbps": P.validation_error(exc)[1]}) from None
         try:
             await self.service.modify_task_bandwidth(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
 
     async def set_rounds(self, task_id: str, round_interval: str, read_limit_mib: str, *, actor: str) -> None:
@@ -216,7 +215,7 @@ class ServiceBackend:
             raise FormErrors({name: code_msg.split(": ", 1)[-1]}) from None
         try:
             await self.service.modify_task_rounds(caller, params)
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
 
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:
@@ -224,5 +223,5 @@ class ServiceBackend:
         method, model = _ACTION_CALL[action]
         try:
             await getattr(self.service, method)(caller, model(TaskId=task_id))
-        except ApiError as exc:
+        except MigratedError as exc:
             raise StateError(exc.message) from None
