@@ -69,16 +69,15 @@ async def events(admin: Any, tid: str) -> list[dict[str, Any]]:
     return (await admin.call("DescribeTaskEvents", {"TaskId": tid}))["EventSet"]
 
 
-async def wait_event(admin: Any, tid: str, words: str) -> list[dict[str, Any]]:
-    """The task's events once one of them has ``words`` in its message. The image job records its
-    state before it writes the matching event, and the fake answers a call before the console records
-    what the call did, so neither the state nor the fake says that the event is there yet."""
+async def wait_event(admin: Any, tid: str, pred: Any) -> list[str]:
+    """The task's event messages once one satisfies ``pred`` (or after 10 s): a cloud step records its
+    event after the fake answered, so a test that reads the events at once races the console."""
     for _ in range(500):
-        evs = await events(admin, tid)
-        if any(words in e["Message"] for e in evs):
-            return evs
+        msgs = [e["Message"] for e in await events(admin, tid)]
+        if any(pred(m) for m in msgs):
+            break
         await asyncio.sleep(0.02)
-    raise AssertionError(f"no event of {tid} says {words!r}: {[e['Message'] for e in evs]}")
+    return msgs
 
 
 async def test_instance_target_is_validated_with_errors_naming_it(tmp_path: Path, fake: FakeTencentCloud) -> None:
@@ -144,8 +143,7 @@ async def test_image_task_gets_unique_name_and_its_image_made(tmp_path: Path, fa
             # the task maps /dev/vda and /dev/vdb: a full image with the relay's data disk
             assert create == [{"InstanceId": "ins-relay001", "ImageName": f"web01-{tid}",
                                "ImageDescription": f"migrated {tid}", "DataDiskIds": ["disk-d0relay001"]}]
-            normal = f"image {view['ImageId']} (web01-{tid}) is NORMAL"
-            msgs = [e["Message"] for e in await wait_event(admin, tid, normal)]
+            msgs = await wait_event(admin, tid, lambda m: f"image {view['ImageId']} (web01-{tid}) is NORMAL" in m)
             assert any(f"image {view['ImageId']} (web01-{tid}) is NORMAL" in m for m in msgs)
             # the web UI's task page reads the same image ID
             page = await c.service.storage.get_task(tid)
@@ -273,7 +271,7 @@ async def test_image_from_an_earlier_attempt_is_adopted_and_relay_terminated(tmp
                     break
                 await asyncio.sleep(0.02)
             assert (R, "ins-relay001") not in fake.instances
-            msgs = [e["Message"] for e in await wait_event(admin, tid, "relay instance ins-relay001")]
+            msgs = await wait_event(admin, tid, lambda m: m == "relay instance ins-relay001 terminated")
             assert "relay instance ins-relay001 terminated" in msgs
 
             # a user's own machine as the "relay": the image is made, the machine is left alone

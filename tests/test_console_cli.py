@@ -69,16 +69,22 @@ def test_admin_workflow(served, tmp_path):
     (t,) = json.loads(ok("tasks", "list", "--state", "created", "--json", *c))["TaskSet"]
     assert t["DiskMapping"] == [{"Source": "/dev/vda", "Target": "/dev/vda"}]
     shown = ok("tasks", "show", tid, *c)
-    assert "20480 KB/s" in shown and "/dev/vda -> /dev/vda" in shown and "start, delete" in shown
+    assert "20.0 MiB/s" in shown and "/dev/vda -> /dev/vda" in shown and "start, delete" in shown
 
     r = run_cli("tasks", "pause", tid, *c)
     assert r.returncode == 2 and "pause is allowed when syncing, transferring" in r.stderr
     r = run_cli("tasks", "cutover", tid, *c)
     assert r.returncode == 2 and "cutover is allowed when syncing" in r.stderr
     assert "queued" in ok("tasks", "start", tid, *c)
-    assert "1024 KB/s" in ok("tasks", "set-bandwidth", tid, "1024", *c)
+    assert "1.0 MiB/s" in ok("tasks", "set-bandwidth", tid, "1024", *c)  # a bare number is KB/s, as before
     events = ok("tasks", "events", tid, *c)
-    assert "start by ops" in events and "20480 -> 1024" in events
+    assert "start by ops" in events and "20.0 MiB/s -> 1.0 MiB/s" in events
+    out = ok("tasks", "set-bandwidth", tid, "160Mbit", *c)  # any unit: 20e6 B/s = 19531 KB/s
+    assert "19.1 MiB/s" in out
+    assert json.loads(ok("tasks", "show", tid, "--json", *c))["BandwidthLimitKBps"] == 19531
+    assert json.loads(ok("tasks", "set-bandwidth", tid, "20MiB/s", "--json", *c))["BandwidthLimitKBps"] == 20480
+    r = run_cli("tasks", "set-bandwidth", tid, "fast", *c)
+    assert r.returncode == 2 and "'fast' is not a rate" in r.stderr and "20MiB/s, 20480K, 160Mbit" in r.stderr
 
     r = run_cli("tasks", "delete", tid, *c)
     assert r.returncode == 2 and "delete is allowed when" in r.stderr

@@ -357,8 +357,8 @@ def test_console_cli_cutover_options_and_set_rounds(tmp_path):
         assert r.returncode == 2 and "give --round-interval and/or --read-limit" in r.stderr
         r = run_cli("tasks", "set-rounds", task_id, "--round-interval", "5", "--read-limit", "1024", *c)
         assert r.returncode == 0, r.stderr
-        assert f"task {task_id}: a round every 5 s, source read limit 1024 KB/s" in r.stdout
-        assert "every 5 s, source read limit 1024 KB/s" in run_cli("tasks", "show", task_id, *c).stdout
+        assert f"task {task_id}: a round every 5 s, source read limit 1.0 MiB/s" in r.stdout
+        assert "every 5 s, source read limit 1.0 MiB/s" in run_cli("tasks", "show", task_id, *c).stdout
 
         # --quiesce lvm --snapshot-size, on a second source (one unfinished task per source)
         async def registers2() -> str:

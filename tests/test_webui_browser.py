@@ -230,11 +230,13 @@ async def test_operator_flow_in_a_real_browser(console: Console, agent, page) ->
     await fits_the_screen(page)
 
     # the bandwidth limit changes on a paused (or running) task; the agent is told at once
-    await expect(page.locator("#bw-now")).to_have_text("80.0 Mbit/s")
-    await page.get_by_label("New limit").fill("40")
+    # (shown as every program shows a limit; it was "80.0 Mbit/s" and "40.0 Mbit/s" before issue 10)
+    await expect(page.locator("#bw-now")).to_have_text("9.5 MiB/s")
+    await expect(page.get_by_label("New limit")).to_have_value("9766KiB/s")  # reads back exactly
+    await page.get_by_label("New limit").fill("40")  # a bare number is still Mbit/s
     await page.get_by_role("button", name="Set limit").click()
     await expect(page.locator(".flash-ok")).to_contain_text("Bandwidth limit changed")
-    await expect(page.locator("#bw-now")).to_have_text("40.0 Mbit/s")
+    await expect(page.locator("#bw-now")).to_have_text("4.8 MiB/s")
     cmd = await agent_takes(client, source_id, "set-bandwidth")
     assert cmd["Params"] == {"BandwidthLimitKBps": 4883}
     await page.get_by_label("New limit").fill("lots")

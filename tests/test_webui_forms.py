@@ -12,11 +12,10 @@ from pydantic import ValidationError
 from migrated.console import params as P
 from migrated.console.web.forms import (
     form_to_params,
-    kbps_to_mbps,
     local_to_iso,
-    mbps_to_kbps,
     message_field,
     parse_bandwidth,
+    parse_mib,
     pydantic_errors,
 )
 from migrated.console.web.model import FormErrors, TaskForm
@@ -110,9 +109,30 @@ def test_bandwidth_limits_refused(typed: str) -> None:
     assert "bandwidth_mbps" in ei.value.fields
 
 
-def test_bandwidth_units_round_trip() -> None:
-    for mbps in (1, 10, 80, 100, 1000):
-        assert kbps_to_mbps(mbps_to_kbps(mbps)) == mbps
+# the Mbit/s round trip (kbps_to_mbps(mbps_to_kbps(x)) == x) moved with the conversion to
+# tests/test_bandwidth.py: test_mbit_limits_round_trip_through_the_apis_kbps
+
+
+@pytest.mark.parametrize(("typed", "kbps"), [("20MiB/s", 20480), ("20480K", 20480), ("160Mbit", 19531),
+                                             ("160 Mbit/s", 19531), ("0,5MiB", 512), ("unlimited", 0)])
+def test_bandwidth_limits_take_explicit_units(typed: str, kbps: int) -> None:
+    assert parse_bandwidth(typed) == kbps
+    assert form_to_params("src-1", good_form(bandwidth_mbps=typed), "UTC")[0]["BandwidthLimitKBps"] == kbps
+
+
+@pytest.mark.parametrize(("typed", "kbps"), [("2.5", 2560), ("20MiB/s", 20480), ("160Mbit", 19531), ("0", 0)])
+def test_read_limits_take_explicit_units(typed: str, kbps: int) -> None:
+    assert parse_mib(typed) == kbps
+
+
+def test_limit_errors_say_which_units_are_read() -> None:
+    with pytest.raises(FormErrors) as ei:
+        parse_bandwidth("20Q")
+    assert ei.value.fields["bandwidth_mbps"].startswith("must be a number of Mbit/s")
+    assert "20MiB/s, 20480K, 160Mbit" in ei.value.fields["bandwidth_mbps"]
+    with pytest.raises(FormErrors) as ei:
+        parse_bandwidth("200GiB/s")
+    assert ei.value.fields["bandwidth_mbps"] == "'200GiB/s' is over the limit of 100.0 GiB/s"
 
 
 def test_an_image_task_sends_its_relay_instance_and_continuous_options() -> None:

@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                    help="pause between rounds (default 60)")
     g.add_argument("--read-limit", metavar="RATE", help="source read rate during the full pass and the rounds, "
-                                                       "e.g. 50MiB (protects production I/O; the final pass is not "
-                                                       "limited)")
+                                                       "e.g. 50MiB/s or 400Mbit (protects production I/O; the final "
+                                                       "pass is not limited)")
     g.add_argument("--cutover-after", type=int, metavar="N", help="cut over after N incremental rounds")
     g.add_argument("--auto-cutover", action="store_true",
                    help="cut over as soon as the forecast final pass fits --downtime-target")
@@ -71,13 +71,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def _options(args: argparse.Namespace) -> Any:
     from migrated.engine.continuous import ContinuousOptions
-    from migrated.model.plan import parse_size
+    from migrated.model import bandwidth
 
     read_limit = None
-    if args.read_limit and args.read_limit.lower() not in ("0", "none", "off"):
+    if args.read_limit:  # any unit of model/bandwidth; a bare number is bytes/s
         try:
-            read_limit = parse_size(args.read_limit)
-        except ValueError as e:
+            read_limit = bandwidth.parse_rate(args.read_limit, bandwidth.BYTES) or None
+        except bandwidth.RateError as e:
             raise UsageError(f"--read-limit: {e}") from None
     copts = ContinuousOptions(interval=args.interval, read_limit=read_limit, cutover_after=args.cutover_after,
                               auto_cutover=args.auto_cutover, quiesce=args.quiesce,

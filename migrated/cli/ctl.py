@@ -5,7 +5,7 @@
     migratectl status [--json] [--watch [SECONDS]]
     migratectl pause | resume | retry | cutover
     migratectl check [--json]
-    migratectl bandwidth RATE        # 50M, 1.5G, 800K (bytes/s), 0 or unlimited
+    migratectl bandwidth RATE        # 20MiB/s, 20480K, 160Mbit, 1.5G; a bare number is bytes/s; 0 or unlimited
     migratectl set [--round-interval 30s] [--read-limit 20MiB]   # continuous task, live
 
 Exit codes (docs/exit-codes.md): 0 done; 2 bad arguments or an action the
@@ -35,6 +35,7 @@ from migrated.cli.options import add_common_options, configure_logging
 from migrated.config import DEFAULT_CONFIG_PATH, ControlConfig, load_config
 from migrated.control.client import ControlClient
 from migrated.errors import ExitCode, MigratedError, UsageError
+from migrated.model import bandwidth
 from migrated.model.status import (
     TaskProgress,
     continuous_line,
@@ -43,21 +44,14 @@ from migrated.model.status import (
     rounds_settings_line,
 )
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
 
 def parse_rate(text: str, what: str = "bandwidth") -> int | None:
-    """'50M' -> 52428800 bytes/s; '0' / 'unlimited' -> None (no limit)."""
-    t = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
-    if t in ("0", "UNLIMITED", "NONE", "OFF"):
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)", t)
-    if not m:
-        raise UsageError(f"{what}: {text!r} is not a rate; use e.g. 50M, 1.5G, 800K (bytes/s) or unlimited")
-    value = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if value <= 0:
-        raise UsageError(f"{what}: {text!r} is too small; use 0 or unlimited to remove the limit")
-    return value
+    """'50M' -> 52428800 bytes/s, '160Mbit' -> 20000000; a bare number is bytes/s (as it always was);
+    '0' / 'unlimited' -> None (no limit). Units: :mod:`migrated.model.bandwidth`."""
+    try:
+        return bandwidth.parse_rate(text, bandwidth.BYTES) or None
+    except bandwidth.RateError as e:
+        raise UsageError(f"{what}: {e}") from None
 
 
 _SECONDS = {"": 1, "S": 1, "M": 60, "H": 3600}
@@ -97,7 +91,7 @@ def render_status(status: dict[str, Any], now: float | None = None) -> Group:
     if console.get("last_error"):
         head.add_row("", Text(str(console["last_error"]), style="yellow"))
     bw = status.get("bandwidth_bps")
-    head.add_row("bandwidth", f"{format_bytes(bw)}/s" if bw else "unlimited")
+    head.add_row("bandwidth", bandwidth.format_rate(bw))
     task_d = status.get("task")
     if not task_d:
         head.add_row("task", "none")
@@ -234,14 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("check", "run the pre-migration checks as the daemon sees them")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    b = sub.add_parser("bandwidth", help="change the bandwidth limit live (50M, 1.5G, 0 = unlimited)")
+    b = sub.add_parser("bandwidth", help="change the bandwidth limit live (20MiB/s, 20480K, 160Mbit; a bare number "
+                                         "is bytes/s; 0 or unlimited)")
     b.add_argument("rate")
     b.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     r = sub.add_parser("set", help="continuous task: change the round interval and/or the source read limit live "
                                    "(kept across a daemon restart)")
     r.add_argument("--round-interval", metavar="DURATION", help="pause between rounds: 30, 30s, 2m, 1h")
-    r.add_argument("--read-limit", metavar="RATE", help="source read limit during the rounds: 20MiB, 500K (bytes/s), "
-                                                        "0 or unlimited")
+    r.add_argument("--read-limit", metavar="RATE", help="source read limit during the rounds: 20MiB/s, 500K, 160Mbit "
+                                                        "(a bare number is bytes/s), 0 or unlimited")
     r.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return p
 

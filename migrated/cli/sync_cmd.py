@@ -14,6 +14,7 @@ import signal
 import sys
 
 from migrated.errors import Interrupted, MigratedError, UsageError
+from migrated.model import bandwidth
 from migrated.model.plan import parse_size
 from migrated.model.status import format_bytes
 
@@ -30,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="pin the target's host key instead of known_hosts, e.g. 'ssh-ed25519 AAAA...'")
     p.add_argument("--state-dir", metavar="DIR", help="checkpoint directory (default /var/lib/migrated/checkpoints "
                                                       "as root, else ~/.local/state/migrated/checkpoints)")
-    p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit on the wire per second, e.g. 20MiB")
+    p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit on the wire, e.g. 20MiB/s, 20480K, 160Mbit "
+                                                         "(a bare number is bytes/s)")
     p.add_argument("--checksum", action="store_true", help="verify every target block afterwards, re-send what differs")
     p.add_argument("--block-size", default="64KiB", metavar="SIZE", help="block size (default 64KiB)")
     p.add_argument("--compress", default="auto", choices=["auto", "zstd", "zlib", "none"])
@@ -53,13 +55,19 @@ def _size(text: str, flag: str) -> int:
         raise UsageError(f"{flag}: {e}") from None
 
 
+def _rate(text: str, flag: str) -> int | None:
+    """A limit in any unit of model/bandwidth (a bare number is bytes/s); None = no limit."""
+    try:
+        return bandwidth.parse_rate(text, bandwidth.BYTES) or None
+    except bandwidth.RateError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from migrated.engine import SshEndpoint, SyncControl, SyncOptions, parse_target
 
     user, host, port, path = parse_target(args.target)
-    bw = None
-    if args.bwlimit and args.bwlimit.lower() not in ("0", "none", "off"):
-        bw = _size(args.bwlimit, "--bwlimit")
+    bw = _rate(args.bwlimit, "--bwlimit") if args.bwlimit else None
     options = SyncOptions(block_size=_size(args.block_size, "--block-size"), bwlimit=bw, checksum=args.checksum,
                           state_dir=args.state_dir, compress=args.compress,
                           checkpoint_seconds=args.checkpoint_interval,

@@ -296,6 +296,26 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+API_PATH = "/"  # the one path the signed API is served at (docs/console-api.md)
+
+
+@web.middleware
+async def api_at_its_path_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                               ) -> web.StreamResponse:
+    """A signed API call (it carries ``X-TC-Action``) to a path nothing serves gets a console error
+    that says where the API is, with HTTP 404; it is never answered as if it were at ``/``, so
+    ``migrated register --console http://host:port/wrong/path`` fails instead of saving that URL."""
+    if (request.method == "POST" and request.path != API_PATH and "X-TC-Action" in request.headers
+            and isinstance(getattr(request.match_info, "http_exception", None),
+                           (web.HTTPNotFound, web.HTTPMethodNotAllowed))):
+        message = (f"no console API at path {request.path[:200]!r}: this console serves its API at "
+                   f"{API_PATH!r}; use the console's URL without a path (e.g. http://host:8930)")
+        body = json.dumps({"Response": {"Error": {"Code": "InvalidAction", "Message": message},
+                                        "RequestId": str(uuid.uuid4())}})
+        return web.Response(status=404, body=body.encode(), headers={"Content-Type": "application/json"})
+    return await handler(request)
+
+
 def build_app(service: ConsoleService) -> web.Application:
     """The app around an already open service (storage lifecycle is the caller's)."""
     cfg = service.config
@@ -305,7 +325,8 @@ def build_app(service: ConsoleService) -> web.Application:
     app[VERIFIER] = Verifier(service=cfg.api.service, window_seconds=cfg.api.signature_window_seconds,
                              get_key=service.storage.get_key, require_signed_action=cfg.api.require_signed_action,
                              repeatable=REPEATABLE)
-    app.router.add_post("/", api_handler)
+    app.middlewares.append(api_at_its_path_only)
+    app.router.add_post(API_PATH, api_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     setup_web(app, service)  # the operators' web UI under /ui/ (migrated/console/web/)

@@ -12,8 +12,8 @@
     migrate-console tasks create --source SRC --name web01 --region ap-guangzhou --target-type instance \\
         --target-instance ins-abc --target-ssh root@203.0.113.7:22 --target-host-key "ssh-ed25519 AAAA..."
     migrate-console tasks list | show ID | start ID | pause ID | retry ID | delete ID
-    migrate-console tasks set-bandwidth ID KBPS | events ID
-    migrate-console tasks set-rounds ID [--round-interval S] [--read-limit KBPS]
+    migrate-console tasks set-bandwidth ID RATE | events ID      # RATE: 20MiB/s, 160Mbit; bare = KB/s
+    migrate-console tasks set-rounds ID [--round-interval S] [--read-limit RATE]
 
 Every admin subcommand is a client of the same signed API the agents use. Credentials
 (never on the command line): ``--credentials FILE`` (YAML ``endpoint``/``secret_id``/
@@ -43,6 +43,8 @@ import yaml
 
 from migrated.cli.options import add_common_options, add_log_options, configure_logging
 from migrated.errors import ConfigError, ConsoleError, MigratedError, UsageError
+from migrated.model import bandwidth
+from migrated.model.bandwidth import format_kbps
 from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
@@ -147,11 +149,11 @@ def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> No
         every = t.get("RoundIntervalSeconds")
         lines.append("Continuous    incremental rounds until cutover"
                      + f", every {every if every is not None else 60} s"
-                     + (f", source read limit {t['ReadLimitKBps']} KB/s" if t.get("ReadLimitKBps") else ""))
+                     + (f", source read limit {format_kbps(t['ReadLimitKBps'])}" if t.get("ReadLimitKBps") else ""))
         now_every, now_limit = p.get("RoundIntervalSeconds"), p.get("ReadLimitKBps")
         if now_every is not None:
             lines.append(f"In effect     a round every {now_every:g} s, source read limit "
-                         + (f"{now_limit} KB/s" if now_limit else "unlimited") + " (as the agent last reported)")
+                         + format_kbps(now_limit) + " (as the agent last reported)")
     hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
     snap = (f" (snapshot size {t.get('SnapshotSize') or DEFAULT_SNAPSHOT_SIZE})"
             if t.get("Quiesce") == "lvm" else "")
@@ -177,7 +179,7 @@ def task_lines(t: dict[str, Any]) -> str:
         f"Target        {t['TargetType']} "
         + (t["ImageName"] if t["TargetType"] == "image" else t["TargetInstanceId"]) + f" in {t['Region']}",
         f"Target SSH    {t['TargetSsh']}",
-        f"Bandwidth     {str(t['BandwidthLimitKBps']) + ' KB/s' if t['BandwidthLimitKBps'] else 'unlimited'}",
+        f"Bandwidth     {format_kbps(t['BandwidthLimitKBps'])}",
         f"Checksum      {'yes' if t['Checksum'] else 'no'}",
         "Disks         " + ", ".join(f"{m['Source']} -> {m['Target']}" for m in t["DiskMapping"]),
     ]
@@ -475,10 +477,20 @@ def _task_action(action: str, verb: str):
     return run
 
 
+RATE_HELP = "e.g. 20MiB/s, 20480K, 160Mbit; a bare number is KB/s (1 KB = 1024 bytes); 0 = none"
+
+
+def kbps_arg(text: str) -> int:
+    """A bandwidth or read limit option -> the API's KB/s (a bare number is KB/s, as it always was)."""
+    try:
+        return bandwidth.parse_kbps(text, bandwidth.KB)
+    except bandwidth.RateError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_tasks_set_bandwidth(args: argparse.Namespace) -> int:
     res = call(args, "ModifyTaskBandwidth", {"TaskId": args.task_id, "BandwidthLimitKBps": args.kbps})
-    limit = f"{res['BandwidthLimitKBps']} KB/s" if res["BandwidthLimitKBps"] else "unlimited"
-    emit(args, res, f"task {res['TaskId']} bandwidth limit: {limit}"
+    emit(args, res, f"task {res['TaskId']} bandwidth limit: {format_kbps(res['BandwidthLimitKBps'])}"
          + (f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""))
     return 0
 
@@ -493,9 +505,9 @@ def cmd_tasks_set_rounds(args: argparse.Namespace) -> int:
         raise UsageError("set-rounds: give --round-interval and/or --read-limit")
     res = call(args, "ModifyTaskRounds", params)
     every = res["RoundIntervalSeconds"]
-    limit = f"{res['ReadLimitKBps']} KB/s" if res["ReadLimitKBps"] else "unlimited"
     emit(args, res, f"task {res['TaskId']}: a round every {every if every is not None else 60} s, source read "
-         f"limit {limit}" + (f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""))
+         f"limit {format_kbps(res['ReadLimitKBps'])}"
+         + (f" (command {res['CommandId']} queued)" if res.get("CommandId") else ""))
     return 0
 
 
@@ -564,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target-instance", help="instance ID, required for --target-type instance")
     t.add_argument("--target-ssh", required=True, help="user@host:port of the target")
     t.add_argument("--target-host-key", required=True, help="the target's SSH host key line ('ssh-ed25519 AAAA...')")
-    t.add_argument("--bandwidth-limit", type=int, default=0, metavar="KBPS", help="KB/s, 0 = none")
+    t.add_argument("--bandwidth-limit", type=kbps_arg, default=0, metavar="RATE", help=RATE_HELP)
     t.add_argument("--checksum", action="store_true", help="verify every block after the transfer")
     t.add_argument("--schedule", help="start time, ISO 8601 (local time unless an offset is given), >= 10 min ahead")
     t.add_argument("--disk", action="append", metavar="SRC=TGT",
@@ -575,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one-shot task that ends with a cutover right after its full pass: the source quiesced "
                         "for a short final pass, every block verified (takes the cutover options below)")
     t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (default 60)")
-    t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit during the rounds, KB/s")
+    t.add_argument("--read-limit", type=kbps_arg, metavar="RATE", help="source read limit during the rounds: "
+                                                                      + RATE_HELP)
     t.add_argument("--quiesce", help="cutover: freeze (default), hooks, none, lvm (LVM snapshot of the source "
                                      "volume, docs/consistency.md)")
     t.add_argument("--snapshot-size", metavar="SIZE",
@@ -608,13 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
         t.set_defaults(func=_task_action(action, verb))
     t = tasks.add_parser("set-bandwidth", parents=[api], help="change the bandwidth limit, also while running")
     t.add_argument("task_id")
-    t.add_argument("kbps", type=int, help="KB/s, 0 = none")
+    t.add_argument("kbps", type=kbps_arg, metavar="RATE", help=RATE_HELP)
     t.set_defaults(func=cmd_tasks_set_bandwidth)
     t = tasks.add_parser("set-rounds", parents=[api],
                          help="continuous task: change the round interval / source read limit, also while running")
     t.add_argument("task_id")
     t.add_argument("--round-interval", type=int, metavar="S", help="seconds between rounds (0-86400)")
-    t.add_argument("--read-limit", type=int, metavar="KBPS", help="source read limit, KB/s, 0 = none")
+    t.add_argument("--read-limit", type=kbps_arg, metavar="RATE", help="source read limit: " + RATE_HELP)
     t.set_defaults(func=cmd_tasks_set_rounds)
     t = tasks.add_parser("events", parents=[api], help="a task's events (errors, warnings, stage changes)")
     t.add_argument("task_id")

@@ -56,9 +56,13 @@ class ConsoleClient:
         parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"console endpoint {endpoint!r}: expected http(s)://host[:port]")
+        if parts.query or parts.fragment:
+            raise UsageError(f"console endpoint {endpoint!r}: no ?query or #fragment; expected http(s)://host[:port]")
         if not secret_id or not secret_key:
             raise UsageError("console credentials: SecretId and SecretKey are both required")
-        self.url = f"{parts.scheme}://{parts.netloc}/"
+        # posted to as given: a path is kept (a reverse proxy may serve the console under one), so a
+        # wrong path fails here instead of being dropped; the console itself serves its API at /
+        self.url = f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
         self.host = parts.netloc
         self.secret_id = secret_id
         self._secret_key = secret_key
@@ -137,6 +141,11 @@ class ConsoleClient:
             if not isinstance(response, dict):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
+            if status in (404, 405):
+                raise ConnectionFailed(
+                    f"console {self.url} {action}: HTTP {status}, no console API at this URL; the console serves "
+                    f"its API at its root (e.g. {urlsplit(self.url)._replace(path='/').geturl()}): check the path"
+                ) from None
             raise ConnectionFailed(
                 f"console {self.url} {action}: HTTP {status}, not a console reply (wrong endpoint or a proxy error?)"
             ) from None

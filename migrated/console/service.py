@@ -82,6 +82,7 @@ from migrated.errors import (
     TargetInstanceUnusable,
     UnauthorizedOperation,
 )
+from migrated.model.bandwidth import format_kbps
 from migrated.model.states import (
     AGENT_HOLDS,
     AGENT_KEEPS,
@@ -625,7 +626,8 @@ class ConsoleService:
                                  "allowed while it is not success or deleted")
             command = (NewCommand(CMD_SET_BANDWIDTH, {"BandwidthLimitKBps": p.BandwidthLimitKBps})
                        if state in AGENT_HOLDS else None)
-            event = ("info", "", f"bandwidth limit {t.bandwidth_limit_kbps} -> {p.BandwidthLimitKBps} KB/s")
+            event = ("info", "", f"bandwidth limit {format_kbps(t.bandwidth_limit_kbps)} -> "
+                                 f"{format_kbps(p.BandwidthLimitKBps)}")
             try:
                 t, cmd = await self.storage.update_task(
                     t.task_id, expect_state=state.value, changes={"bandwidth_limit_kbps": p.BandwidthLimitKBps},

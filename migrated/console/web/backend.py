@@ -26,7 +26,7 @@ from migrated.errors import MigratedError, StateError
 from migrated.model.states import NOT_DELETED, Action, TaskState, values
 from migrated.model.status import DiskProgress, TaskProgress
 
-from .forms import form_to_params, kbps_to_mbps, message_field, parse_bandwidth, parse_mib, pydantic_errors
+from .forms import form_to_params, message_field, parse_bandwidth, parse_mib, pydantic_errors
 from .model import DiskMapView, DiskView, EventView, FormErrors, SourceView, TaskForm, TaskView
 
 _ACTION_CALL = {
@@ -60,6 +60,10 @@ class ServiceBackend:
     def __init__(self, service: ConsoleService) -> None:
         self.service = service
         self.storage = service.storage
+
+    @property
+    def min_lead_seconds(self) -> float:
+        return self.service.config.scheduler.min_lead_seconds
 
     # -------------------------------------------------------------- keys
 
@@ -119,7 +123,7 @@ class ServiceBackend:
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
             image_id=str(getattr(t, "image_id", "") or p.get("ImageId", "")),  # once the console records one
             target_instance=t.target_instance_id, start_at=t.scheduled_at,
-            bandwidth_limit_mbps=kbps_to_mbps(t.bandwidth_limit_kbps) if t.bandwidth_limit_kbps else None,
+            bandwidth_limit_kbps=t.bandwidth_limit_kbps,
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,

@@ -7,9 +7,10 @@ parameter rules are the API's pydantic model (:class:`migrated.console.params.Cr
 rest (source exists, one unfinished task per source, start at least N minutes ahead) is the
 console's service, called by the backend.
 
-The only things decided here are the UI's own units and spellings: a ``datetime-local`` value is
-read in the operator's time zone and sent as ISO 8601 with its offset; the bandwidth limit is typed
-in Mbit/s and sent in KB/s (1 KB = 1024 bytes, as the agent's token bucket counts).
+The only things decided here are the UI's own spellings: a ``datetime-local`` value is read in the
+operator's time zone and sent as ISO 8601 with its offset; a limit is typed in any unit of
+:mod:`migrated.model.bandwidth` (``20MiB/s``, ``160Mbit``; a bare number is Mbit/s for the bandwidth
+limit and MiB/s for the read limit, as these fields always took) and sent in the API's KB/s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from migrated.cloud.provider import traits_for
+from migrated.model import bandwidth
 
 from .model import FormErrors, TaskForm
 
@@ -61,43 +63,32 @@ PATTERN_HINT = {
     "TargetInstanceId": f"must be an instance ID such as {traits_for(None).instance_id_example}",
 }
 
-KBPS_PER_MBIT = 1_000_000 / 8 / 1024  # Mbit/s -> KB/s (KiB)
+BANDWIDTH_ERROR = (f"must be a number of Mbit/s or a rate with its unit, e.g. {bandwidth.EXAMPLES} "
+                   "(0 or empty: no limit)")
+IMAGE_NAME_REQUIRED = "required for an image target: the name the new custom image gets"
+READ_LIMIT_ERROR = "must be a number of MiB/s up to 102400 (0 or empty: no limit)"
 
 
-def mbps_to_kbps(mbps: float) -> int:
-    return round(mbps * KBPS_PER_MBIT)
-
-
-def kbps_to_mbps(kbps: int) -> float:
-    return round(kbps / KBPS_PER_MBIT, 1)
+def _parse_limit(text: str, bare: bandwidth.Unit, field: str, unreadable: str) -> int:
+    """A typed limit -> KB/s for the API (any unit of model/bandwidth; a bare number is ``bare``; a
+    decimal comma is read as a point); empty or 0 = unlimited (0). FormErrors keyed ``field``."""
+    text = text.strip().replace(",", ".")
+    if not text:
+        return 0
+    try:
+        return bandwidth.parse_kbps(text, bare)
+    except bandwidth.RateError as e:
+        raise FormErrors({field: unreadable if e.unreadable else str(e)}) from None
 
 
 def parse_bandwidth(text: str) -> int:
-    """A typed limit in Mbit/s -> KiB/s for the API; empty or 0 = unlimited (0). FormErrors if unreadable."""
-    text = text.strip().replace(",", ".")
-    if not text:
-        return 0
-    try:
-        mbps = float(text)
-    except ValueError:
-        mbps = -1.0
-    if not (mbps >= 0 and mbps != float("inf")):
-        raise FormErrors({"bandwidth_mbps": "must be a number of Mbit/s (0 or empty: no limit)"})
-    return max(1, mbps_to_kbps(mbps)) if mbps > 0 else 0
+    """The bandwidth limit field (a bare number is Mbit/s, as the field always took) -> KB/s."""
+    return _parse_limit(text, bandwidth.MBIT, "bandwidth_mbps", BANDWIDTH_ERROR)
 
 
 def parse_mib(text: str, field: str = "read_limit_mib") -> int:
-    """A typed source read limit in MiB/s -> KiB/s for the API; empty or 0 = unlimited (0)."""
-    text = text.strip().replace(",", ".")
-    if not text:
-        return 0
-    try:
-        mib = float(text)
-    except ValueError:
-        mib = -1.0
-    if not (0 <= mib <= 100 * 1024):
-        raise FormErrors({field: "must be a number of MiB/s up to 102400 (0 or empty: no limit)"})
-    return max(1, round(mib * 1024)) if mib > 0 else 0
+    """The source read limit field (a bare number is MiB/s, as the field always took) -> KB/s."""
+    return _parse_limit(text, bandwidth.MIB, field, READ_LIMIT_ERROR)
 
 
 def local_to_iso(value: str, tz: str) -> str:
@@ -122,6 +113,8 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
     if form.target_type == "image":
         if form.image_name:
             p["ImageName"] = form.image_name
+        else:  # the service refuses it too, but only once every other field is right: say it now
+            errors["image_name"] = IMAGE_NAME_REQUIRED
         if form.target_instance:  # the relay instance the image is made from (docs/cloud.md)
             p["TargetInstanceId"] = form.target_instance
     elif form.target_type == "instance":

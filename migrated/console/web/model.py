@@ -68,7 +68,7 @@ class TaskView:
     image_id: str = ""
     target_instance: str = ""
     start_at: float | None = None
-    bandwidth_limit_mbps: float | None = None  # Mbit/s, None = unlimited
+    bandwidth_limit_kbps: int = 0  # the API's KB/s (KiB/s), 0 = unlimited; shown as model/bandwidth shows it
     checksum: bool = False
     ssh_endpoint: str = ""  # user@host:port
     host_key: str = ""
@@ -100,7 +100,7 @@ class TaskForm:
     image_name: str = ""
     target_instance: str = ""
     start_at: str = ""  # datetime-local value in the operator's time zone, "" = no schedule
-    bandwidth_mbps: str = ""
+    bandwidth_mbps: str = ""  # any unit of model/bandwidth; a bare number is Mbit/s
     checksum: bool = False
     ssh_endpoint: str = ""
     host_key: str = ""
@@ -108,7 +108,7 @@ class TaskForm:
     continuous: bool = False  # incremental sync until cutover
     consistent_finish: bool = False  # one-shot, ending with a cutover right after the full pass
     round_interval: str = ""  # seconds between rounds, "" = default (60)
-    read_limit_mib: str = ""  # source read limit during the rounds, MiB/s, "" = unlimited
+    read_limit_mib: str = ""  # source read limit during the rounds, any unit (bare: MiB/s), "" = unlimited
     # "Advanced: cutover" (continuous only)
     quiesce: str = ""  # "" = default (freeze) | freeze | hooks | none | lvm
     snapshot_size: str = ""  # quiesce lvm only: e.g. 2G or 20%ORIGIN, "" = default (10%ORIGIN)
@@ -129,6 +129,10 @@ class FormErrors(Exception):
 
 
 class WebBackend(Protocol):
+    @property
+    def min_lead_seconds(self) -> float:
+        """How far ahead a scheduled start must be (the console's ``scheduler.min_lead_seconds``)."""
+
     async def verify_admin(self, secret_id: str, secret_key: str) -> bool:
         """True iff the pair is an active admin key of this console (constant-time compare)."""
 
@@ -151,10 +155,11 @@ class WebBackend(Protocol):
         """Validate with the console's own rules and create as ``actor``; the task ID, or FormErrors."""
 
     async def set_bandwidth(self, task_id: str, mbps: str, *, actor: str) -> None:
-        """Change the limit (typed in Mbit/s, empty/0 = none), also while running; FormErrors/StateError."""
+        """Change the limit (any unit of model/bandwidth, a bare number is Mbit/s; empty/0 = none), also
+        while running; FormErrors/StateError."""
 
     async def set_rounds(self, task_id: str, round_interval: str, read_limit_mib: str, *, actor: str) -> None:
-        """Continuous task: change the round interval (s) and/or the source read limit (MiB/s, 0 = none);
+        """Continuous task: change the round interval (s) and/or the source read limit (bare: MiB/s, 0 = none);
         an empty field is left as it is. FormErrors (keyed round_interval / read_limit_mib) or StateError."""
 
     async def act(self, task_id: str, action: Action, *, actor: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -27,6 +27,7 @@ from aiohttp import web
 
 from migrated.cloud.provider import traits_for
 from migrated.errors import MigratedError, StateError
+from migrated.model.bandwidth import format_kbps, kbps_text
 from migrated.model.states import NOT_STARTED, Action, ActionDenied, TaskState, allowed_actions
 from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
 
@@ -112,6 +113,20 @@ def tz_label(tz: str) -> str:
     return f"{tz} (UTC{off[:3]}:{off[3:]})"
 
 
+def lead_text(seconds: float) -> str:
+    """``scheduler.min_lead_seconds`` in words: 600 -> "10 minutes", 60 -> "1 minute", 90 -> "90 seconds"."""
+    s = max(0, round(seconds))
+    if s % 60 or not s:
+        return f"{s} second" + ("" if s == 1 else "s")
+    return f"{s // 60} minute" + ("" if s == 60 else "s")
+
+
+def message_level(t: TaskView, stalled: bool) -> str:
+    """How the task's message is shown: ``ok`` (green) for a finished task's summary, ``error`` (red)
+    for everything else, as before (a failure, an offline source, an agent's warning)."""
+    return "ok" if t.state == TaskState.SUCCESS and not stalled else "error"
+
+
 def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
     """What the tasks list shows for a task and refreshes while polling; all text formatted here."""
     p = t.progress
@@ -126,7 +141,8 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
         "id": t.id,
         "state": t.state.value,
         "state_label": STATE_LABEL[t.state],
-        "stage": (STAGE_LABEL.get(p.stage, p.stage) if (p and p.stage)
+        "stage": ("Finished" if t.state == TaskState.SUCCESS  # not the last stage's "Releasing target"
+                  else STAGE_LABEL.get(p.stage, p.stage) if (p and p.stage)
                   else f"starts {fmt_time(t.start_at, tz)}" if (t.state == TaskState.SCHEDULED and t.start_at)
                   else "—"),
         "fraction": round(min(1.0, fraction), 4),
@@ -136,6 +152,7 @@ def task_live(t: TaskView, tz: str = "UTC") -> dict[str, Any]:
         "eta": format_duration(p.eta_seconds) if (p and running and p.eta_seconds is not None) else "—",
         "message": ("The source server is offline: no progress until its agent is back."
                     if stalled else t.message or (p.message if p else "")),
+        "message_level": message_level(t, stalled),
         "rounds": continuous_line(p) if p else "",
         "rounds_settings": rounds_settings_line(p) if p else "",  # in effect on the agent, as last reported
         "allowed": allowed,
@@ -162,6 +179,8 @@ def make_jinja() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["bytes"] = format_bytes
+    env.filters["kbps"] = format_kbps  # every limit is shown as model/bandwidth shows it: 20.0 MiB/s
+    env.filters["kbps_text"] = kbps_text
     env.filters["ago"] = fmt_ago
     env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action,
                        NOT_STARTED=NOT_STARTED)
@@ -367,10 +386,13 @@ def _default_form(source: SourceView) -> TaskForm:
 
 def _create_page(request: web.Request, session: WebSession, source: SourceView, form: TaskForm,
                  errors: FormErrors | None = None, status: int = 200) -> web.Response:
+    lead = request.app[BACKEND].min_lead_seconds
     return render(request, "create_task.html", status=status, session=session, nav="sources", source=source,
                   form=form, errors=errors.fields if errors else {}, general=errors.general if errors else "",
                   regions=REGIONS, tz_label=tz_label(session.tz),
-                  now_local=datetime.now(zone(session.tz)).strftime("%Y-%m-%d %H:%M"))
+                  now_local=datetime.now(zone(session.tz)).strftime("%Y-%m-%d %H:%M"),
+                  min_lead=lead_text(lead) if lead > 0 else "",
+                  min_start=(datetime.now(zone(session.tz)) + timedelta(seconds=lead)).strftime("%Y-%m-%dT%H:%M"))
 
 
 @page

@@ -20,6 +20,9 @@
     root.querySelectorAll('[data-f="state_label"]').forEach(function (el) {
       el.className = "state state-" + t.state;
     });
+    root.querySelectorAll('[data-f="message"]').forEach(function (el) {
+      el.className = "msg msg-" + t.message_level;
+    });
     root.querySelectorAll("[data-action]").forEach(function (el) {
       el.hidden = t.allowed.indexOf(el.dataset.action) < 0;
     });
