@@ -112,7 +112,7 @@ class PollConfig(StrictModel):
 
 
 class BackoffConfig(StrictModel):
-    """Retry delays of every loop: initial * factor**n, capped, with jitter; reset on success."""
+    """Retry delays of every loop: initial * factor**n, capped, with equal jitter (in [d/2, d]); reset on success."""
 
     initial: Seconds = 1.0
     factor: Annotated[float, Field(ge=1)] = 2.0

@@ -16,11 +16,16 @@ import asyncio
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrated.errors import Interrupted, UsageError
 from migrated.model.rounds import mbps
 from migrated.model.status import format_bytes
+
+if TYPE_CHECKING:  # imported when run: `migrated --help` stays quick
+    from migrated.engine.continuous import ContinuousOptions
+    from migrated.engine.sync import SyncControl, SyncOptions
+    from migrated.transport.ssh import SshEndpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +74,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} needs --continuous")
 
 
-def _options(args: argparse.Namespace) -> Any:
+def continuous_options(args: argparse.Namespace) -> ContinuousOptions:
+    """The validated continuous options of the command line (UsageError names the flag)."""
     from migrated.engine.continuous import ContinuousOptions
     from migrated.model import bandwidth
 
@@ -122,13 +128,13 @@ def _on_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
         _say(args, f"cutover: target verified ({ev['blocks']} blocks match the source at the cutover point)")
 
 
-def run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, control: Any) -> int:
-    copts = _options(args)
+def run(args: argparse.Namespace, endpoint: SshEndpoint, path: str, options: SyncOptions,
+        control: SyncControl, copts: ContinuousOptions) -> int:
     return asyncio.run(_run(args, endpoint, path, options, control, copts))
 
 
-async def _run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, sync_control: Any,
-               copts: Any) -> int:
+async def _run(args: argparse.Namespace, endpoint: SshEndpoint, path: str, options: SyncOptions,
+               sync_control: SyncControl, copts: ContinuousOptions) -> int:
     from migrated.engine import open_session
     from migrated.engine.continuous import ContinuousControl, run_continuous
 

@@ -40,6 +40,7 @@ import structlog
 
 from migrated.agent.runners import progress
 from migrated.errors import QuiesceError, StateError, UsageError
+from migrated.model.states import COPYING
 from migrated.model.states import TaskState as S
 from migrated.model.status import DiskProgress, TaskProgress, format_bytes
 from migrated.source.hooks import HookFailed
@@ -261,7 +262,7 @@ async def run(host: RunnerHost, rc: RunControl, t: TaskRecord, session: Any, map
             keep(phase="final-pass")
             what = ", ".join(e.get("mountpoints") or e.get("volumes") or []) or "nothing mounted"
             msg = f"cutover: final pass with the source quiesced ({e.get('quiesce')}: {what})"
-            if S(t.state) in (S.SYNCING, S.TRANSFERRING):
+            if S(t.state) in COPYING:
                 host.set_state(S.VERIFYING, "cutover", msg)
             else:
                 host.event("info", msg)

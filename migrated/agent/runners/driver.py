@@ -6,8 +6,6 @@ steers the run in progress through :class:`~migrated.agent.runners.host.RunContr
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,12 +15,13 @@ import structlog
 from migrated.agent.checks import any_failed, migratable_disks, run_checks
 from migrated.agent.runners import continuous, oneshot, progress
 from migrated.errors import Interrupted, MigratedError, SourceError, UsageError
+from migrated.model.states import ACTIVE, COPYING
 from migrated.model.states import TaskState as S
 
 if TYPE_CHECKING:
     from migrated.agent.runners.host import RunControl, RunnerHost
     from migrated.agent.state import TaskRecord
-    from migrated.model.backoff import Backoff
+    from migrated.aio.retry import Retry
 
 log = structlog.get_logger(__name__)
 
@@ -58,21 +57,15 @@ def endpoint(host: RunnerHost, t: TaskRecord) -> Any:
                        host_keys=(str(t.spec.get("TargetHostKey", "")),), recv_command=host.recv_command)
 
 
-async def _sleep(seconds: float, wake: asyncio.Event) -> None:
-    """Sleep, ending early when ``wake`` is set (and clearing it)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), seconds)
-    wake.clear()
-
-
 def _bytes_done(host: RunnerHost) -> int:
     p = host.progress()
     return p.bytes_done if p else 0
 
 
-async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, backoff: Backoff) -> None:
+async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, retry: Retry) -> None:
     """Run ``t`` until it succeeds, fails for good, or ``rc`` stops it (then it is paused or left
-    at its checkpoint). Every error ends here: a permanent one fails the task."""
+    at its checkpoint). Every error ends here: a permanent one fails the task. ``retry``'s backoff
+    restarts whenever an attempt made progress; a stop ends its wait at once."""
     from migrated.engine.sync import SyncControl, SyncOptions
 
     opener = host.session_opener
@@ -102,28 +95,30 @@ async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, backoff: Bac
             if progressed or first_failure is None:
                 first_failure = now
                 if progressed:
-                    backoff.reset()
+                    retry.reset()
             if e.retryable and now - first_failure < host.cfg.transfer_retry_deadline:
-                delay = backoff.next_delay()
-                log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
-                            reason=str(e), retry_in=round(delay, 1))
-                t.message = f"retrying: {e}"
-                host.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
-                await _sleep(delay, rc.interrupt)
+
+                def retrying(e: BaseException, delay: float) -> None:
+                    log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
+                                reason=str(e), retry_in=round(delay, 1))
+                    t.message = f"retrying: {e}"
+                    host.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
+
+                await retry.failed(e, retrying, wake=rc.interrupt)
                 continue
-            if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
+            if S(t.state) in ACTIVE:
                 host.set_state(S.FAILED, t.stage, str(e))
             return
         except Exception as e:
             log.exception("task failed with an internal error", task_id=t.task_id)
-            if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
+            if S(t.state) in ACTIVE:
                 host.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
             return
 
 
 def interrupted(host: RunnerHost, rc: RunControl, t: TaskRecord) -> None:
     reason = rc.stop_reason or "stopped"
-    if reason.startswith("pause") and S(t.state) in (S.TRANSFERRING, S.SYNCING):
+    if reason.startswith("pause") and S(t.state) in COPYING:
         host.set_state(S.PAUSED, "transfer", f"{reason} at {progress.percent(host.progress())}")
     else:
         log.info("task stopped at a checkpoint", task_id=t.task_id, reason=reason)
