@@ -17,7 +17,8 @@ Contracts:
   requests and responses, which a console running with ``log.level: debug`` must not do.
 * Every SDK error becomes :class:`~migrated.errors.CloudError` (Tencent code + RequestId; retryable
   for ``RequestLimitExceeded*``, ``InternalError*`` and network faults, which :meth:`_call` retries
-  a few times with backoff). The SecretKey never appears in a message or a log line.
+  a few times with the project's one retry loop, ``migrated/aio/retry.py``). The SecretKey never
+  appears in a message or a log line.
 * :meth:`validate_instance` raises :class:`~migrated.cloud.provider.InstanceInvalid` (a TargetError)
   with a message that names the instance and what to fix; it never guesses: anything it cannot check is a warning.
 * :meth:`terminate_relay` only terminates an instance named :data:`RELAY_NAME` (never a user's machine).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -42,6 +44,7 @@ from tencentcloud.cvm.v20170312 import models as cvm
 from tencentcloud.vpc.v20170312 import models as vpc
 from tencentcloud.vpc.v20170312 import vpc_client_async
 
+from migrated.aio.retry import Retry
 from migrated.cloud.config import CloudConfig, cloud_credentials
 from migrated.cloud.provider import (
     TENCENT,
@@ -54,6 +57,7 @@ from migrated.cloud.provider import (
 )
 from migrated.credentials import Credentials
 from migrated.errors import CloudError, TargetError
+from migrated.model.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +150,7 @@ class TencentCloud:
     traits = TENCENT
 
     def __init__(self, creds: Credentials, *, endpoint: str = "", timeout: float = 30.0, retries: int = 3,
-                 retry_base_seconds: float = 1.0) -> None:
+                 retry_base_seconds: float = 1.0, rng: random.Random | None = None) -> None:
         logging.getLogger("tencentcloud_sdk_common").setLevel(logging.WARNING)
         self._cred = credential.Credential(creds.secret_id, creds.secret_key)
         self._secret_key = creds.secret_key
@@ -154,6 +158,7 @@ class TencentCloud:
         self._timeout = timeout
         self._retries = retries
         self._retry_base = retry_base_seconds
+        self._random = rng or random.Random()  # the retry waits' jitter
         self._http = httpx.AsyncClient(timeout=timeout)
         self._clients: dict[tuple[str, str], Any] = {}
 
@@ -180,24 +185,29 @@ class TencentCloud:
         return text.replace(self._secret_key, "***") if self._secret_key else text
 
     async def _call(self, product: str, region: str, action: str, req: Any) -> Any:
-        """One API call, retried on retryable errors; any failure is a CloudError."""
+        """One API call, retried on retryable errors (``migrated/aio/retry.py``: ``retries`` more
+        tries, backoff from ``retry_base_seconds`` doubling, equal jitter); any failure is a CloudError."""
         client = await self._client(product, region)
-        attempt = 0
-        while True:
+
+        async def once() -> Any:
             try:
                 return await getattr(client, action)(req)
             except TencentCloudSDKException as exc:
-                err = CloudError(exc.get_code() or "ClientError", self._scrub(str(exc.get_message() or "")),
-                                 request_id=exc.get_request_id() or "", action=action)
+                raise CloudError(exc.get_code() or "ClientError", self._scrub(str(exc.get_message() or "")),
+                                 request_id=exc.get_request_id() or "", action=action) from None
             except httpx.HTTPError as exc:
-                err = CloudError("NetworkError", self._scrub(f"{type(exc).__name__}: {exc}"), action=action,
-                                 retryable=True)
-            attempt += 1
-            if not err.retryable or attempt > self._retries:
-                log.warning("tencent cloud call failed", action=action, region=region, code=err.code,
-                            request_id=err.request_id)
-                raise err
-            await asyncio.sleep(self._retry_base * 2 ** (attempt - 1))
+                raise CloudError("NetworkError", self._scrub(f"{type(exc).__name__}: {exc}"), action=action,
+                                 retryable=True) from None
+
+        retry = Retry(Backoff(initial=self._retry_base, factor=2, cap=self._retry_base * 2 ** max(self._retries, 0),
+                              random=self._random.random))
+        try:
+            return await retry.call(once, retry_on=CloudError, should_retry=lambda e: getattr(e, "retryable", False),
+                                    attempts=self._retries + 1)
+        except CloudError as err:
+            log.warning("tencent cloud call failed", action=action, region=region, code=err.code,
+                        request_id=err.request_id)
+            raise
 
     # -- instances
 
