@@ -1,6 +1,7 @@
 """The cloud boundary: what the console asks of a cloud, in neutral types.
 
-Pure: no asyncio, aiohttp, files or cloud SDK. The console (``console/service.py``,
+Imports no asyncio, aiohttp, files or cloud SDK; only :func:`provider_module` / :func:`open_provider`
+import a provider's module, by name, when asked. The console (``console/service.py``,
 ``console/app.py``, the web UI) and ``migrate-cloud`` import this module and
 :mod:`migrated.cloud.config`, never a provider module: :func:`open_provider` imports the one a
 console config names, by name, when the console starts (tests/test_cloud_boundary.py checks that
