@@ -22,11 +22,10 @@ from migrated.agent.console_api import AgentConsole
 from migrated.config import (
     DEFAULT_CONFIG_PATH,
     Config,
-    Credentials,
-    dump_credentials,
     load_config,
     load_credentials,
 )
+from migrated.credentials import Credentials, dump_credentials
 from migrated.errors import ExitCode, MigratedError, UsageError
 from migrated.store import atomic_write
 

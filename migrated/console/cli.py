@@ -215,12 +215,17 @@ def task_lines(t: dict[str, Any]) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """What ``serve`` would refuse before it listens: the config, the TLS files it names, a database
-    path it cannot create or write (under the unit's sandbox, where ExecStartPre runs too)."""
+    path it cannot create or write (under the unit's sandbox, where ExecStartPre runs too), a cloud
+    provider it cannot open."""
     from migrated.console.config import load_config
 
     cfg = load_config(args.config)
     _ssl_context(cfg)
     _check_storage_path(Path(cfg.storage.path))
+    if cfg.cloud is not None:  # its SDK installed and its key readable, as serve opens it
+        from migrated.cloud.config import check_cloud
+
+        check_cloud(cfg.cloud)
     scheme = "https" if cfg.listen.tls is not None else "http"
     print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, "
           f"{cfg.storage.backend} {cfg.storage.path})")

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from migrated.cloud.provider import instance_id_regex
 from migrated.model.lvmsize import MAX_SNAPSHOT_SIZE_CHARS, SNAPSHOT_SIZE_HINT, snapshot_size_ok
 from migrated.model.states import TaskState
 from migrated.model.taskspec import CHECKS, OPTION_KEYS, QUIESCE_METHODS, TaskSpec, checks_hint, unknown_checks
@@ -195,7 +196,7 @@ class CreateTask(_P):
     Region: Annotated[str, Field(pattern=r"^[a-z]+(-[a-z]+)+(-\d+)?$", max_length=64)]
     TargetType: Literal["image", "instance"]
     ImageName: Annotated[str, Field(max_length=60, pattern=r"^[\w.\-\u4e00-\u9fff]*$")] = ""
-    TargetInstanceId: Annotated[str, Field(max_length=64, pattern=r"^(ins-[a-z0-9]{6,32})?$")] = ""
+    TargetInstanceId: Annotated[str, Field(max_length=64, pattern=instance_id_regex())] = ""  # any provider's
     ScheduledStartTime: Annotated[str, Field(max_length=64)] = ""  # ISO 8601; no offset means UTC
     BandwidthLimitKBps: int = Field(0, ge=0, le=100 * 1024 * 1024)
     Checksum: bool = False

@@ -31,8 +31,8 @@ Errors are the classes of :mod:`migrated.errors`; each carries its API code (``a
 ``InternalError.Busy``                      the task kept changing under five attempts
 ==========================================  ==============================================
 
-With a ``cloud:`` config section (docs/cloud.md) the service also talks to Tencent Cloud through
-:class:`migrated.cloud.tencent.TencentCloud`: CreateTask validates the target instance and takes
+With a ``cloud:`` config section (docs/cloud.md) the service also talks to a cloud through the
+:class:`~migrated.cloud.provider.CloudProvider` it is given: CreateTask validates the target instance and takes
 an image name no image of the account has; an image task that reaches ``success`` gets its image
 made (CreateImage, polled to NORMAL) in a background job whose progress is the task's
 ``ImageId`` / ``ImageState`` and its events. Without the section nothing here calls out.
@@ -50,7 +50,7 @@ from typing import Any
 
 import structlog
 
-from migrated.cloud.tencent import InstanceInvalid, SourceDisk, TencentCloud, unique_name
+from migrated.cloud.provider import CloudProvider, DiskSpec, InstanceInvalid, unique_name
 from migrated.console import params as P
 from migrated.console.config import ConsoleConfig
 from migrated.console.storage import (
@@ -164,7 +164,7 @@ class Principal:
 
 class ConsoleService:
     def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, cloud: TencentCloud | None = None) -> None:
+                 rng: random.Random | None = None, cloud: CloudProvider | None = None) -> None:
         self.storage = storage
         self.config = config
         self.cloud = cloud  # None: cloud features off
@@ -487,7 +487,7 @@ class ConsoleService:
             # image tasks: TargetInstanceId is the relay instance the image is made from
             instance_id = p.TargetInstanceId
             sizes = {d.name: d for d in s.disks}
-            disks = [SourceDisk(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
+            disks = [DiskSpec(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
             warnings, image_name = await self._cloud_checks(p, task_id, disks, image_name)
         spec = p.spec()
         # the options of a continuous task, or of a one-shot one with a consistent finish (flagged)
@@ -644,13 +644,14 @@ class ConsoleService:
         events = await self.storage.list_events(p.TaskId, after_id=p.AfterEventId, limit=p.Limit)
         return {"EventSet": [self.event_view(e) for e in events]}
 
-    # ------------------------------------------------------------ Tencent Cloud
+    # ------------------------------------------------------------ the cloud (migrated/cloud/provider.py)
 
-    async def _cloud_checks(self, p: P.CreateTask, task_id: str, disks: list[SourceDisk], image_name: str
+    async def _cloud_checks(self, p: P.CreateTask, task_id: str, disks: list[DiskSpec], image_name: str
                             ) -> tuple[list[str], str]:
         """CreateTask's cloud side: validate the target (or relay) instance, warn about its SSH port,
         pick an image name no image of the account has. Returns (warnings, image name)."""
         assert self.cloud is not None
+        traits = self.cloud.traits
         warnings: list[str] = []
         try:
             if p.TargetInstanceId:
@@ -673,7 +674,7 @@ class ConsoleService:
                 image_name = await self.cloud.unique_image_name(p.Region, image_name, task_id)
         except CloudError as exc:  # answered as FailedOperation.CloudApi, with what the console was doing
             again = " (temporary: try again)" if exc.retryable else ""
-            exc.message = f"cannot check the target on Tencent Cloud: {exc.message}{again}"
+            exc.message = f"cannot check the target on {traits.title}: {exc.message}{again}"
             raise exc from None
         return warnings, image_name
 
@@ -713,13 +714,13 @@ class ConsoleService:
         if not t.target_instance_id:
             await self._set_image(task_id, image_state="SKIPPED", event=(
                 "warning", "image", f"image {t.image_name} not made: the task names no relay instance "
-                                    "(TargetInstanceId); make it in the Tencent Cloud console"))
+                                    f"(TargetInstanceId); make it in the {cloud.traits.title} console"))
             return
         marker = f"migrated {task_id}"
         try:
             image_id = t.image_id
             if not image_id:
-                name = t.image_name or unique_name(t.name, task_id)
+                name = t.image_name or unique_name(t.name, task_id, cloud.traits.image_name_max)
                 same = await cloud.find_images(t.region, name=name)
                 ours = [i for i in same if i.description == marker]
                 if ours:
@@ -727,7 +728,7 @@ class ConsoleService:
                     with_disks = " (found from an earlier attempt)"
                 else:
                     if same:  # someone took the name since CreateTask
-                        name = unique_name(name, task_id)
+                        name = unique_name(name, task_id, cloud.traits.image_name_max)
                     data_disks: tuple[str, ...] = ()
                     if len(t.disk_mapping) > 1:  # data disks were migrated too: a full image
                         info = await cloud.describe_instance(t.region, t.target_instance_id)

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from migrated.cloud.provider import traits_for
 from migrated.model import bandwidth
 
 from .model import FormErrors, TaskForm
@@ -60,7 +61,7 @@ ONLY_CONTINUOUS = "only for incremental sync until cutover or a consistent finis
 PATTERN_HINT = {
     "Region": "must be a region such as ap-guangzhou",
     "ImageName": "may hold letters, digits, '.', '_' and '-' only",
-    "TargetInstanceId": "must be an instance ID such as ins-abcd1234",
+    "TargetInstanceId": f"must be an instance ID such as {traits_for(None).instance_id_example}",
 }
 
 BANDWIDTH_ERROR = (f"must be a number of Mbit/s or a rate with its unit, e.g. {bandwidth.EXAMPLES} "

@@ -25,6 +25,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from migrated.cloud.provider import traits_for
 from migrated.errors import MigratedError, StateError
 from migrated.model.bandwidth import format_kbps, kbps_text
 from migrated.model.states import NOT_STARTED, Action, ActionDenied, TaskState, allowed_actions
@@ -52,9 +53,7 @@ THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("web_throttle", LoginThrottle)
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("web_jinja", jinja2.Environment)
 
 POLL_MS = 2000
-REGIONS = ["ap-guangzhou", "ap-shanghai", "ap-beijing", "ap-chengdu", "ap-chongqing", "ap-nanjing",
-           "ap-hongkong", "ap-singapore", "ap-bangkok", "ap-jakarta", "ap-seoul", "ap-tokyo",
-           "na-siliconvalley", "na-ashburn", "eu-frankfurt", "sa-saopaulo"]
+REGIONS = list(traits_for(None).regions)  # the form's suggestions: the default provider's (migrated/cloud/provider.py)
 
 STATE_LABEL = {
     TaskState.CREATED: "Created", TaskState.SCHEDULED: "Scheduled", TaskState.STARTING: "Starting",
