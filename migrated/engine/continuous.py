@@ -63,7 +63,14 @@ import structlog
 from migrated.engine.session import Session
 from migrated.engine.sync import SyncControl, SyncOptions, SyncResult, default_state_dir
 from migrated.errors import MigratedError, UsageError
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
+from migrated.model.taskspec import (
+    DEFAULT_FREEZE_BUDGET_SECONDS,
+    DEFAULT_HOOK_TIMEOUT_SECONDS,
+    DEFAULT_QUIESCE,
+    DEFAULT_ROUND_INTERVAL_SECONDS,
+)
 from migrated.source.freeze import (
     FreezeBudgetExceeded,
     FreezeError,
@@ -101,19 +108,19 @@ class ContinuousOptions:
     ``auto_cutover``: cut over as soon as the advice says so. Otherwise: rounds until
     ``ContinuousControl.request_cutover()``."""
 
-    interval: float = 60.0
+    interval: float = float(DEFAULT_ROUND_INTERVAL_SECONDS)
     read_limit: int | None = None
     cutover_after: int | None = None
     auto_cutover: bool = False
-    quiesce: str = "freeze"
-    freeze_budget: float = 30.0
+    quiesce: str = DEFAULT_QUIESCE
+    freeze_budget: float = float(DEFAULT_FREEZE_BUDGET_SECONDS)
     downtime_target: float = 2.0
     pre_hook: str | None = None
     post_hook: str | None = None
-    hook_timeout: float = 300.0
+    hook_timeout: float = float(DEFAULT_HOOK_TIMEOUT_SECONDS)
     final_attempts: int = 2
     track_writes: bool = True  # trace writes so the final pass reads only them (migrated.source.tracker)
-    snapshot_size: str = "10%ORIGIN"  # --quiesce lvm: copy-on-write space of each snapshot (lvcreate size)
+    snapshot_size: str = DEFAULT_SNAPSHOT_SIZE  # --quiesce lvm: copy-on-write space of each snapshot (lvcreate size)
     verify: bool = True
     # where the freeze guardian records what it froze while it is frozen (tmpfs; migrated.source.guardian);
     # None: $RUNTIME_DIRECTORY/frozen.json under systemd, else no record

@@ -28,9 +28,10 @@ from aiohttp import web
 from migrated.cloud.provider import traits_for
 from migrated.errors import MigratedError, StateError
 from migrated.model.bandwidth import format_kbps, kbps_text
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 from migrated.model.states import NOT_STARTED, Action, ActionDenied, TaskState, allowed_actions
 from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
-from migrated.model.taskspec import CHECKS
+from migrated.model.taskspec import CHECKS, DEFAULT_FREEZE_BUDGET_SECONDS, DEFAULT_HOOK_TIMEOUT_SECONDS
 
 from .auth import (
     COOKIE_PATH,
@@ -184,7 +185,9 @@ def make_jinja() -> jinja2.Environment:
     env.filters["kbps_text"] = kbps_text
     env.filters["ago"] = fmt_ago
     env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action,
-                       NOT_STARTED=NOT_STARTED)
+                       NOT_STARTED=NOT_STARTED, DEFAULT_SNAPSHOT_SIZE=DEFAULT_SNAPSHOT_SIZE,
+                       DEFAULT_FREEZE_BUDGET=DEFAULT_FREEZE_BUDGET_SECONDS,
+                       DEFAULT_HOOK_TIMEOUT=DEFAULT_HOOK_TIMEOUT_SECONDS)  # the defaults of model/taskspec
     return env
 
 
