@@ -398,6 +398,31 @@ async def test_sqlite_upgrades_an_old_file_in_numbered_steps(tmp_path):
         await bare.close()
 
 
+async def test_postgresql_upgrades_an_old_database_in_numbered_steps(pg_server):  # noqa: F811
+    import asyncpg
+
+    from migrated.console.storage.postgresql import MIGRATIONS
+
+    db = pg_server.create_database()
+    con = await asyncpg.connect(pg_server.dsn(db), password=pg_server.password)
+    try:  # a database as the first schema left it, with a task in it
+        for stmt in MIGRATIONS[0][1]:
+            await con.execute(stmt)
+        await con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); "
+                          "INSERT INTO schema_version VALUES (1)")
+        await con.execute("INSERT INTO tasks VALUES ('t1','src-x','t1','','r','instance','','','root@h','k',0,0,"
+                          "'[]',NULL,'created','','','{}',1,1,'','','')")
+    finally:
+        await con.close()
+    store = PostgreSQLBackend(pg_server.dsn(db), password_file=str(pg_server.password_file))
+    await store.open()
+    try:
+        assert (store.schema_upgraded_from, store.schema_version) == (1, MIGRATIONS[-1][0])
+        assert (await store.get_task("t1")).ignore_checks == ()
+    finally:
+        await store.close()
+
+
 # ---------------------------------------------------------------- PostgreSQL: connecting
 
 

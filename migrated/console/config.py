@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
+from migrated.cloud.config import CloudConfig  # the cloud: section lives with the cloud boundary
 from migrated.configload import StrictModel, issue_at, load_file, validate
 
 API_VERSION = "2026-11-01"
@@ -105,22 +106,6 @@ class LogConfig(_Model):
     format: Literal["auto", "console", "json", "journald"] = "console"
 
 
-class CloudConfig(_Model):
-    """Tencent Cloud (docs/cloud.md). Absent from the config = no cloud calls at all."""
-
-    provider: Literal["tencent"] = "tencent"
-    # YAML with secret_id / secret_key, mode 0600; empty = TENCENTCLOUD_SECRET_ID / _KEY from the environment
-    credentials_file: str = ""
-    endpoint: str = Field("", pattern=r"^(https?://[A-Za-z0-9.\-\[\]:]+)?$")  # API host override (tests, private)
-    check_security_groups: bool = True  # warn at CreateTask when the target's SSH port looks closed
-    api_timeout_seconds: float = Field(30.0, gt=0, le=300)
-    image_timeout_seconds: float = Field(7200.0, gt=0, le=86400)  # CreateImage -> NORMAL deadline
-    image_poll_seconds: float = Field(15.0, gt=0, le=600)
-    # after the image is NORMAL, terminate the image task's TargetInstanceId if (and only if) it is
-    # named do_not_delete_csm_instance, the relay naming convention
-    terminate_relay: bool = False
-
-
 class ConsoleConfig(_Model):
     listen: ListenConfig = ListenConfig()
     storage: StorageConfig = StorageConfig()
@@ -128,7 +113,7 @@ class ConsoleConfig(_Model):
     agents: AgentsConfig = AgentsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     log: LogConfig = LogConfig()
-    cloud: CloudConfig | None = None
+    cloud: CloudConfig | None = None  # docs/cloud.md
 
 
 def parse_config(data: object, *, origin: str = "config") -> ConsoleConfig:

@@ -131,6 +131,7 @@ class TaskRecord:
     # "SnapshotSize"}, each None when not given (older rows hold fewer keys: read with .get);
     # ModifyTaskRounds changes the first two
     continuous: dict[str, Any] | None = None
+    ignore_checks: tuple[str, ...] = ()  # CreateTask IgnoreChecks: names from model.taskspec.CHECKS
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             stage TEXT NOT NULL, message TEXT NOT NULL)""",
         "CREATE INDEX events_task ON events(task_id, event_id)",
     )),
+    (2, ("ALTER TABLE tasks ADD COLUMN ignore_checks TEXT NOT NULL DEFAULT ''",)),  # CreateTask IgnoreChecks
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

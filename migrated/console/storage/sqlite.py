@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     scheduled_at REAL, state TEXT NOT NULL, stage TEXT NOT NULL, message TEXT NOT NULL,
     progress TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
     image_id TEXT NOT NULL DEFAULT '', image_state TEXT NOT NULL DEFAULT '',
-    continuous TEXT NOT NULL DEFAULT ''
+    continuous TEXT NOT NULL DEFAULT '',
+    ignore_checks TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source_id, state);
 CREATE INDEX IF NOT EXISTS tasks_sched ON tasks(state, scheduled_at);
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_task ON events(task_id, event_id);
 """
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 # schema upgrades, numbered steps applied in order to an older file at open (one transaction):
 # version -> the statements that lead to the next; a newer file than SCHEMA_VERSION is refused
@@ -97,13 +98,14 @@ _MIGRATIONS = {
     "1": ("ALTER TABLE tasks ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
           "ALTER TABLE tasks ADD COLUMN image_state TEXT NOT NULL DEFAULT ''"),
     "2": ("ALTER TABLE tasks ADD COLUMN continuous TEXT NOT NULL DEFAULT ''",),
+    "3": ("ALTER TABLE tasks ADD COLUMN ignore_checks TEXT NOT NULL DEFAULT ''",),
 }
 
 _TASK_COLUMNS = (
     "task_id", "source_id", "name", "description", "region", "target_type", "image_name",
     "target_instance_id", "target_ssh", "target_host_key", "bandwidth_limit_kbps", "checksum",
     "disk_mapping", "scheduled_at", "state", "stage", "message", "progress", "created_at", "updated_at",
-    "image_id", "image_state", "continuous",
+    "image_id", "image_state", "continuous", "ignore_checks",
 )
 
 
@@ -113,6 +115,7 @@ def _task_from_row(row: sqlite3.Row) -> TaskRecord:
     d["disk_mapping"] = tuple((a, b) for a, b in json.loads(d["disk_mapping"]))
     d["progress"] = json.loads(d["progress"])
     d["continuous"] = json.loads(d["continuous"]) if d.get("continuous") else None
+    d["ignore_checks"] = tuple(json.loads(d["ignore_checks"])) if d.get("ignore_checks") else ()
     return TaskRecord(**d)
 
 
@@ -128,6 +131,7 @@ def _task_to_row(t: TaskRecord) -> dict[str, Any]:
         "progress": json.dumps(t.progress), "created_at": t.created_at, "updated_at": t.updated_at,
         "image_id": t.image_id, "image_state": t.image_state,
         "continuous": json.dumps(t.continuous) if t.continuous is not None else "",
+        "ignore_checks": json.dumps(list(t.ignore_checks)) if t.ignore_checks else "",
     }
 
 
