@@ -2,9 +2,10 @@
 ``initdb`` + ``pg_ctl`` in a temp dir as an unprivileged user (``postgres`` when the tests run as
 root), listening only on a Unix socket in that dir, password authentication (scram) on.
 
-:func:`pg_server` (session-scoped, one server per xdist worker) starts it on first use and removes
-it at the end; :meth:`PgServer.create_database` gives each test its own database. Missing binaries
-fail the test with the package to install: never a silent skip (``.ci/run`` installs them).
+:func:`pg_server` (session-scoped; one server per xdist worker and per test module that imports
+it) starts it on first use and removes it at the end; :meth:`PgServer.create_database` gives each
+test its own database. Missing binaries fail the test with the package to install: never a silent
+skip (``.ci/run`` and ``scripts/test`` install them).
 """
 
 from __future__ import annotations
