@@ -8,12 +8,12 @@ TC3-HMAC-SHA256 ``Authorization`` it **verifies** with the SDK's own signing cod
 (``cvm`` / ``vpc``), so one endpoint serves every product.
 
 What it answers (response shapes copied from the SDK's models, ``tencentcloud/cvm/v20170312/models.py``):
-DescribeInstances, RunInstances, TerminateInstances, EnterRescueMode, ExitRescueMode, DescribeImages,
-CreateImage (cvm) and DescribeSecurityGroupPolicies (vpc). docs/cloud.md ("The local stand-in") says
-what of it is taken from the SDK and what is assumed.
+DescribeInstances, RunInstances, StopInstances, StartInstances, TerminateInstances, EnterRescueMode,
+ExitRescueMode, DescribeImages, CreateImage (cvm) and DescribeSecurityGroupPolicies (vpc).
+docs/cloud.md ("The local stand-in") says what of it is taken from the SDK and what is assumed.
 
-* **Parameters** a request carries that the installed SDK's ``<Action>Request`` model does not define
-  are refused with ``UnknownParameter``, as the real API does (top-level names only).
+* **Parameters** a request carries that the installed SDK's ``<Action>Request`` model does not read
+  (nested ones too: ``Placement.Zonee``) are refused with ``UnknownParameter``, as the real API does.
 * **State**: ``instances`` (region, id) -> the SDK's ``Instance`` dict, ``images`` id -> ``Image``
   dict; plain dicts tests may edit. Instances made by RunInstances have **real disk files** (sparse, in
   ``workdir``; a "GB" of the fake is ``gib`` bytes, 1 MiB by default so copies stay cheap);
@@ -21,9 +21,10 @@ what of it is taken from the SDK and what is assumed.
 * **Asynchronous states**, each lasting ``delays.<name>`` seconds of the fake's clock (``advance()``
   moves that clock, so a test can hold a state without a timing window): RunInstances PENDING ->
   RUNNING (or LAUNCH_FAILED, see ``fail_launch``), TerminateInstances TERMINATING -> gone (delay 0:
-  gone at once), EnterRescueMode ENTER_RESCUE_MODE -> RESCUE_MODE, ExitRescueMode EXIT_RESCUE_MODE ->
-  RUNNING, CreateImage CREATING -> NORMAL (seen by DescribeImages with ImageIds once the delay has passed
-  and after ``image_polls_until_done`` such polls; ``image_outcome`` may be CREATEFAILED). An action
+  gone at once), StopInstances STOPPING -> STOPPED, StartInstances STARTING -> RUNNING,
+  EnterRescueMode ENTER_RESCUE_MODE -> RESCUE_MODE, ExitRescueMode EXIT_RESCUE_MODE -> RUNNING,
+  CreateImage CREATING -> NORMAL (seen by DescribeImages with ImageIds once the delay has passed and
+  after ``image_polls_until_done`` such polls; ``image_outcome`` may be CREATEFAILED). An action
   refused in a state answers the SDK's ``UnsupportedOperation.InstanceState*`` code for that state.
 * **Rescue mode** is a real OpenSSH ``sshd`` on 127.0.0.1 (``tests/sshd.py``) started by
   EnterRescueMode and stopped by ExitRescueMode / TerminateInstances: :meth:`rescue` gives its
@@ -48,6 +49,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,8 @@ ALLOWED_STATES = {
     "ExitRescueMode": {"RESCUE_MODE"},
     "CreateImage": {"RUNNING", "STOPPED"},
     "TerminateInstances": set(STATE_CODES) - {"TERMINATING"},
+    "StopInstances": {"RUNNING"},
+    "StartInstances": {"STOPPED"},
 }
 _PASSWORD_CLASSES = ("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789",
                      "()`~!@#$%^&*-+=|{}[]:;',.?/")
@@ -131,6 +135,47 @@ def model_parameters(product: str, action: str) -> set[str] | None:
     if cls is None:
         return None
     return {k[1:] for k in vars(cls()) if k.startswith("_")}
+
+
+class _Reading(dict):  # type: ignore[type-arg]
+    """A request's parameters that note each name the SDK model's ``_deserialize`` reads (nested: ``A.B``)."""
+
+    def __init__(self, params: dict[str, Any], prefix: str, read: set[str]) -> None:
+        super().__init__(params)
+        self.prefix, self.read = prefix, read
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(self.prefix + key)
+        value = super().get(key, default)
+        if isinstance(value, dict):
+            return _Reading(value, f"{self.prefix}{key}.", self.read)
+        if isinstance(value, list):
+            return [_Reading(v, f"{self.prefix}{key}.", self.read) if isinstance(v, dict) else v for v in value]
+        return value
+
+
+def _names(params: dict[str, Any], prefix: str = "") -> set[str]:
+    names = set()
+    for key, value in params.items():
+        names.add(prefix + key)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, dict):
+                names |= _names(v, f"{prefix}{key}.")
+    return names
+
+
+def unknown_parameters(product: str, action: str, params: dict[str, Any]) -> list[str] | None:
+    """The parameter names in ``params`` (nested ones as ``Placement.Zone``) that the installed SDK's
+    ``<action>Request`` model does not read: its own ``_deserialize`` is run on them and every name
+    it reads is noted. None when the SDK has no such model."""
+    if model_parameters(product, action) is None:
+        return None
+    models = importlib.import_module(f"tencentcloud.{product}.v20170312.models")
+    read: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the SDK warns "fileds are useless": that is what we answer
+        getattr(models, f"{action}Request")()._deserialize(_Reading(params, "", read))
+    return sorted(_names(params) - read)
 
 
 def linux_password_ok(password: str) -> bool:
@@ -172,6 +217,8 @@ class Delays:
     enter_rescue: float = 0.0  # ENTER_RESCUE_MODE
     exit_rescue: float = 0.0  # EXIT_RESCUE_MODE
     image: float = 0.0  # CREATING (besides image_polls_until_done)
+    stop: float = 0.0  # STOPPING
+    start: float = 0.0  # STARTING
 
 
 @dataclass
@@ -392,8 +439,7 @@ class FakeTencentCloud:
             return self._error("AuthFailure.SignatureFailure", "The provided credentials could not be validated.")
         params = json.loads(body or b"{}")
         self.calls.append((action, region, params))
-        known = model_parameters(auth.service, action)
-        unknown = sorted(set(params) - known) if known is not None else []
+        unknown = unknown_parameters(auth.service, action, params)
         if unknown:
             return self._error("UnknownParameter", f"The parameter `{unknown[0]}` is not recognized.")
         if action in self.fail and self.fail_times.get(action, 1) > 0:
@@ -523,6 +569,21 @@ class FakeTencentCloud:
             else:
                 self.instances[(region, i)]["InstanceState"] = "TERMINATING"
                 self._after((region, i), self.delays.terminate, "GONE")
+        return {}
+
+    def _cvm_StopInstances(self, region: str, p: dict[str, Any]) -> dict[str, Any]:
+        return self._move(region, p["InstanceIds"], "StopInstances", "STOPPING", self.delays.stop, "STOPPED")
+
+    def _cvm_StartInstances(self, region: str, p: dict[str, Any]) -> dict[str, Any]:
+        return self._move(region, p["InstanceIds"], "StartInstances", "STARTING", self.delays.start, "RUNNING")
+
+    def _move(self, region: str, ids: list[str], action: str, now: str, seconds: float, then: str) -> dict[str, Any]:
+        """Every instance of ``ids`` (all checked first: one refused, none moved) goes ``now`` -> ``then``."""
+        for i in ids:
+            self._instance_in(region, i, action)
+        for i in ids:
+            self.instances[(region, i)]["InstanceState"] = now
+            self._after((region, i), seconds, then)
         return {}
 
     async def _cvm_EnterRescueMode(self, region: str, p: dict[str, Any]) -> dict[str, Any]:

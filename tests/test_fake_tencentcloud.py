@@ -97,6 +97,29 @@ async def test_parameter_the_sdk_model_lacks_is_refused(fake: FakeTencentCloud, 
         await asyncio.to_thread(cvm.client.call_json, "DescribeInstances", {"InstanceIds": [], "Bogus": 1})
     assert ei.value.get_code() == "UnknownParameter" and "Bogus" in ei.value.get_message()
     assert (await cvm("DescribeInstances")).TotalCount == 0  # known parameters only: answered
+    with pytest.raises(TencentCloudSDKException) as ei:  # nested names are checked against the nested models
+        await asyncio.to_thread(cvm.client.call_json, "RunInstances", {"Placement": {"Zone": "ap-guangzhou-3"},
+                                "DataDisks": [{"DiskSize": 10, "DiskSizee": 20}]})
+    assert ei.value.get_code() == "UnknownParameter" and "DataDisks.DiskSizee" in ei.value.get_message()
+    assert fake.instances == {}
+
+
+async def test_stop_start_and_describe_images_pages(fake: FakeTencentCloud, cvm: Cvm) -> None:
+    iid = await cvm.run()
+    fake.delays.stop = 3600
+    await cvm("StopInstances", InstanceIds=[iid], StopType="SOFT")
+    assert await cvm.state(iid) == "STOPPING"
+    assert await cvm.error("StopInstances", InstanceIds=[iid]) == "UnsupportedOperation.InstanceStateStopping"
+    fake.advance(3600)
+    assert await cvm.state(iid) == "STOPPED"
+    assert await cvm.error("StopInstances", InstanceIds=[iid]) == "UnsupportedOperation.InstanceStateStopped"
+    await cvm("StartInstances", InstanceIds=[iid])
+    assert await cvm.state(iid) == "RUNNING"
+    for n in range(105):
+        fake.add_image(R, f"img{n}")
+    pages = [await cvm("DescribeImages", Offset=o, Limit=100) for o in (0, 100)]
+    assert [p.TotalCount for p in pages] == [105, 105] and [len(p.ImageSet) for p in pages] == [100, 5]
+    assert len((await cvm("DescribeImages")).ImageSet) == 20  # the API's default Limit
 
 
 async def test_client_token_twice_gives_one_instance(fake: FakeTencentCloud, cvm: Cvm) -> None:
