@@ -19,30 +19,21 @@ from __future__ import annotations
 
 import os
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator, model_validator
 
-from migrated.configload import Issue as _Issue
-from migrated.configload import StrictModel, as_tuple, config_error, issue_at, load_file, parse_text
-from migrated.errors import ConfigError
+from migrated.configload import StrictModel, as_tuple, issue_at, load_file, parse_text
+from migrated.credentials import Credentials, read_credentials
+from migrated.errors import ConfigError as ConfigError  # re-exported: callers catch config errors from here
+from migrated.model.taskspec import CHECKS
 
 DEFAULT_CONFIG_PATH = Path("/etc/migrated/migrated.yaml")
 CREDENTIAL_NAME = "credentials"  # name of the systemd credential (LoadCredential=credentials:...)
 
-# Names of the pre-migration checks (migrated/agent/checks.py keeps the same list).
-CHECK_NAMES = (
-    "virtio_drivers",
-    "selinux",
-    "clock_skew",
-    "disks",
-    "target_ssh",
-    "target_capacity",
-    "target_receiver",
-)
+# Names of the pre-migration checks: one list, in migrated.model.taskspec (the API and the CLIs use it too).
+CHECK_NAMES = CHECKS
 
 LogFormat = Literal["auto", "console", "json", "journald"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -114,7 +105,7 @@ class PollConfig(StrictModel):
 
 
 class BackoffConfig(StrictModel):
-    """Retry delays of every loop: initial * factor**n, capped, with jitter; reset on success."""
+    """Retry delays of every loop: initial * factor**n, capped, with equal jitter (in [d/2, d]); reset on success."""
 
     initial: Seconds = 1.0
     factor: Annotated[float, Field(ge=1)] = 2.0
@@ -164,23 +155,9 @@ class Config(StrictModel):
         return self.ignore_checks == "all" or name in self.ignore_checks
 
 
-@dataclass(frozen=True)
-class Credentials:
-    secret_id: str
-    secret_key: str
-
-    def __repr__(self) -> str:  # never print the key, even in a traceback
-        return f"Credentials(secret_id={self.secret_id!r}, secret_key='[redacted]')"
-
-
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse YAML text into a validated :class:`Config`; raise ConfigError naming every bad key."""
     return parse_text(Config, text, source)
-
-
-def _in_file(source: str, path: str, message: str) -> ConfigError:
-    """ConfigError reading '<file>: <key.path>: <message>' with ``.path`` = the key path."""
-    return config_error(source, [_Issue(path, message)])
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -197,40 +174,9 @@ def credentials_path(cfg: Config, environ: typing.Mapping[str, str] | None = Non
     return Path(cfg.credentials_file)
 
 
-def parse_credentials(text: str, source: str) -> Credentials:
-    """Parse the credentials file (YAML: ``secret_id``, ``secret_key``). Errors never echo values."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"{source}: not valid YAML (expected secret_id: ... and secret_key: ...)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping with secret_id and secret_key")
-    for key in data:
-        if key not in ("secret_id", "secret_key"):
-            raise _in_file(source, str(key), "unknown key (known: secret_id, secret_key)")
-    for key in ("secret_id", "secret_key"):
-        value = data.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise _in_file(source, key, "required, a non-empty string")
-    return Credentials(secret_id=data["secret_id"].strip(), secret_key=data["secret_key"].strip())
-
-
 def load_credentials(cfg: Config, environ: typing.Mapping[str, str] | None = None) -> Credentials:
-    """Read SecretId/SecretKey. The file must not be readable by group/others (systemd's copy is)."""
-    from migrated.store import read_private_file
-
-    p = credentials_path(cfg, environ)
-    if not p.exists():
-        raise ConfigError(f"credentials file {p} not found: run migrated register (it asks for SecretId/SecretKey "
-                          "and writes it), or write secret_id/secret_key there with mode 0600",
-                          path="credentials_file")
-    raw = read_private_file(p)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not UTF-8 text") from None
-    return parse_credentials(text, str(p))
-
-
-def dump_credentials(creds: Credentials) -> bytes:
-    return yaml.safe_dump({"secret_id": creds.secret_id, "secret_key": creds.secret_key}).encode()
+    """Read SecretId/SecretKey (:mod:`migrated.credentials`). The file must not be readable by
+    group/others (systemd's copy is not)."""
+    return read_credentials(credentials_path(cfg, environ), setting="credentials_file",
+                            missing_hint="run migrated register (it asks for SecretId/SecretKey and writes it), "
+                                         "or write secret_id/secret_key there with mode 0600")

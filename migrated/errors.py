@@ -354,12 +354,13 @@ class CloudError(MigratedError):
     api_code = "FailedOperation.CloudApi"
 
     def __init__(self, code: str, message: str, *, request_id: str = "", action: str = "",
-                 retryable: bool | None = None) -> None:
+                 retryable: bool | None = None, provider: str = "Tencent Cloud") -> None:
+        # provider: the cloud's title (ProviderTraits.title); another provider also passes retryable
         if retryable is None:
             retryable = code.startswith(("RequestLimitExceeded", "InternalError")) or code == "NetworkError"
         where = f"{action}: " if action else ""
         rid = f" (RequestId {request_id})" if request_id else ""
-        super().__init__(f"Tencent Cloud {where}{code}: {message}{rid}", retryable=retryable)
+        super().__init__(f"{provider} {where}{code}: {message}{rid}", retryable=retryable)
         self.code = code
         self.request_id = request_id
         self.action = action

@@ -77,3 +77,16 @@ def test_the_cycle_check_sees_a_cycle(tmp_path: Path) -> None:
     bad.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from migrated.agent.daemon import Agent\n")
     assert imports_of(bad) == {"migrated.agent.daemon"}
     assert "migrated.agent.runners.driver" in imports_of(AGENT / "daemon.py")
+
+
+def test_the_daemon_implements_the_runner_host(tmp_path: Path) -> None:
+    """Every member of RunnerHost is a public member of the daemon's Agent."""
+    from migrated.agent.daemon import Agent
+    from migrated.agent.runners.host import RunnerHost
+    from migrated.agent.state import AgentStore
+    from migrated.config import Config
+
+    members = {n for n in vars(RunnerHost) if not n.startswith("_")} | set(RunnerHost.__annotations__)
+    assert {"cfg", "store", "set_state", "event", "save_task", "freeze_record", "clock_skew"} <= members
+    agent = Agent(Config(state_dir=str(tmp_path)), None, AgentStore(tmp_path))
+    assert [n for n in sorted(members) if not hasattr(agent, n)] == []

@@ -136,3 +136,142 @@ def test_plan_chunk_partitions_blocks_and_decides_each_right(blocks, cap):
             assert r.kind is Kind.DATA and runs[i - 1].count == cap  # split only at the cap
         pos += r.count
     assert pos == len(blocks)
+
+
+# -- the resume rules (model/checkpoint.py: begin_run, advance, restart_pass, hashfile_trusted, trusted_entries)
+
+MiB = 1 << 20
+SPAN = 4 * MiB  # dirty span in these tables
+SIZE = 10 * MiB
+
+
+def rcp(**kw) -> Checkpoint:
+    return cp(**dict(dict(source_size=SIZE, round=1, cursor=0, dirty_end=0, zero_from=None), **kw))
+
+
+BEGIN_CASES = [
+    # (checkpoint fields, expected RunStart fields, expected checkpoint fields after)
+    pytest.param({}, dict(start=0, untrusted=(0, 0), resumed=False, new_round=False),
+                 dict(round=1, cursor=0, dirty_end=SPAN, zero_from=None), id="fresh"),
+    pytest.param(dict(zero_from=0), dict(start=0, untrusted=(0, 0), resumed=False, new_round=False),
+                 dict(cursor=0, dirty_end=SPAN, zero_from=SPAN), id="fresh-sparse-target"),
+    pytest.param(dict(cursor=3 * MiB, dirty_end=5 * MiB),
+                 dict(start=3 * MiB, untrusted=(3 * MiB, 5 * MiB), resumed=True, new_round=False),
+                 dict(cursor=3 * MiB, dirty_end=7 * MiB), id="resume-distrusts-the-dirty-window"),
+    pytest.param(dict(cursor=1 * MiB, dirty_end=8 * MiB, zero_from=8 * MiB),
+                 dict(start=1 * MiB, untrusted=(1 * MiB, 8 * MiB), resumed=True, new_round=False),
+                 dict(dirty_end=8 * MiB, zero_from=8 * MiB), id="dirty-window-never-shrinks"),
+    pytest.param(dict(cursor=8 * MiB, dirty_end=SIZE),
+                 dict(start=8 * MiB, untrusted=(8 * MiB, SIZE), resumed=True, new_round=False),
+                 dict(dirty_end=SIZE), id="window-capped-at-the-disk-end"),
+    pytest.param(dict(round=3, cursor=SIZE, dirty_end=SIZE, complete=True, zero_from=SIZE),
+                 dict(start=0, untrusted=(0, 0), resumed=False, new_round=True),
+                 dict(round=4, cursor=0, dirty_end=SPAN, complete=False, zero_from=None), id="complete-next-round"),
+]
+
+
+@pytest.mark.parametrize(("before", "start", "after"), BEGIN_CASES)
+def test_begin_run_table(before: dict, start: dict, after: dict) -> None:
+    c = rcp(**before)
+    got = c.begin_run(SPAN)
+    assert {k: getattr(got, k) for k in start} == start
+    assert {k: getattr(c, k) for k in after} == after
+    Checkpoint.decode(c.encode())  # still a valid checkpoint
+
+
+ADVANCE_CASES = [
+    # (checkpoint fields, pos, expected fields after)
+    pytest.param(dict(dirty_end=SPAN), 2 * MiB, dict(cursor=2 * MiB, dirty_end=6 * MiB, complete=False),
+                 id="moves-cursor-and-window"),
+    pytest.param(dict(dirty_end=SPAN, zero_from=SPAN), 2 * MiB, dict(dirty_end=6 * MiB, zero_from=6 * MiB),
+                 id="zero-from-follows-the-window"),
+    pytest.param(dict(dirty_end=SIZE, zero_from=SIZE), 8 * MiB, dict(dirty_end=SIZE, zero_from=SIZE),
+                 id="zero-from-never-moves-down"),
+    pytest.param(dict(cursor=8 * MiB, dirty_end=SIZE), SIZE, dict(cursor=SIZE, dirty_end=SIZE, complete=True),
+                 id="end-of-disk-completes"),
+]
+
+
+@pytest.mark.parametrize(("before", "pos", "after"), ADVANCE_CASES)
+def test_advance_table(before: dict, pos: int, after: dict) -> None:
+    c = rcp(bytes_sent_total=100, **before)
+    c.advance(pos, SPAN, 23)
+    assert {k: getattr(c, k) for k in after} == after
+    assert c.bytes_sent_total == 123
+    Checkpoint.decode(c.encode())
+
+
+def test_restart_pass_goes_back_to_block_zero_in_the_same_round() -> None:
+    c = rcp(round=2, cursor=SIZE, dirty_end=SIZE, complete=True, zero_from=SIZE)
+    c.restart_pass(SPAN)
+    assert (c.round, c.cursor, c.dirty_end, c.complete, c.zero_from) == (2, 0, SPAN, False, SIZE)
+
+
+@pytest.mark.parametrize(("trusted", "created", "zero_from", "expected"), [
+    (True, False, None, True),  # a trusted checkpoint: its hash file holds
+    (False, False, None, False),  # nothing known: ask the target about every block
+    (False, True, 0, True),  # a target created sparse now: unwritten blocks read as zeros
+    (False, False, 0, True),
+])
+def test_hashfile_trusted(trusted: bool, created: bool, zero_from: int | None, expected: bool) -> None:
+    from migrated.model.checkpoint import hashfile_trusted
+
+    assert hashfile_trusted(rcp(zero_from=zero_from), checkpoint_trusted=trusted, target_created=created) is expected
+
+
+BS = 4096
+H_A, H_B = b"a" * 16, b"b" * 16
+
+
+def zh(length: int) -> bytes:
+    return b"z" + length.to_bytes(15, "big")  # stands in for the hash of `length` zero bytes
+
+
+U = bytes(16)  # UNKNOWN
+ENTRY_CASES = [
+    # (raw entries, chunk offset in blocks, untrusted in blocks, zero_from in blocks, disk size, expected)
+    pytest.param([H_A, H_B], 0, (0, 0), None, 8 * BS, [H_A, H_B], id="trusted-as-is"),
+    pytest.param([H_A, U], 0, (0, 0), None, 8 * BS, [H_A, U], id="unknown-is-asked"),
+    pytest.param([H_A, H_B, H_A], 0, (1, 2), None, 8 * BS, [H_A, U, H_A], id="untrusted-window-is-asked"),
+    pytest.param([U, U], 4, (0, 0), 4, 8 * BS, [zh(BS), zh(BS)], id="never-written-reads-zero"),
+    pytest.param([H_A, U, U], 2, (0, 0), 4, 8 * BS, [H_A, U, zh(BS)], id="below-zero-from-stays-unknown"),
+    pytest.param([U, U], 6, (6, 7), 6, 8 * BS, [U, zh(BS)], id="untrusted-beats-zero-from"),
+    pytest.param([U, U], 6, (0, 0), 0, 7 * BS + 100, [zh(BS), zh(100)], id="short-last-block"),
+]
+
+
+@pytest.mark.parametrize(("raw", "first", "untrusted", "zero_from", "size", "expected"), ENTRY_CASES)
+def test_trusted_entries_table(raw, first, untrusted, zero_from, size, expected) -> None:
+    from migrated.model.checkpoint import trusted_entries
+
+    off = first * BS
+    length = min(len(raw) * BS, size - off)
+    got = trusted_entries(b"".join(raw), off, length, block_size=BS, disk_size=size,
+                          untrusted=(untrusted[0] * BS, untrusted[1] * BS),
+                          zero_from=None if zero_from is None else zero_from * BS, zero_hash=zh)
+    assert [got[i:i + 16] for i in range(0, len(got), 16)] == expected
+
+
+@given(st.data())
+def test_trusted_entries_fast_paths_agree_with_the_block_rule(data) -> None:
+    """Whatever path trusted_entries takes, its answer is trusted_entry applied block by block."""
+    from migrated.model.checkpoint import trusted_entries, trusted_entry
+
+    blocks = data.draw(st.integers(1, 24), label="disk blocks")
+    tail = data.draw(st.sampled_from([BS, 1, 100, BS - 1]), label="last block length")
+    size = (blocks - 1) * BS + tail
+    first = data.draw(st.integers(0, blocks - 1), label="chunk start block")
+    n = data.draw(st.integers(1, blocks - first), label="chunk blocks")
+    off, length = first * BS, min(n * BS, size - first * BS)
+    # entries from a small alphabet so UNKNOWN, zero hashes and runs of them are common;
+    # "half" entries put 8 zero bytes at an edge so UNKNOWN can appear across two entries
+    alphabet = [U, H_A, H_B, zh(BS), bytes(8) + b"c" * 8, b"d" * 8 + bytes(8)]
+    raw = b"".join(data.draw(st.lists(st.sampled_from(alphabet), min_size=n, max_size=n), label="raw"))
+    lo = data.draw(st.integers(0, blocks), label="untrusted lo") * BS
+    hi = data.draw(st.integers(lo // BS, blocks), label="untrusted hi") * BS
+    zero_from = data.draw(st.one_of(st.none(), st.integers(0, blocks).map(lambda b: b * BS)), label="zero_from")
+    got = trusted_entries(raw, off, length, block_size=BS, disk_size=size, untrusted=(lo, hi),
+                          zero_from=zero_from, zero_hash=zh)
+    want = b"".join(trusted_entry(raw[i * 16:(i + 1) * 16], off + i * BS, min(BS, size - off - i * BS), (lo, hi),
+                                  zero_from, zh) for i in range(n))
+    assert got == want

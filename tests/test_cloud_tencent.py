@@ -15,22 +15,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from migrated.cloud.tencent import (
-    RELAY_NAME,
-    Credentials,
-    InstanceInvalid,
-    SourceDisk,
-    TencentCloud,
-    load_credentials,
-    ssh_port_findings,
-    unique_name,
-)
+from migrated.cloud.config import CloudConfig, cloud_credentials
+from migrated.cloud.provider import DiskSpec, InstanceInvalid, unique_name
+from migrated.cloud.tencent import RELAY_NAME, TencentCloud, ssh_port_findings
+from migrated.credentials import Credentials
 from migrated.errors import CloudError, ConfigError, TargetError
 from tests.fake_tencentcloud import SECRET_ID, SECRET_KEY, FakeTencentCloud, instance, rule
 
 R = "ap-guangzhou"
-SYSTEM = SourceDisk("/dev/vda", 20 << 30, is_system=True)
-DATA = SourceDisk("/dev/vdb", 100 << 30)
+SYSTEM = DiskSpec("/dev/vda", 20 << 30, is_system=True)
+DATA = DiskSpec("/dev/vdb", 100 << 30)
 
 
 @pytest.fixture
@@ -128,7 +122,7 @@ async def test_image_name_dedup(fake: FakeTencentCloud, cloud: TencentCloud) -> 
     fake.add_image(R, "web01")
     assert await cloud.unique_image_name(R, "web01", "task-abc") == "web01-task-abc"
     assert await cloud.unique_image_name("ap-shanghai", "web01", "task-abc") == "web01"  # images are regional
-    assert len(unique_name("x" * 60, "task-abcdefghij")) == 60
+    assert len(unique_name("x" * 60, "task-abcdefghij", TencentCloud.traits.image_name_max)) == 60
 
 
 async def test_create_image_polled_to_normal(fake: FakeTencentCloud, cloud: TencentCloud) -> None:
@@ -191,6 +185,9 @@ async def test_secret_key_absent_from_logs(fake: FakeTencentCloud, cloud: Tencen
 
 
 def test_credentials_file_rules(tmp_path, monkeypatch) -> None:
+    def load_credentials(path: str | None) -> Credentials:  # the console's cloud key, as the console loads it
+        return cloud_credentials(CloudConfig(credentials_file=path or ""))
+
     f = tmp_path / "tc.yaml"
     f.write_text(f"secret_id: {SECRET_ID}\nsecret_key: {SECRET_KEY}\n")
     f.chmod(0o644)

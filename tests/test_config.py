@@ -116,12 +116,17 @@ def test_systemd_credential_directory_wins(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["unknown-key.yaml", "heartbeat-zero.yaml"])
-def test_check_config_command(name: str) -> None:
+def test_check_config_command(name: str, tmp_path: Path) -> None:
     bad = subprocess.run([*cli("migrated"), "check-config", "--config", str(INVALID / name)],
                          env=repo_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2, bad.stderr
     assert EXPECTED[name][0] in bad.stderr
-    good = subprocess.run([*cli("migrated"), "check-config", "--config", str(REPO / "etc" / "migrated.yaml")],
+    # check-config also refuses what `run` would (tests/test_agent_check_config.py): the sample's
+    # `control.group: migrated` needs that group, which this machine may not have
+    sample = (REPO / "etc" / "migrated.yaml").read_text()
+    assert "  group: migrated " in sample
+    (tmp_path / "migrated.yaml").write_text(sample.replace("  group: migrated ", "  group: null "))
+    good = subprocess.run([*cli("migrated"), "check-config", "--config", str(tmp_path / "migrated.yaml")],
                           env=repo_env(), capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout

@@ -95,20 +95,18 @@ async def test_stop_between_rounds_is_resumable(sshd, tmp_path):
 
 
 async def test_verification_catches_a_target_changed_behind_our_back(sshd, tmp_path):
-    """The cutover verifies the target against the hashes the final pass recorded."""
-    from migrated.engine.continuous import verify_against_checkpoint
-
+    """The cutover verifies the target against the hashes the final pass recorded (Session.verify_disk)."""
     src = make_image(tmp_path / "src.img", 4 * MiB, seed=7, sparse_zero=False)
     dst = tmp_path / "dst.img"
     opts = SyncOptions(state_dir=tmp_path / "state")
     async with open_session(endpoint(sshd)) as s:
         await s.sync_disk(str(src), str(dst), opts)
-        assert await verify_against_checkpoint(s, str(src), str(dst), opts) == 64
+        assert await s.verify_disk(str(src), str(dst), opts) == 64
         with open(dst, "r+b") as f:
             f.seek(2 * MiB + 5)
             f.write(b"corrupted")
         with pytest.raises(VerificationFailed, match=r"1 blocks of .* differ .*first offsets: 2097152"):
-            await verify_against_checkpoint(s, str(src), str(dst), opts)
+            await s.verify_disk(str(src), str(dst), opts)
 
 
 def test_bad_continuous_options_name_the_flag():

@@ -120,6 +120,36 @@ async def test_missing_source(sshd, tmp_path):
     assert rc == 6 and "does not exist" in err, err
 
 
+def test_missing_source_is_named_before_the_missing_known_hosts(tmp_path):
+    """Issue #10: `migrated sync missing.img host:/x` used to report the missing ~/.ssh/known_hosts."""
+    from tests.conftest import cli, repo_env
+
+    home = tmp_path / "home"  # no ~/.ssh/known_hosts here
+    home.mkdir()
+    p = subprocess.run([*cli("migrated"), "sync", str(tmp_path / "missing.img"), "127.0.0.1:1:/x"],
+                       capture_output=True, text=True, env=repo_env(HOME=str(home)), timeout=60)
+    assert p.returncode == 6, p.stderr
+    assert "missing.img does not exist" in p.stderr and "known_hosts" not in p.stderr, p.stderr
+
+
+async def test_directory_at_the_checkpoint_path_is_a_usage_error_that_loses_nothing(sshd, images):
+    """Issue #10: a directory where the checkpoint goes crashed `migrated sync` with IsADirectoryError."""
+    src, dst, state = images
+    rc, _, err = await run_sync(sshd, src, dst, state=state)
+    assert rc == 0, err
+    (ckpt,) = state.glob("*.ckpt")
+    ckpt.unlink()
+    ckpt.mkdir()
+    (ckpt / "keep").write_text("mine")
+    mutate(src, regions=3, max_len=64 * 1024)
+    before = sha256(dst)
+    rc, _, err = await run_sync(sshd, src, dst, state=state, json_out=False)
+    assert rc == 2, err
+    assert "Traceback" not in err and str(ckpt) in err and "not a regular file" in err, err
+    assert (ckpt / "keep").read_text() == "mine" and sha256(dst) == before  # nothing moved, nothing written
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
 async def test_bad_target_syntax(sshd, images):
     src, _, _state = images
     from tests.conftest import cli, repo_env

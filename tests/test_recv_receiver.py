@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from migrated import __version__
 from migrated.transport import recv as wire
 
 RECV = Path(wire.__file__)
@@ -276,3 +277,44 @@ def test_error_after_queued_answers_comes_last_and_whole(tmp_path):
     assert peer.recv() == (wire.T_FLUSHED, wire.SEQ.pack(9))
     assert "outside the target" in error_of(peer)["message"]
     assert peer.close() == 2
+
+
+@pytest.mark.parametrize("python", ["this", "oldest"])
+@pytest.mark.parametrize(("args", "rc", "words"), [
+    (["--help"], 0, "usage: migrated-recv"),
+    (["-h"], 0, "usage: migrated-recv"),
+    (["--version"], 0, f"migrated-recv {__version__} (protocol 1)"),
+    (["--bogus"], 2, "unknown argument '--bogus'"),
+])
+def test_help_and_version_answer_at_once_without_reading_stdin(python, args, rc, words):
+    """Issue #10: `migrated-recv --help` used to wait on stdin. Stdin stays open here: reading it would hang."""
+    interpreter = oldest_python() if python == "oldest" else sys.executable
+    if interpreter is None:
+        pytest.skip("no Python 3.7 on this machine")
+    r, w = os.pipe()
+    try:
+        p = subprocess.run([interpreter, "-I", "-S", str(RECV), *args], stdin=r, capture_output=True, text=True,
+                           timeout=60)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert p.returncode == rc, p.stderr
+    assert words in (p.stdout if rc == 0 else p.stderr)
+
+
+def test_receiver_atomic_write_is_whole_private_and_leaves_no_temp_file(tmp_path):
+    """recv.py keeps its own copy of store.atomic_write (it must stand alone): same discipline."""
+    path = tmp_path / "state" / "marker.json"
+    wire._atomic_write(str(path), b"x" * 300000)
+    assert path.read_bytes() == b"x" * 300000 and path.stat().st_mode & 0o777 == 0o600
+    wire._atomic_write(str(path), b"second")
+    assert path.read_bytes() == b"second"
+    blocked = tmp_path / "state" / "dir"
+    blocked.mkdir()
+    with pytest.raises(IsADirectoryError):
+        wire._atomic_write(str(blocked), b"y")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dir", "marker.json"]  # no temp file left behind
+
+
+def test_the_stand_alone_receiver_carries_the_package_version():
+    assert wire.__version__ == __version__

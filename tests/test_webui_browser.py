@@ -265,8 +265,10 @@ async def test_csrf_missing_is_refused_and_logout_sends_to_login(console: Consol
     task_id = r["TaskId"]
     # keyboard only: the SecretId field has the focus, Tab moves on, Enter submits
     await page.goto("/ui/tasks")
+    await expect(page.locator("#secret_id")).to_be_focused()  # autofocus lands before we type
     await page.keyboard.type(console.admin_id)
     await page.keyboard.press("Tab")
+    await expect(page.locator("#secret_key")).to_be_focused()
     await page.keyboard.type(console.admin_key)
     await page.keyboard.press("Enter")
     await expect(page).to_have_url(f"{console.url}/ui/tasks")

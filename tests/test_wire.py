@@ -48,3 +48,71 @@ def test_parse_target(spec, expected):
 def test_parse_target_rejects(spec):
     with pytest.raises(UsageError):
         parse_target(spec)
+
+
+# -- the codec table (recv.CODECS) and negotiation (model/negotiate.py) -------------------------
+
+@pytest.mark.parametrize("codec", wire.CODECS, ids=lambda c: c.name)
+@pytest.mark.parametrize("data", [b"", b"x", bytes(65536), b"migrated " * 10000, bytes(range(256)) * 64])
+def test_every_codec_in_the_table_round_trips(codec, data):
+    if not codec.available:
+        pytest.skip(f"{codec.name} is not importable here")
+    payload = codec.compress(memoryview(data))
+    assert bytes(codec.decompress(payload, len(data))) == data
+
+
+def test_codec_table_is_consistent():
+    ids = [c.wire_id for c in wire.CODECS]
+    assert len(set(ids)) == len(ids) and wire.CODEC_BY_ID[0].name == "none"  # 0: raw payload, always there
+    assert wire.available_codecs() == [c.name for c in wire.CODECS if c.available]
+    assert wire.compress_choices() == ["auto", *wire.codec_names()]
+    assert set(wire.auto_codecs()) <= set(wire.codec_names())
+
+
+def test_cli_and_options_take_their_codec_choices_from_the_table():
+    import argparse
+
+    from migrated.cli import sync_cmd
+    from migrated.engine.sync import SyncOptions
+
+    parser = argparse.ArgumentParser()
+    sync_cmd.add_parser(parser.add_subparsers())
+    for name in wire.compress_choices():
+        assert parser.parse_args(["sync", "a.img", "h:/b", "--compress", name]).compress == name
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sync", "a.img", "h:/b", "--compress", "lz4"])
+    for name in wire.compress_choices():
+        SyncOptions(compress=name).validate()
+    with pytest.raises(UsageError, match="choose auto, zstd, zlib or none"):
+        SyncOptions(compress="lz4").validate()
+
+
+@pytest.mark.parametrize(("want", "ours", "theirs", "expected"), [
+    ("auto", ["zstd", "zlib", "none"], ["zstd", "zlib", "none"], "zstd"),
+    ("auto", ["zstd", "zlib", "none"], ["zlib", "none"], "none"),  # auto never picks zlib
+    ("auto", ["zlib", "none"], ["zstd", "zlib", "none"], "none"),
+    ("zlib", ["zstd", "zlib", "none"], ["zlib", "none"], "zlib"),
+    ("none", ["none"], ["none"], "none"),
+])
+def test_choose_codec(want, ours, theirs, expected):
+    from migrated.model.negotiate import choose_codec
+
+    assert choose_codec(want, ours, theirs, ["zstd"]) == expected
+
+
+def test_choose_codec_refuses_a_named_codec_one_end_lacks():
+    from migrated.errors import TargetError
+    from migrated.model.negotiate import choose_codec
+
+    with pytest.raises(TargetError, match=r"codec zstd is not available on both ends \(receiver has \['zlib'"):
+        choose_codec("zstd", ["zstd", "zlib", "none"], ["zlib", "none"], ["zstd"])
+
+
+def test_choose_hash_prefers_ours_in_order():
+    from migrated.errors import ProtocolError
+    from migrated.model.negotiate import choose_hash
+
+    assert choose_hash(["xxh3-128", "blake2b-128"], ["blake2b-128", "xxh3-128"], "h") == "xxh3-128"
+    assert choose_hash(["xxh3-128", "blake2b-128"], ["blake2b-128"], "h") == "blake2b-128"
+    with pytest.raises(ProtocolError, match="no common hash with the receiver on u@h:22"):
+        choose_hash(["xxh3-128"], ["md5"], "u@h:22")

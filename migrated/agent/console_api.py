@@ -45,23 +45,7 @@ class AgentConsole:
         })
 
     async def report_progress(self, source_id: str, p: TaskProgress) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "SourceId": source_id, "TaskId": p.task_id, "State": p.state, "Stage": p.stage[:32],
-            "Disks": [{"Name": d.name, "Target": d.target, "BytesTotal": d.bytes_total, "BytesDone": d.bytes_done,
-                       "BytesSent": d.bytes_sent} for d in p.disks],
-            "RateBps": max(0.0, p.rate_bps), "EtaSeconds": p.eta_seconds, "Message": p.message[:4000],
-        }
-        # continuous tasks only (optional fields: an older console never sees them otherwise)
-        for key, value in (("Phase", p.phase[:32]), ("Round", p.round), ("RoundChangedBytes", p.round_changed_bytes),
-                           ("LagSeconds", p.lag_seconds), ("ForecastSeconds", p.forecast_seconds),
-                           ("Convergence", p.convergence[:512]), ("Advice", p.advice[:32]),
-                           ("DowntimeSeconds", p.downtime_seconds)):
-            if value not in (None, ""):
-                body[key] = max(0.0, value) if isinstance(value, float) else value
-        if p.round_interval_seconds is not None:  # the settings in effect (changed live by the console or migratectl)
-            body["RoundIntervalSeconds"] = float(p.round_interval_seconds)
-            body["ReadLimitKBps"] = max(1, round(p.read_limit_bps / 1024)) if p.read_limit_bps else 0
-        return await self.client.call("ReportTaskProgress", body)
+        return await self.client.call("ReportTaskProgress", {"SourceId": source_id, **p.to_api()})
 
     async def report_event(self, source_id: str, task_id: str, level: str, stage: str, message: str) -> None:
         await self.client.call("ReportTaskEvent", {"SourceId": source_id, "TaskId": task_id, "Level": level,

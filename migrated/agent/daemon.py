@@ -1,14 +1,15 @@
 """The agent daemon (``migrated run``): stays online, takes commands, runs the task.
 
 One :class:`asyncio.TaskGroup` holds every loop; each has the same shape (work,
-jittered capped backoff on failure, reset on success, clean cancellation):
+jittered capped backoff on failure, reset on success, clean cancellation: the
+:class:`~migrated.aio.retry.Retry` of ``migrated/aio/retry.py``):
 
 * **heartbeat**: first beat after a random delay, then every ``heartbeat.interval``;
   records the console's clock skew; an unreachable console or a skewed clock is
   logged once with its reason and retried for ever.
 * **commands**: long-poll; each command is applied once (its ID is written to
   ``commands.json`` before the ack), acked, and re-acked if redelivered.
-* **runner**: runs the task with the engine (one SSH session, disk by disk);
+* **runner**: runs the task with the runners of ``migrated/agent/runners/`` (one SSH session, disk by disk);
   pause/SIGTERM ask the engine to flush and checkpoint; temporary errors are
   retried until ``transfer_retry_deadline``; the console being away never stops it.
 * **reporter**: sends every state change in order (kept on disk until the console
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import time
@@ -39,12 +41,23 @@ from migrated.agent.notify import Notifier
 from migrated.agent.runners import continuous, driver, progress
 from migrated.agent.runners.host import RunControl
 from migrated.agent.runners.progress import RateMeter
-from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord
+from migrated.agent.state import MAX_REMEMBERED_COMMANDS, AgentStore, SourceRecord, TaskRecord, read_spec
+from migrated.aio.retry import Retry, sleep_or_wake
 from migrated.config import Config
 from migrated.control.server import ControlServer
 from migrated.errors import ConsoleError, MigratedError, StateError, UsageError
 from migrated.model.backoff import Backoff
-from migrated.model.states import Action, ActionDenied, TaskState, check_action, transition
+from migrated.model.states import (
+    AGENT_BUSY,
+    COPYING,
+    NOT_STARTED,
+    RUNNABLE,
+    Action,
+    ActionDenied,
+    TaskState,
+    check_action,
+    transition,
+)
 from migrated.model.status import TaskProgress, continuous_line, format_bytes, format_duration
 
 log = structlog.get_logger(__name__)
@@ -124,9 +137,9 @@ class Agent:
         if self.task is not None:
             self.bandwidth_bps = self.task.bandwidth_bps
             state = S(self.task.state)
-            if state in (S.TRANSFERRING, S.SYNCING):
+            if state in COPYING:
                 self.set_state(S.STARTING, "init", "the agent restarted; continuing from the checkpoint")
-            if S(self.task.state) in (S.STARTING, S.VERIFYING):
+            if S(self.task.state) in RUNNABLE:
                 log.info("continuing task after restart", task_id=self.task.task_id, state=self.task.state)
                 self._wake_runner.set()
 
@@ -282,20 +295,12 @@ class Agent:
             self.save_task()
         raise _Stop
 
-    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
-        """Sleep, ending early when ``wake`` is set (and clearing it)."""
-        if wake is None:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), seconds)
-        wake.clear()
-
-    def _backoff(self) -> Backoff:
+    def _retry(self) -> Retry:
+        """A fresh retry loop (``migrated/aio/retry.py``) with the configured backoff."""
         b = self.cfg.backoff
-        return Backoff(initial=b.initial, factor=b.factor, cap=b.max, random=self.rng.random)
+        return Retry(Backoff(initial=b.initial, factor=b.factor, cap=b.max, random=self.rng.random))
 
-    def _console_failed(self, what: str, e: MigratedError, delay: float) -> None:
+    def _console_failed(self, what: str, e: BaseException, delay: float) -> None:
         reason = str(e)
         if isinstance(e, ConsoleError) and e.code == "AuthFailure.SignatureExpire":
             reason = (f"{e}: the console says our request is too old; this server's clock is probably wrong "
@@ -319,17 +324,18 @@ class Agent:
                         "serving the control socket only")
             return
         await asyncio.sleep(self.rng.uniform(0, self.cfg.heartbeat.first_jitter))
-        backoff = self._backoff()
-        while True:
+        console, source_id = self.console, self.source.source_id
+        retry = self._retry()
+        sent = 0.0
+
+        async def beat() -> dict[str, Any]:
+            nonlocal sent
             sent = time.time()
-            try:
-                r = await self.console.heartbeat(self.source.source_id)
-            except MigratedError as e:
-                delay = backoff.next_delay()
-                self._console_failed("heartbeat", e, delay)
-                await asyncio.sleep(min(delay, self.cfg.heartbeat.interval))
-                continue
-            backoff.reset()
+            return await console.heartbeat(source_id)
+
+        while True:
+            r = await retry.call(beat, retry_on=MigratedError, max_sleep=self.cfg.heartbeat.interval,
+                                 on_retry=functools.partial(self._console_failed, "heartbeat"))
             now = time.time()
             if not self.link.online:
                 log.info("console online", console=self.link.endpoint)
@@ -356,17 +362,18 @@ class Agent:
     async def _command_loop(self) -> None:
         if self.console is None or self.source is None:
             return
-        backoff = self._backoff()
-        while True:
+        console, source_id = self.console, self.source.source_id
+        retry = self._retry()
+        cycle_start = 0.0
+
+        async def poll() -> list[dict[str, Any]]:
+            nonlocal cycle_start
             cycle_start = time.monotonic()
-            try:
-                cmds = await self.console.poll(self.source.source_id, self.cfg.poll.wait)
-            except MigratedError as e:
-                delay = backoff.next_delay()
-                self._console_failed("command poll", e, delay)
-                await asyncio.sleep(delay)
-                continue
-            backoff.reset()
+            return await console.poll(source_id, self.cfg.poll.wait)
+
+        while True:
+            cmds = await retry.call(poll, retry_on=MigratedError,
+                                    on_retry=functools.partial(self._console_failed, "command poll"))
             for c in cmds:
                 await self._handle_command(c)
             spent = time.monotonic() - cycle_start
@@ -436,12 +443,12 @@ class Agent:
 
     def _start(self, task_id: str, spec: dict[str, Any], action: Action, by: str) -> str:
         t = self.task
-        if t is not None and t.task_id != task_id and not S(t.state).finished and S(t.state) is not S.FAILED:
+        if t is not None and t.task_id != task_id and S(t.state) in AGENT_BUSY:
             raise StateError(f"this agent is busy with task {t.task_id} ({t.state}); finish or delete it first")
+        settings = read_spec(task_id, spec)  # a mistyped setting refuses the start, naming its key
         if t is None or t.task_id != task_id:
-            state = str(spec.get("State") or S.STARTING.value)
-            kbps = spec.get("BandwidthLimitKBps")
-            bps = kbps * 1024 if isinstance(kbps, int) and kbps > 0 else None
+            state = settings.state or S.STARTING.value
+            bps = settings.bandwidth_bps
             self.task = TaskRecord(task_id=task_id, spec=spec, state=state, bandwidth_bps=bps)
             self.bandwidth_bps = bps
             self._rate.reset()
@@ -510,7 +517,7 @@ class Agent:
         t = self.task
         if t is None:
             raise StateError("no task on this agent")
-        if S(t.state) in (S.CREATED, S.SCHEDULED):
+        if S(t.state) in NOT_STARTED:
             raise StateError(f"task {t.task_id} is {t.state}; start it from the console")
         try:
             check_action(action, S(t.state))
@@ -544,9 +551,10 @@ class Agent:
     async def _reporter_loop(self) -> None:
         if self.console is None or self.source is None:
             return
-        backoff = self._backoff()
+        retry = self._retry()
+        on_retry = functools.partial(self._console_failed, "progress report")
         while True:
-            await self._sleep(self.cfg.progress.interval, self._wake_reporter)
+            await sleep_or_wake(self.cfg.progress.interval, self._wake_reporter)
             t = self.task
             if t is None:
                 continue
@@ -569,9 +577,10 @@ class Agent:
                 if p is not None and (S(p.state).active or self._last_reported != p.to_dict() | {"updated_at": 0}):
                     await self._report(p)
                     self._last_reported = p.to_dict() | {"updated_at": 0}
-                backoff.reset()
-            except ConsoleError as e:
-                if e.code.startswith(("FailedOperation.IllegalStateTransition", "ResourceNotFound")):
+                retry.reset()
+            except MigratedError as e:
+                if isinstance(e, ConsoleError) and e.code.startswith(("FailedOperation.IllegalStateTransition",
+                                                                      "ResourceNotFound")):
                     if str(e) != self._last_refusal:  # once per distinct refusal, not every cycle
                         log.warning("the console refused a task report; dropping it", reason=str(e))
                     self._last_refusal = str(e)
@@ -579,13 +588,7 @@ class Agent:
                         t.unreported.pop(0)
                     self.save_task()
                     continue
-                delay = backoff.next_delay()
-                self._console_failed("progress report", e, delay)
-                await asyncio.sleep(delay)
-            except MigratedError as e:
-                delay = backoff.next_delay()
-                self._console_failed("progress report", e, delay)
-                await asyncio.sleep(delay)
+                await retry.failed(e, on_retry)
 
     async def _report(self, p: TaskProgress) -> None:
         assert self.console is not None and self.source is not None
@@ -600,7 +603,7 @@ class Agent:
             if self._stopping.is_set():
                 return
             t = self.task
-            if t is None or S(t.state) not in (S.STARTING, S.VERIFYING):
+            if t is None or S(t.state) not in RUNNABLE:
                 continue
             self._running = True
             self._runner_idle.clear()
@@ -616,4 +619,4 @@ class Agent:
     async def run_task(self, t: TaskRecord) -> None:
         """Run ``t`` with the runners (:func:`migrated.agent.runners.driver.run_task`) until it
         succeeds, fails or :attr:`run_control` stops it."""
-        await driver.run_task(self, self.run_control, t, self._backoff())
+        await driver.run_task(self, self.run_control, t, self._retry())

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrated.errors import ConfigError
+from migrated.errors import ConfigError, UsageError
 from migrated.model.status import TaskProgress
+from migrated.model.taskspec import SpecError, TaskSpec
 from migrated.source.freeze import HeldWrites
 
 MAX_REMEMBERED_COMMANDS = 1000
@@ -56,6 +57,11 @@ class TaskRecord:
     # wins over ``spec``: {"RoundIntervalSeconds": seconds, "ReadLimitKBps": KiB/s, 0 = none}
     rounds: dict[str, Any] | None = None
 
+    @property
+    def settings(self) -> TaskSpec:
+        """``spec`` read as a :class:`TaskSpec`; UsageError naming the key of a mistyped setting."""
+        return read_spec(self.task_id, self.spec)
+
     def progress_obj(self) -> TaskProgress:
         if self.progress:
             p = TaskProgress.from_dict(self.progress)
@@ -63,6 +69,15 @@ class TaskRecord:
             p = TaskProgress(task_id=self.task_id, state=self.state)
         p.state, p.stage, p.message = self.state, self.stage, self.message
         return p
+
+
+def read_spec(task_id: str, spec: dict[str, Any]) -> TaskSpec:
+    """The console's task view as a :class:`TaskSpec`. A setting of the wrong type or value refuses
+    the task: UsageError naming its key (``task task-1: setting Quiesce: must be one of ...``)."""
+    try:
+        return TaskSpec.from_api(spec)
+    except SpecError as e:
+        raise UsageError(f"task {task_id}: {e}") from None
 
 
 class AgentStore:

@@ -15,17 +15,17 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from migrated.agent.console_api import AgentConsole
 from migrated.config import (
     DEFAULT_CONFIG_PATH,
     Config,
-    Credentials,
-    dump_credentials,
     load_config,
     load_credentials,
 )
+from migrated.credentials import Credentials, dump_credentials
 from migrated.errors import ExitCode, MigratedError, UsageError
 from migrated.store import atomic_write
 
@@ -62,10 +62,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 add_parser = register  # the name migrated/cli/main.py's SUBCOMMANDS registry calls
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """What ``migrated run`` starts with, once :func:`preflight` found nothing it would refuse."""
+
+    store: Any  # AgentStore
+    source: Any  # SourceRecord | None: None until ``migrated register``
+    endpoint: str | None
+    credentials: Credentials | None  # loaded when registered with a console
+
+
+def preflight(cfg: Config) -> Preflight:
+    """Everything ``migrated run`` refuses before it serves, checked without starting anything:
+    the credentials of a registered source, the control socket's group. ``check-config`` (the
+    unit's ExecStartPre) runs the same function, so a start it passes is not refused for these."""
+    from migrated.agent.state import AgentStore
+    from migrated.control.server import group_id
+
+    store = AgentStore(cfg.state_dir)
+    source = store.load_source()
+    endpoint = cfg.console.endpoint or (source.console if source else None)
+    creds = load_credentials(cfg) if source is not None and endpoint else None
+    group_id(cfg.control.group)
+    return Preflight(store, source, endpoint, creds)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     where = args.config or DEFAULT_CONFIG_PATH
-    print(f"{where}: OK (console {cfg.console.endpoint or 'not set'}, socket {cfg.control.socket})")
+    pre = preflight(cfg)
+    registered = f"registered as {pre.source.source_id}" if pre.source else "not registered yet"
+    print(f"{where}: OK (console {cfg.console.endpoint or 'not set'}, socket {cfg.control.socket}, {registered})")
     return 0
 
 
@@ -257,24 +284,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from migrated import logs
     from migrated.agent.daemon import Agent
     from migrated.agent.notify import Notifier
-    from migrated.agent.state import AgentStore
 
     cfg = load_config(args.config)
     logs.configure(getattr(args, "log_level", None) or cfg.log.level,
                    getattr(args, "log_format", None) or cfg.log.format)
     notifier = Notifier.from_environ()
-    store = AgentStore(cfg.state_dir)
-    source = store.load_source()
-    endpoint = cfg.console.endpoint or (source.console if source else None)
+    pre = preflight(cfg)
 
     async def main_async() -> None:
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
             console = None
-            if source is not None and endpoint:
-                client = await stack.enter_async_context(console_client(cfg, endpoint, load_credentials(cfg)))
+            if pre.credentials is not None and pre.endpoint:
+                client = await stack.enter_async_context(console_client(cfg, pre.endpoint, pre.credentials))
                 console = AgentConsole(client, agent_version=_version())
-            agent = Agent(cfg, console, store, notifier, ssh_identity=cfg.ssh_identity,
+            agent = Agent(cfg, console, pre.store, notifier, ssh_identity=cfg.ssh_identity,
                           recv_command=os.environ.get("MIGRATED_RECV_COMMAND"))
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, agent.stop)

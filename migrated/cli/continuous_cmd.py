@@ -16,11 +16,24 @@ import asyncio
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrated.errors import Interrupted, UsageError
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 from migrated.model.rounds import mbps
 from migrated.model.status import format_bytes
+from migrated.model.taskspec import (
+    DEFAULT_FREEZE_BUDGET_SECONDS,
+    DEFAULT_HOOK_TIMEOUT_SECONDS,
+    DEFAULT_QUIESCE,
+    DEFAULT_ROUND_INTERVAL_SECONDS,
+    QUIESCE_METHODS,
+)
+
+if TYPE_CHECKING:  # imported when run: `migrated --help` stays quick
+    from migrated.engine.continuous import ContinuousOptions
+    from migrated.engine.sync import SyncControl, SyncOptions
+    from migrated.transport.ssh import SshEndpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,23 +41,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--continuous", action="store_true",
                    help="after the full pass, keep sending what changes in rounds until a cutover "
                         "(SIGUSR1, --cutover-after or --auto-cutover)")
-    g.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
-                   help="pause between rounds (default 60)")
+    g.add_argument("--interval", type=float, default=float(DEFAULT_ROUND_INTERVAL_SECONDS), metavar="SECONDS",
+                   help=f"pause between rounds (default {DEFAULT_ROUND_INTERVAL_SECONDS})")
     g.add_argument("--read-limit", metavar="RATE", help="source read rate during the full pass and the rounds, "
                                                        "e.g. 50MiB/s or 400Mbit (protects production I/O; the final "
                                                        "pass is not limited)")
     g.add_argument("--cutover-after", type=int, metavar="N", help="cut over after N incremental rounds")
     g.add_argument("--auto-cutover", action="store_true",
                    help="cut over as soon as the forecast final pass fits --downtime-target")
-    g.add_argument("--quiesce", default="freeze", choices=["freeze", "hooks", "lvm", "none"],
-                   help="how to make the source quiet for the final pass (default freeze: FIFREEZE of every "
+    g.add_argument("--quiesce", default=DEFAULT_QUIESCE, choices=list(QUIESCE_METHODS),
+                   help=f"how to make the source quiet for the final pass (default {DEFAULT_QUIESCE}: "
+                        "FIFREEZE of every "
                         "mounted filesystem of the disk; lvm: an LVM snapshot is the cutover point, the final pass "
                         "reads it while the source runs on)")
     g.add_argument("--snapshot-size", metavar="SIZE",
                    help="--quiesce lvm: copy-on-write space of the snapshot, e.g. 2G or 20%%ORIGIN (default "
-                        "10%%ORIGIN); the origin's writes during the final pass must fit in it")
-    g.add_argument("--freeze-budget", type=float, default=30.0, metavar="SECONDS",
-                   help="hard limit of the freeze; past it the source is thawed and the cutover retried (default 30)")
+                        f"{DEFAULT_SNAPSHOT_SIZE.replace('%', '%%')}); the origin's writes during the final pass "
+                        "must fit in it")
+    g.add_argument("--freeze-budget", type=float, default=float(DEFAULT_FREEZE_BUDGET_SECONDS), metavar="SECONDS",
+                   help="hard limit of the freeze; past it the source is thawed and the cutover retried "
+                        f"(default {DEFAULT_FREEZE_BUDGET_SECONDS})")
     g.add_argument("--downtime-target", type=float, default=2.0, metavar="SECONDS",
                    help="a forecast final pass under this is 'ready for cutover' (default 2)")
     g.add_argument("--no-track-writes", dest="track_writes", action="store_false",
@@ -53,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pre-hook", metavar="CMD", help="shell command run before the final pass (stop services)")
     g.add_argument("--post-hook", metavar="CMD",
                    help="shell command run after it, always, even when the pre hook failed (start services)")
-    g.add_argument("--hook-timeout", type=float, default=300.0, metavar="SECONDS", help="per hook (default 300)")
+    g.add_argument("--hook-timeout", type=float, default=float(DEFAULT_HOOK_TIMEOUT_SECONDS), metavar="SECONDS",
+                   help=f"per hook (default {DEFAULT_HOOK_TIMEOUT_SECONDS})")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -69,7 +86,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} needs --continuous")
 
 
-def _options(args: argparse.Namespace) -> Any:
+def continuous_options(args: argparse.Namespace) -> ContinuousOptions:
+    """The validated continuous options of the command line (UsageError names the flag)."""
     from migrated.engine.continuous import ContinuousOptions
     from migrated.model import bandwidth
 
@@ -122,13 +140,13 @@ def _on_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
         _say(args, f"cutover: target verified ({ev['blocks']} blocks match the source at the cutover point)")
 
 
-def run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, control: Any) -> int:
-    copts = _options(args)
+def run(args: argparse.Namespace, endpoint: SshEndpoint, path: str, options: SyncOptions,
+        control: SyncControl, copts: ContinuousOptions) -> int:
     return asyncio.run(_run(args, endpoint, path, options, control, copts))
 
 
-async def _run(args: argparse.Namespace, endpoint: Any, path: str, options: Any, sync_control: Any,
-               copts: Any) -> int:
+async def _run(args: argparse.Namespace, endpoint: SshEndpoint, path: str, options: SyncOptions,
+               sync_control: SyncControl, copts: ContinuousOptions) -> int:
     from migrated.engine import open_session
     from migrated.engine.continuous import ContinuousControl, run_continuous
 

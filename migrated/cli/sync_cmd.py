@@ -17,6 +17,7 @@ from migrated.errors import Interrupted, MigratedError, UsageError
 from migrated.model import bandwidth
 from migrated.model.plan import parse_size
 from migrated.model.status import format_bytes
+from migrated.transport import recv as wire  # stdlib only: the codec table, cheap to import
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                          "(a bare number is bytes/s)")
     p.add_argument("--checksum", action="store_true", help="verify every target block afterwards, re-send what differs")
     p.add_argument("--block-size", default="64KiB", metavar="SIZE", help="block size (default 64KiB)")
-    p.add_argument("--compress", default="auto", choices=["auto", "zstd", "zlib", "none"])
+    p.add_argument("--compress", default="auto", choices=wire.compress_choices(),
+                   help="codec on the wire (default auto: zstd when both ends have it, else none)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--recv-command", metavar="CMD", default=None,
@@ -80,9 +82,19 @@ def run(args: argparse.Namespace) -> int:
     from migrated.cli import continuous_cmd
 
     continuous_cmd.check_arguments(args)
-    if args.continuous:
-        return continuous_cmd.run(args, endpoint, path, options, control)
+    copts = continuous_cmd.continuous_options(args) if args.continuous else None
+    # every usage error above, then the source, then the SSH set-up: a missing source is named first (exit 6)
+    _check_source(args.source)
+    if copts is not None:
+        return continuous_cmd.run(args, endpoint, path, options, control, copts)
     return asyncio.run(_run(args, endpoint, path, options, control))
+
+
+def _check_source(path: str) -> None:
+    """Open the source read-only once and close it: raises SourceError naming it when it cannot be read."""
+    from migrated.source import open_source
+
+    open_source(path).close()
 
 
 async def _run(args, endpoint, path, options, control) -> int:

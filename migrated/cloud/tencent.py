@@ -1,4 +1,7 @@
-"""Tencent Cloud, driven with the official ``tencentcloud-sdk-python`` (cvm, vpc).
+"""Tencent Cloud, driven with the official ``tencentcloud-sdk-python`` (cvm, vpc): the
+:class:`~migrated.cloud.provider.CloudProvider` for ``cloud.provider: tencent``. Needs the
+``[tencent]`` extra (``pip install 'migrated[tencent]'``); nothing outside ``migrated/cloud/``
+imports this module (:func:`migrated.cloud.provider.open_provider` does, by name).
 
 One :class:`TencentCloud` per console process. It uses the SDK's **async product clients**
 (``CvmClient`` / ``VpcClient`` from ``*_client_async``) with **our own** ``httpx.AsyncClient``
@@ -14,29 +17,24 @@ Contracts:
   requests and responses, which a console running with ``log.level: debug`` must not do.
 * Every SDK error becomes :class:`~migrated.errors.CloudError` (Tencent code + RequestId; retryable
   for ``RequestLimitExceeded*``, ``InternalError*`` and network faults, which :meth:`_call` retries
-  a few times with backoff). The SecretKey never appears in a message or a log line.
-* :meth:`validate_instance` raises :class:`InstanceInvalid` (a TargetError) with a message that names
-  the instance and what to fix; it never guesses: anything it cannot check is a warning.
+  a few times with the project's one retry loop, ``migrated/aio/retry.py``). The SecretKey never
+  appears in a message or a log line.
+* :meth:`validate_instance` raises :class:`~migrated.cloud.provider.InstanceInvalid` (a TargetError)
+  with a message that names the instance and what to fix; it never guesses: anything it cannot check is a warning.
 * :meth:`terminate_relay` only terminates an instance named :data:`RELAY_NAME` (never a user's machine).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
-import math
-import os
-import stat
+import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import structlog
-import yaml
 from tencentcloud.common import credential
 from tencentcloud.common.exception.tencent_cloud_sdk_exception import TencentCloudSDKException
 from tencentcloud.common.profile.client_profile import ClientProfile
@@ -46,103 +44,24 @@ from tencentcloud.cvm.v20170312 import models as cvm
 from tencentcloud.vpc.v20170312 import models as vpc
 from tencentcloud.vpc.v20170312 import vpc_client_async
 
-from migrated.errors import CloudError, ConfigError, TargetError
+from migrated.aio.retry import Retry
+from migrated.cloud.config import CloudConfig, cloud_credentials
+from migrated.cloud.provider import (
+    TENCENT,
+    DiskSpec,
+    ImageInfo,
+    InstanceInfo,
+    InstanceInvalid,
+    check_disks_fit,
+    unique_name,
+)
+from migrated.credentials import Credentials
+from migrated.errors import CloudError, TargetError
+from migrated.model.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
 RELAY_NAME = "do_not_delete_csm_instance"
-GIB = 1 << 30
-IMAGE_NAME_MAX = 60
-ENV_ID, ENV_KEY = "TENCENTCLOUD_SECRET_ID", "TENCENTCLOUD_SECRET_KEY"  # the SDK's own variable names
-
-
-# ---------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class Credentials:
-    secret_id: str
-    secret_key: str = field(repr=False)
-
-
-def load_credentials(path: str | None) -> Credentials:
-    """From ``path`` (YAML ``secret_id:`` / ``secret_key:``, mode 0600 or stricter, since it holds a
-    secret) or, when ``path`` is empty, from ``TENCENTCLOUD_SECRET_ID`` / ``TENCENTCLOUD_SECRET_KEY``.
-    Never from argv. ConfigError names the file or the variable to fix."""
-    if not path:
-        sid, skey = os.environ.get(ENV_ID, ""), os.environ.get(ENV_KEY, "")
-        if not sid or not skey:
-            raise ConfigError(f"cloud.credentials_file is not set and {ENV_ID} / {ENV_KEY} are not both in "
-                              "the environment: give the console a Tencent Cloud API key")
-        return Credentials(sid, skey)
-    p = Path(path)
-    try:
-        st = p.stat()
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cloud.credentials_file: cannot read {p}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"cloud.credentials_file: {p} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
-                          f"chmod 600 {p}")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"cloud.credentials_file: {p} is not valid YAML") from None  # no echo: it is a secret
-    if not isinstance(data, dict) or not isinstance(data.get("secret_id"), str) \
-            or not isinstance(data.get("secret_key"), str) or not data["secret_id"] or not data["secret_key"]:
-        raise ConfigError(f"cloud.credentials_file: {p} must hold 'secret_id: AKID...' and 'secret_key: ...'")
-    extra = set(data) - {"secret_id", "secret_key"}
-    if extra:
-        raise ConfigError(f"cloud.credentials_file: {p}: unknown key {sorted(extra)[0]}")
-    return Credentials(data["secret_id"], data["secret_key"])
-
-
-# ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class SourceDisk:
-    """A source disk as the task maps it (size in bytes)."""
-
-    name: str
-    size_bytes: int
-    is_system: bool = False
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    instance_id: str
-    name: str
-    state: str
-    os_name: str
-    zone: str
-    system_disk_gb: int
-    data_disks_gb: tuple[int, ...]
-    security_group_ids: tuple[str, ...]
-    private_ips: tuple[str, ...] = ()
-    public_ips: tuple[str, ...] = ()
-    data_disk_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    image_id: str
-    name: str
-    state: str  # CREATING, NORMAL, CREATEFAILED, USING, SYNCING, IMPORTING, IMPORTFAILED
-    size_gb: int = 0
-    description: str = ""
-
-
-class InstanceInvalid(TargetError):
-    """The target instance cannot take this migration. ``kind``: not_found, not_running, os, too_small."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 IMAGE_DONE, IMAGE_FAILED = frozenset({"NORMAL", "USING"}), frozenset({"CREATEFAILED", "IMPORTFAILED"})
 
 
@@ -221,35 +140,6 @@ def ssh_port_findings(instance_id: str, port: int, groups: dict[str, list[dict[s
     return out
 
 
-def check_disks_fit(info: InstanceInfo, disks: Sequence[SourceDisk]) -> None:
-    """System disk onto the system disk; the other disks, largest first, onto the data disks,
-    largest first (that pairing fits whenever any pairing does). Raises InstanceInvalid(too_small)."""
-    if not disks:
-        return
-    system = next((d for d in disks if d.is_system), disks[0])
-    others = sorted((d for d in disks if d is not system), key=lambda d: d.size_bytes, reverse=True)
-    need = math.ceil(system.size_bytes / GIB)
-    if need > info.system_disk_gb:
-        raise InstanceInvalid("too_small", f"instance {info.instance_id}: system disk is {info.system_disk_gb} GB, "
-                                           f"source disk {system.name} needs {need} GB; enlarge the system disk")
-    targets = sorted(info.data_disks_gb, reverse=True)
-    if len(others) > len(targets):
-        raise InstanceInvalid("too_small", f"instance {info.instance_id} has {len(targets)} data disk(s), the task "
-                                           f"maps {len(others)} ({', '.join(d.name for d in others)}); "
-                                           "attach more data disks")
-    for d, gb in zip(others, targets, strict=False):
-        need = math.ceil(d.size_bytes / GIB)
-        if need > gb:
-            raise InstanceInvalid("too_small", f"instance {info.instance_id}: source disk {d.name} needs {need} GB, "
-                                               f"the largest data disk left is {gb} GB; enlarge or attach a data disk")
-
-
-def unique_name(name: str, task_id: str) -> str:
-    """``name-task_id``, the name cut so that the whole stays within Tencent's 60 characters."""
-    suffix = f"-{task_id}"
-    return name[: IMAGE_NAME_MAX - len(suffix)] + suffix
-
-
 # ---------------------------------------------------------------- the adapter
 
 
@@ -257,8 +147,10 @@ class TencentCloud:
     """Async access to the Tencent Cloud APIs migrated needs. ``endpoint`` (``http://host:port``)
     overrides the API host for every product (tests, private clouds); empty = Tencent's public hosts."""
 
+    traits = TENCENT
+
     def __init__(self, creds: Credentials, *, endpoint: str = "", timeout: float = 30.0, retries: int = 3,
-                 retry_base_seconds: float = 1.0) -> None:
+                 retry_base_seconds: float = 1.0, rng: random.Random | None = None) -> None:
         logging.getLogger("tencentcloud_sdk_common").setLevel(logging.WARNING)
         self._cred = credential.Credential(creds.secret_id, creds.secret_key)
         self._secret_key = creds.secret_key
@@ -266,6 +158,7 @@ class TencentCloud:
         self._timeout = timeout
         self._retries = retries
         self._retry_base = retry_base_seconds
+        self._random = rng or random.Random()  # the retry waits' jitter
         self._http = httpx.AsyncClient(timeout=timeout)
         self._clients: dict[tuple[str, str], Any] = {}
 
@@ -292,24 +185,29 @@ class TencentCloud:
         return text.replace(self._secret_key, "***") if self._secret_key else text
 
     async def _call(self, product: str, region: str, action: str, req: Any) -> Any:
-        """One API call, retried on retryable errors; any failure is a CloudError."""
+        """One API call, retried on retryable errors (``migrated/aio/retry.py``: ``retries`` more
+        tries, backoff from ``retry_base_seconds`` doubling, equal jitter); any failure is a CloudError."""
         client = await self._client(product, region)
-        attempt = 0
-        while True:
+
+        async def once() -> Any:
             try:
                 return await getattr(client, action)(req)
             except TencentCloudSDKException as exc:
-                err = CloudError(exc.get_code() or "ClientError", self._scrub(str(exc.get_message() or "")),
-                                 request_id=exc.get_request_id() or "", action=action)
+                raise CloudError(exc.get_code() or "ClientError", self._scrub(str(exc.get_message() or "")),
+                                 request_id=exc.get_request_id() or "", action=action) from None
             except httpx.HTTPError as exc:
-                err = CloudError("NetworkError", self._scrub(f"{type(exc).__name__}: {exc}"), action=action,
-                                 retryable=True)
-            attempt += 1
-            if not err.retryable or attempt > self._retries:
-                log.warning("tencent cloud call failed", action=action, region=region, code=err.code,
-                            request_id=err.request_id)
-                raise err
-            await asyncio.sleep(self._retry_base * 2 ** (attempt - 1))
+                raise CloudError("NetworkError", self._scrub(f"{type(exc).__name__}: {exc}"), action=action,
+                                 retryable=True) from None
+
+        retry = Retry(Backoff(initial=self._retry_base, factor=2, cap=self._retry_base * 2 ** max(self._retries, 0),
+                              random=self._random.random))
+        try:
+            return await retry.call(once, retry_on=CloudError, should_retry=lambda e: getattr(e, "retryable", False),
+                                    attempts=self._retries + 1)
+        except CloudError as err:
+            log.warning("tencent cloud call failed", action=action, region=region, code=err.code,
+                        request_id=err.request_id)
+            raise
 
     # -- instances
 
@@ -335,7 +233,7 @@ class TencentCloud:
                 )
         return None
 
-    async def validate_instance(self, region: str, instance_id: str, disks: Sequence[SourceDisk]) -> InstanceInfo:
+    async def validate_instance(self, region: str, instance_id: str, disks: Sequence[DiskSpec]) -> InstanceInfo:
         """The instance exists in ``region``, is RUNNING, runs Linux, and its disks can take ``disks``."""
         info = await self.describe_instance(region, instance_id)
         if info is None:
@@ -394,7 +292,7 @@ class TencentCloud:
     async def unique_image_name(self, region: str, name: str, task_id: str) -> str:
         """``name``, or ``name-task_id`` when one of the account's images already has that name."""
         if await self.find_images(region, name=name):
-            return unique_name(name, task_id)
+            return unique_name(name, task_id, TENCENT.image_name_max)
         return name
 
     async def create_image(self, region: str, instance_id: str, name: str, description: str = "",
@@ -502,17 +400,7 @@ def _plain(model: Any) -> dict[str, Any]:
     return out
 
 
-def from_config(cfg: Any) -> TencentCloud:
-    """The adapter for a console ``cloud:`` section (:class:`migrated.console.config.CloudConfig`);
-    ConfigError when the credentials cannot be loaded."""
-    return TencentCloud(load_credentials(cfg.credentials_file), endpoint=cfg.endpoint,
-                        timeout=cfg.api_timeout_seconds)
-
-
-@contextlib.asynccontextmanager
-async def opened(creds: Credentials, **kw: Any):
-    cloud = TencentCloud(creds, **kw)
-    try:
-        yield cloud
-    finally:
-        await cloud.close()
+def from_config(cfg: CloudConfig) -> TencentCloud:
+    """The adapter for a console ``cloud:`` section (the factory's entry point); ConfigError when
+    the credentials cannot be loaded."""
+    return TencentCloud(cloud_credentials(cfg), endpoint=cfg.endpoint, timeout=cfg.api_timeout_seconds)

@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from migrated.cloud.tencent import from_config
+from migrated.cloud.provider import open_provider
 from migrated.console import params as P
 from migrated.console.auth import Verifier
 from migrated.console.config import API_VERSION, ConsoleConfig
@@ -334,15 +334,15 @@ def build_app(service: ConsoleService) -> web.Application:
 
 
 def make_storage(cfg: ConsoleConfig) -> Storage:
-    return create_storage(cfg.storage.backend, path=cfg.storage.path,
-                          heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds)
+    return create_storage(cfg.storage.backend, heartbeat_flush_seconds=cfg.storage.heartbeat_flush_seconds,
+                          **cfg.storage.backend_options())
 
 
 def create_app(cfg: ConsoleConfig, *, storage: Storage | None = None, clock: Callable[[], float] = time.time
                ) -> web.Application:
     """The full console: opens storage and runs the scheduler for the app's lifetime."""
     store = storage or make_storage(cfg)
-    cloud = from_config(cfg.cloud) if cfg.cloud is not None else None  # docs/cloud.md
+    cloud = open_provider(cfg.cloud) if cfg.cloud is not None else None  # by name: docs/cloud.md
     service = ConsoleService(store, cfg, clock=clock, cloud=cloud)
     app = build_app(service)
 

@@ -4,6 +4,7 @@
 
     migrate-console serve --config /etc/migrate-console/console.yaml
     migrate-console check-config --config /etc/migrate-console/console.yaml   (the unit's ExecStartPre)
+    migrate-console storage upgrade --config /etc/migrate-console/console.yaml
     migrate-console keys create --local --config console.yaml --role admin --name ops \
         --save ~/.config/migrate-console/credentials.yaml
     migrate-console keys create --role agent --name fleet
@@ -46,6 +47,15 @@ from migrated.errors import ConfigError, ConsoleError, MigratedError, UsageError
 from migrated.model import bandwidth
 from migrated.model.bandwidth import format_kbps
 from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
+from migrated.model.taskspec import (
+    CHECKS,
+    DEFAULT_FREEZE_BUDGET_SECONDS,
+    DEFAULT_HOOK_TIMEOUT_SECONDS,
+    DEFAULT_QUIESCE,
+    DEFAULT_ROUND_INTERVAL_SECONDS,
+    checks_hint,
+    unknown_checks,
+)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8930"
 DEFAULT_CREDENTIALS = Path("~/.config/migrate-console/credentials.yaml")
@@ -137,10 +147,7 @@ def rounds_line(p: dict[str, Any]) -> str:
     """The continuous-sync line of a task view's ``Progress`` ("" before the first round)."""
     from migrated.model.status import TaskProgress, continuous_line
 
-    return continuous_line(TaskProgress(
-        task_id="", state="", round=p.get("Round"), round_changed_bytes=p.get("RoundChangedBytes"),
-        lag_seconds=p.get("LagSeconds"), forecast_seconds=p.get("ForecastSeconds"),
-        convergence=p.get("Convergence", ""), advice=p.get("Advice", ""), downtime_seconds=p.get("DowntimeSeconds")))
+    return continuous_line(TaskProgress.from_api(p))
 
 
 def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> None:
@@ -148,7 +155,7 @@ def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> No
     if t.get("ContinuousSync"):
         every = t.get("RoundIntervalSeconds")
         lines.append("Continuous    incremental rounds until cutover"
-                     + f", every {every if every is not None else 60} s"
+                     + f", every {every if every is not None else DEFAULT_ROUND_INTERVAL_SECONDS} s"
                      + (f", source read limit {format_kbps(t['ReadLimitKBps'])}" if t.get("ReadLimitKBps") else ""))
         now_every, now_limit = p.get("RoundIntervalSeconds"), p.get("ReadLimitKBps")
         if now_every is not None:
@@ -157,9 +164,10 @@ def _cutover_lines(t: dict[str, Any], p: dict[str, Any], lines: list[str]) -> No
     hooks = [f"{n} hook set" for n, k in (("pre", "PreHook"), ("post", "PostHook")) if t.get(k)]
     snap = (f" (snapshot size {t.get('SnapshotSize') or DEFAULT_SNAPSHOT_SIZE})"
             if t.get("Quiesce") == "lvm" else "")
-    lines.append(f"Cutover       quiesce {t.get('Quiesce') or 'freeze'}{snap}, freeze budget "
-                 f"{t.get('FreezeBudgetSeconds') or 30} s" + (f", {', '.join(hooks)}" if hooks else "")
-                 + (f" (timeout {t.get('HookTimeoutSeconds') or 300} s)" if hooks else "")
+    lines.append(f"Cutover       quiesce {t.get('Quiesce') or DEFAULT_QUIESCE}{snap}, freeze budget "
+                 f"{t.get('FreezeBudgetSeconds') or DEFAULT_FREEZE_BUDGET_SECONDS} s"
+                 + (f", {', '.join(hooks)}" if hooks else "")
+                 + (f" (timeout {t.get('HookTimeoutSeconds') or DEFAULT_HOOK_TIMEOUT_SECONDS} s)" if hooks else "")
                  + " (--json shows the hook commands)" * bool(hooks))
     rounds = rounds_line(p) if t.get("ContinuousSync") else ""
     if rounds:
@@ -183,6 +191,8 @@ def task_lines(t: dict[str, Any]) -> str:
         f"Checksum      {'yes' if t['Checksum'] else 'no'}",
         "Disks         " + ", ".join(f"{m['Source']} -> {m['Target']}" for m in t["DiskMapping"]),
     ]
+    if t.get("IgnoreChecks"):
+        lines.append(f"Skip checks   {', '.join(t['IgnoreChecks'])}")
     if t["ScheduledStartTime"]:
         lines.append(f"Scheduled     {t['ScheduledStartTime']}")
     if p["BytesTotal"]:
@@ -206,15 +216,52 @@ def task_lines(t: dict[str, Any]) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """What ``serve`` would refuse before it listens: the config, the TLS files it names, a database
-    path it cannot create or write (under the unit's sandbox, where ExecStartPre runs too)."""
+    path it cannot create or write (under the unit's sandbox, where ExecStartPre runs too), a
+    PostgreSQL server it cannot reach or log in to, a cloud provider it cannot open."""
     from migrated.console.config import load_config
 
     cfg = load_config(args.config)
     _ssl_context(cfg)
-    _check_storage_path(Path(cfg.storage.path))
+    schema = ""
+    if cfg.storage.backend == "sqlite":
+        _check_storage_path(Path(cfg.storage.path))
+    else:  # the password is readable and the server answers it (errors name storage.<key>); changes nothing
+        from migrated.console.storage import BACKENDS
+        from migrated.console.storage.postgresql import SCHEMA_VERSION
+
+        have = asyncio.run(BACKENDS["postgresql"](**cfg.storage.backend_options()).check())
+        schema = (f", schema version {have}" if have == SCHEMA_VERSION
+                  else f", schema version {have}: serve will upgrade it to {SCHEMA_VERSION}")
+    if cfg.cloud is not None:  # its SDK installed and its key readable, as serve opens it
+        from migrated.cloud.config import check_cloud
+
+        check_cloud(cfg.cloud)
     scheme = "https" if cfg.listen.tls is not None else "http"
-    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, "
-          f"{cfg.storage.backend} {cfg.storage.path})")
+    print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, {cfg.storage.describe()}"
+          f"{schema})")
+    return 0
+
+
+async def _open_storage(cfg: Any, then: Any) -> Any:
+    """Open the configured backend bare (its schema upgrade runs), call ``then(store)``, close."""
+    from migrated.console.storage import BACKENDS
+
+    store = BACKENDS[cfg.storage.backend](**cfg.storage.backend_options())
+    await store.open()
+    try:
+        return then(store)
+    finally:
+        await store.close()
+
+
+def cmd_storage_upgrade(args: argparse.Namespace) -> int:
+    """Apply the schema upgrades the database lacks (``serve`` does too, at start) and say what happened."""
+    from migrated.console.config import load_config
+
+    cfg = load_config(args.config)
+    before, now = asyncio.run(_open_storage(cfg, lambda s: (s.schema_upgraded_from, s.schema_version)))
+    print(f"{cfg.storage.describe()}: " + (f"schema upgraded from version {before} to {now}" if before is not None
+                                           else f"schema version {now}, up to date"))
     return 0
 
 
@@ -282,7 +329,7 @@ async def _serve(cfg: Any) -> int:
         host, port = runner.addresses[0][:2]
         scheme = "https" if ssl_ctx else "http"
         print(f"migrate-console listening on {scheme}://{host}:{port}", flush=True)
-        log.info("console listening", url=f"{scheme}://{host}:{port}", db=cfg.storage.path)
+        log.info("console listening", url=f"{scheme}://{host}:{port}", db=cfg.storage.describe())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -422,6 +469,11 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         raise UsageError("--round-interval, --read-limit, --quiesce, --pre-hook, --post-hook, --hook-timeout, "
                          "--freeze-budget and --snapshot-size need --continuous (or, all but the first two, "
                          "--consistent-finish)")
+    if args.ignore_check:
+        bad = unknown_checks(args.ignore_check)
+        if bad:
+            raise UsageError(f"--ignore-check {bad[0]!r}: unknown check; {checks_hint()}")
+        params["IgnoreChecks"] = list(dict.fromkeys(args.ignore_check))
     if args.disk:
         mapping = []
         for d in args.disk:
@@ -531,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="console.yaml")
     s.set_defaults(func=cmd_check_config)
 
+    st = sub.add_parser("storage", help="the console's database").add_subparsers(dest="storage_cmd", required=True,
+                                                                                metavar="ACTION")
+    s = st.add_parser("upgrade", help="apply the schema upgrades the database lacks (serve applies them at start)")
+    s.add_argument("--config", required=True, help="console.yaml")
+    s.set_defaults(func=cmd_storage_upgrade)
+
     s = sub.add_parser("serve", help="run the console")
     s.add_argument("--config", required=True, help="console.yaml")
     add_log_options(s, subcommand=True)  # also accepted after `serve`
@@ -599,6 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "(default 30)")
     t.add_argument("--hook-timeout", type=int, metavar="S",
                    help="cutover: seconds each hook may run before it is killed, 1-3600 (default 300)")
+    t.add_argument("--ignore-check", action="append", metavar="NAME",
+                   help=f"skip this pre-migration check on the agent, repeatable: {', '.join(CHECKS)}")
     t.set_defaults(func=cmd_tasks_create)
     t = tasks.add_parser("list", parents=[api], help="list tasks")
     t.add_argument("--source")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from migrated.configload import StrictModel, load_file, validate
+from migrated.cloud.config import CloudConfig  # the cloud: section lives with the cloud boundary
+from migrated.configload import StrictModel, issue_at, load_file, validate
 
 API_VERSION = "2026-11-01"
 SERVICE = "migrate"
@@ -33,9 +35,49 @@ class ListenConfig(_Model):
 
 
 class StorageConfig(_Model):
-    backend: Literal["sqlite"] = "sqlite"
-    path: str = "/var/lib/migrate-console/console.db"
+    """``backend: sqlite`` (one file, the default) or ``postgresql`` (docs/console.md, "PostgreSQL")."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    path: str = "/var/lib/migrate-console/console.db"  # sqlite
+    # postgresql: postgresql://user@host:port/db (or ...@/db?host=/run/postgresql), never with a password:
+    # that comes from password_file (mode 0600) or the systemd credential password_credential
+    # ($CREDENTIALS_DIRECTORY/NAME, from the unit's LoadCredential=NAME:/path)
+    dsn: str = ""
+    password_file: str = ""
+    password_credential: str = Field("", pattern=r"^[A-Za-z0-9_.\-]*$")
+    pool_size: int = Field(10, ge=1, le=200)  # postgresql: connections per console process
     heartbeat_flush_seconds: float = Field(5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> StorageConfig:
+        if self.backend == "postgresql":
+            if not self.dsn:
+                raise issue_at(("dsn",), "backend postgresql needs a dsn (postgresql://user@host:port/database)")
+            if urlsplit(self.dsn).scheme not in ("postgresql", "postgres"):
+                raise issue_at(("dsn",), "must start with postgresql:// (e.g. postgresql://migrate@db.example/migrate)")
+            from migrated.console.storage.postgresql import dsn_has_password
+
+            if dsn_has_password(self.dsn):
+                raise issue_at(("dsn",), "must not hold a password (it would show in ps, logs and backups); "
+                                         "put it in password_file or password_credential")
+            if self.password_file and self.password_credential:
+                raise issue_at(("password_credential",), "give password_file or password_credential, not both")
+        else:
+            for key in ("dsn", "password_file", "password_credential"):
+                if getattr(self, key):
+                    raise issue_at((key,), f"only for backend postgresql (backend is {self.backend})")
+        return self
+
+    def backend_options(self) -> dict[str, object]:
+        """What ``create_storage(backend, ...)`` takes for this backend."""
+        if self.backend == "postgresql":
+            return {"dsn": self.dsn, "password_file": self.password_file,
+                    "password_credential": self.password_credential, "pool_size": self.pool_size}
+        return {"path": self.path}
+
+    def describe(self) -> str:
+        """The database in one line for messages and logs (never a password)."""
+        return f"postgresql {self.dsn}" if self.backend == "postgresql" else f"sqlite {self.path}"
 
 
 class ApiConfig(_Model):
@@ -64,22 +106,6 @@ class LogConfig(_Model):
     format: Literal["auto", "console", "json", "journald"] = "console"
 
 
-class CloudConfig(_Model):
-    """Tencent Cloud (docs/cloud.md). Absent from the config = no cloud calls at all."""
-
-    provider: Literal["tencent"] = "tencent"
-    # YAML with secret_id / secret_key, mode 0600; empty = TENCENTCLOUD_SECRET_ID / _KEY from the environment
-    credentials_file: str = ""
-    endpoint: str = Field("", pattern=r"^(https?://[A-Za-z0-9.\-\[\]:]+)?$")  # API host override (tests, private)
-    check_security_groups: bool = True  # warn at CreateTask when the target's SSH port looks closed
-    api_timeout_seconds: float = Field(30.0, gt=0, le=300)
-    image_timeout_seconds: float = Field(7200.0, gt=0, le=86400)  # CreateImage -> NORMAL deadline
-    image_poll_seconds: float = Field(15.0, gt=0, le=600)
-    # after the image is NORMAL, terminate the image task's TargetInstanceId if (and only if) it is
-    # named do_not_delete_csm_instance, the relay naming convention
-    terminate_relay: bool = False
-
-
 class ConsoleConfig(_Model):
     listen: ListenConfig = ListenConfig()
     storage: StorageConfig = StorageConfig()
@@ -87,7 +113,7 @@ class ConsoleConfig(_Model):
     agents: AgentsConfig = AgentsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     log: LogConfig = LogConfig()
-    cloud: CloudConfig | None = None
+    cloud: CloudConfig | None = None  # docs/cloud.md
 
 
 def parse_config(data: object, *, origin: str = "config") -> ConsoleConfig:

@@ -15,8 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from migrated.cloud.provider import instance_id_regex
 from migrated.model.lvmsize import MAX_SNAPSHOT_SIZE_CHARS, SNAPSHOT_SIZE_HINT, snapshot_size_ok
 from migrated.model.states import TaskState
+from migrated.model.taskspec import CHECKS, OPTION_KEYS, QUIESCE_METHODS, TaskSpec, checks_hint, unknown_checks
 
 ID = Annotated[str, Field(min_length=1, max_length=64)]
 Name = Annotated[str, Field(min_length=1, max_length=255)]
@@ -27,12 +29,10 @@ _HOSTKEY_RE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-[A-Za-z0-9@.-
 
 
 MAX_HOOK_CHARS = 1024
-QUIESCE_METHODS = ("freeze", "hooks", "none", "lvm")
 MIN_FREEZE_BUDGET, MAX_FREEZE_BUDGET = 1, 600
 MAX_HOOK_TIMEOUT = 3600
 # CreateTask parameters that only a continuous task takes
-CONTINUOUS_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps", "Quiesce", "PreHook", "PostHook",
-                     "FreezeBudgetSeconds", "SnapshotSize", "HookTimeoutSeconds")
+CONTINUOUS_PARAMS = tuple(key for key, _ in OPTION_KEYS)
 ROUND_PARAMS = ("RoundIntervalSeconds", "ReadLimitKBps")  # the rest is the cutover: ConsistentFinish takes it too
 
 
@@ -48,6 +48,15 @@ def _one_line(v: str) -> str:
 # a shell command line the agent runs as root on the source (``/bin/sh -c``) around the cutover
 HookCommand = Annotated[str, Field(min_length=1, max_length=MAX_HOOK_CHARS), AfterValidator(_one_line)]
 
+
+def _check_name(v: str) -> str:
+    if unknown_checks([v]):
+        raise ValueError(f"unknown check {v[:40]!r}; {checks_hint()}")
+    return v
+
+
+# the name of a pre-migration check (model.taskspec.CHECKS)
+CheckName = Annotated[str, Field(max_length=64), AfterValidator(_check_name)]
 
 # every integer the API takes fits 63 bits (SQLite's INTEGER, and what every renderer can format)
 MAX_INT = 2**63 - 1
@@ -187,7 +196,7 @@ class CreateTask(_P):
     Region: Annotated[str, Field(pattern=r"^[a-z]+(-[a-z]+)+(-\d+)?$", max_length=64)]
     TargetType: Literal["image", "instance"]
     ImageName: Annotated[str, Field(max_length=60, pattern=r"^[\w.\-\u4e00-\u9fff]*$")] = ""
-    TargetInstanceId: Annotated[str, Field(max_length=64, pattern=r"^(ins-[a-z0-9]{6,32})?$")] = ""
+    TargetInstanceId: Annotated[str, Field(max_length=64, pattern=instance_id_regex())] = ""  # any provider's
     ScheduledStartTime: Annotated[str, Field(max_length=64)] = ""  # ISO 8601; no offset means UTC
     BandwidthLimitKBps: int = Field(0, ge=0, le=100 * 1024 * 1024)
     Checksum: bool = False
@@ -210,6 +219,8 @@ class CreateTask(_P):
     TargetSsh: Annotated[str, Field(min_length=3, max_length=300)]
     TargetHostKey: Annotated[str, Field(min_length=10, max_length=8192)]
     DiskMapping: list[DiskMappingParam] | None = Field(None, max_length=64)
+    # names of pre-migration checks the agent skips at the start (model.taskspec.CHECKS)
+    IgnoreChecks: list[CheckName] = Field([], max_length=len(CHECKS))
 
     @field_validator("TargetSsh")
     @classmethod
@@ -228,6 +239,13 @@ class CreateTask(_P):
             raise ValueError("must be an OpenSSH public key line such as 'ssh-ed25519 AAAA...'")
         return v.strip()
 
+
+    @field_validator("IgnoreChecks")
+    @classmethod
+    def _ignore_checks(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each check may be named once")
+        return v
 
     @field_validator("Quiesce", mode="before")
     @classmethod
@@ -262,6 +280,20 @@ class CreateTask(_P):
         if self.Quiesce == "hooks" and not (self.PreHook or self.PostHook):
             raise ValueError("parameter PreHook: required when Quiesce is hooks (give PreHook and/or PostHook)")
         return self
+
+    def spec(self) -> TaskSpec:
+        """The task's settings as the agent runs them (the console then fills in the task ID, the
+        disk mapping it resolved and the target it chose)."""
+        return TaskSpec(
+            name=self.TaskName, description=self.Description, region=self.Region, target_type=self.TargetType,
+            image_name=self.ImageName, target_instance_id=self.TargetInstanceId,
+            target_ssh=self.TargetSsh, target_host_key=self.TargetHostKey,
+            disk_mapping=tuple((m.Source, m.Target) for m in self.DiskMapping or ()),
+            bandwidth_kbps=self.BandwidthLimitKBps, checksum=self.Checksum,
+            continuous_sync=self.ContinuousSync, consistent_finish=self.ConsistentFinish,
+            ignore_checks=tuple(self.IgnoreChecks),
+            **{attr: getattr(self, key) for key, attr in OPTION_KEYS},
+        )
 
 
 class DescribeTasks(_P):

@@ -31,8 +31,8 @@ Errors are the classes of :mod:`migrated.errors`; each carries its API code (``a
 ``InternalError.Busy``                      the task kept changing under five attempts
 ==========================================  ==============================================
 
-With a ``cloud:`` config section (docs/cloud.md) the service also talks to Tencent Cloud through
-:class:`migrated.cloud.tencent.TencentCloud`: CreateTask validates the target instance and takes
+With a ``cloud:`` config section (docs/cloud.md) the service also talks to a cloud through the
+:class:`~migrated.cloud.provider.CloudProvider` it is given: CreateTask validates the target instance and takes
 an image name no image of the account has; an image task that reaches ``success`` gets its image
 made (CreateImage, polled to NORMAL) in a background job whose progress is the task's
 ``ImageId`` / ``ImageState`` and its events. Without the section nothing here calls out.
@@ -50,7 +50,7 @@ from typing import Any
 
 import structlog
 
-from migrated.cloud.tencent import InstanceInvalid, SourceDisk, TencentCloud, unique_name
+from migrated.cloud.provider import CloudProvider, DiskSpec, InstanceInvalid, unique_name
 from migrated.console import params as P
 from migrated.console.config import ConsoleConfig
 from migrated.console.storage import (
@@ -98,7 +98,8 @@ from migrated.model.states import (
     transition,
     values,
 )
-from migrated.model.status import percent_done
+from migrated.model.status import TaskProgress
+from migrated.model.taskspec import OPTION_KEYS, TaskSpec
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +121,20 @@ def consistent_finish(t: TaskRecord) -> bool:
     """A one-shot task that ends with a cutover right after its full pass (CreateTask ConsistentFinish);
     its cutover options live in ``t.continuous`` too, with ``ConsistentFinish: true``."""
     return bool(t.continuous and t.continuous.get("ConsistentFinish"))
+
+
+def task_spec(t: TaskRecord) -> TaskSpec:
+    """The settings of a stored task, as the agent runs them."""
+    c = t.continuous or {}
+    return TaskSpec(
+        task_id=t.task_id, name=t.name, description=t.description, region=t.region, target_type=t.target_type,
+        image_name=t.image_name, target_instance_id=t.target_instance_id, state=t.state,
+        target_ssh=t.target_ssh, target_host_key=t.target_host_key, disk_mapping=t.disk_mapping,
+        bandwidth_kbps=t.bandwidth_limit_kbps, checksum=t.checksum, continuous_sync=is_continuous(t),
+        consistent_finish=consistent_finish(t), ignore_checks=t.ignore_checks,
+        **{attr: c.get(key) for key, attr in OPTION_KEYS},
+    )
+
 
 def iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -149,7 +164,7 @@ class Principal:
 
 class ConsoleService:
     def __init__(self, storage: Storage, config: ConsoleConfig, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, cloud: TencentCloud | None = None) -> None:
+                 rng: random.Random | None = None, cloud: CloudProvider | None = None) -> None:
         self.storage = storage
         self.config = config
         self.cloud = cloud  # None: cloud features off
@@ -199,62 +214,22 @@ class ConsoleService:
 
     @staticmethod
     def agent_task_view(t: TaskRecord) -> dict[str, Any]:
-        """The task as the agent receives it with a command."""
-        return {
-            "TaskId": t.task_id,
-            "TaskName": t.name,
-            "Description": t.description,
-            "Region": t.region,
-            "TargetType": t.target_type,
-            "ImageName": t.image_name,
-            "TargetInstanceId": t.target_instance_id,
-            "TargetSsh": t.target_ssh,
-            "TargetHostKey": t.target_host_key,
-            "BandwidthLimitKBps": t.bandwidth_limit_kbps,
-            "Checksum": t.checksum,
-            "DiskMapping": [{"Source": a, "Target": b} for a, b in t.disk_mapping],
-            "State": t.state,
-            "ContinuousSync": is_continuous(t),
-            "ConsistentFinish": consistent_finish(t),
-            # continuous tasks only (null otherwise): the rounds, and the cutover (docs/consistency.md)
-            **{n: (t.continuous or {}).get(n) for n in P.CONTINUOUS_PARAMS},
-        }
+        """The task as the agent receives it with a command (the rounds and cutover options are null
+        where not given, and for a one-shot task: docs/consistency.md)."""
+        return task_spec(t).to_api()
 
     @classmethod
     def task_view(cls, t: TaskRecord) -> dict[str, Any]:
         """The task as an operator sees it (DescribeTasks, the web UI)."""
         state = TaskState(t.state)
         p = t.progress or {}
-        disks = p.get("Disks", [])
-        total = sum(d.get("BytesTotal", 0) for d in disks)
-        done = sum(d.get("BytesDone", 0) for d in disks)
         v = cls.agent_task_view(t)
         v.update({
             "SourceId": t.source_id,
             "ScheduledStartTime": iso(t.scheduled_at),
             "Stage": t.stage,
             "Message": t.message,
-            "Progress": {
-                "Disks": disks,
-                "BytesTotal": total,
-                "BytesDone": done,
-                "Percent": percent_done(done, total),
-                "RateBps": p.get("RateBps", 0.0),
-                "EtaSeconds": p.get("EtaSeconds"),
-                "LagSeconds": p.get("LagSeconds"),
-                "Phase": p.get("Phase", ""),
-                "Round": p.get("Round"),
-                "RoundChangedBytes": p.get("RoundChangedBytes"),
-                "ForecastSeconds": p.get("ForecastSeconds"),
-                "Convergence": p.get("Convergence", ""),
-                "Advice": p.get("Advice", ""),
-                "DowntimeSeconds": p.get("DowntimeSeconds"),
-                # continuous tasks: the round interval / source read limit the agent applies right now
-                # (null until it reports); the task's RoundIntervalSeconds / ReadLimitKBps are the settings
-                "RoundIntervalSeconds": p.get("RoundIntervalSeconds"),
-                "ReadLimitKBps": p.get("ReadLimitKBps"),
-                "UpdatedTime": iso(p.get("UpdatedAt")),
-            },
+            "Progress": {**TaskProgress.from_api(p).to_view(), "UpdatedTime": iso(p.get("UpdatedAt"))},
             "CreatedTime": iso(t.created_at),
             "UpdatedTime": iso(t.updated_at),
             "ImageId": t.image_id,
@@ -377,16 +352,11 @@ class ConsoleService:
                     raise IllegalStateTransition(f"task {t.task_id}: {exc}") from None
                 text = f"{old.value} -> {new.value}: {why}" + (f" ({p.Message})" if p.Message else "")
                 event = ("error" if new == TaskState.FAILED else "info", p.Stage, text)
-            progress = {
-                "Disks": [d.model_dump() for d in p.Disks],
-                "RateBps": p.RateBps, "EtaSeconds": p.EtaSeconds, "LagSeconds": p.LagSeconds, "UpdatedAt": now,
-            }
-            if p.Round is not None or p.DowntimeSeconds is not None:
-                progress.update({"Phase": p.Phase, "Round": p.Round, "RoundChangedBytes": p.RoundChangedBytes,
-                                 "ForecastSeconds": p.ForecastSeconds, "Convergence": p.Convergence,
-                                 "Advice": p.Advice, "DowntimeSeconds": p.DowntimeSeconds})
-            if p.RoundIntervalSeconds is not None:  # what the agent applies (changed by the console or migratectl)
-                progress.update({"RoundIntervalSeconds": p.RoundIntervalSeconds, "ReadLimitKBps": p.ReadLimitKBps or 0})
+            # kept in the API form; the task's state, stage and message are columns of their own
+            progress = TaskProgress.from_api(p.model_dump(mode="json")).to_api()
+            for column in ("TaskId", "State", "Stage", "Message"):
+                del progress[column]
+            progress["UpdatedAt"] = now
             changes: dict[str, Any] = {"state": new.value, "stage": p.Stage, "progress": progress}
             if p.Message or old != new:
                 changes["message"] = p.Message
@@ -517,20 +487,20 @@ class ConsoleService:
             # image tasks: TargetInstanceId is the relay instance the image is made from
             instance_id = p.TargetInstanceId
             sizes = {d.name: d for d in s.disks}
-            disks = [SourceDisk(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
+            disks = [DiskSpec(a, sizes[a].size_bytes, sizes[a].is_system) for a, _ in mapping if a in sizes]
             warnings, image_name = await self._cloud_checks(p, task_id, disks, image_name)
+        spec = p.spec()
         # the options of a continuous task, or of a one-shot one with a consistent finish (flagged)
-        continuous = ({n: getattr(p, n) for n in P.CONTINUOUS_PARAMS} if p.ContinuousSync or p.ConsistentFinish
-                      else None)
-        if p.ConsistentFinish and continuous is not None:  # (ContinuousSync with it was refused)
+        continuous = spec.options() if spec.has_cutover else None
+        if spec.consistent_finish and continuous is not None:  # (ContinuousSync with it was refused)
             continuous["ConsistentFinish"] = True
         rec = TaskRecord(
             task_id=task_id, source_id=s.source_id, name=p.TaskName, description=p.Description, region=p.Region,
             target_type=p.TargetType, image_name=image_name, target_instance_id=instance_id,
-            target_ssh=p.TargetSsh, target_host_key=p.TargetHostKey, bandwidth_limit_kbps=p.BandwidthLimitKBps,
-            checksum=p.Checksum, disk_mapping=mapping, scheduled_at=scheduled_at, state=state.value,
-            created_at=now, updated_at=now,
-            continuous=continuous,
+            target_ssh=spec.target_ssh, target_host_key=spec.target_host_key,
+            bandwidth_limit_kbps=spec.bandwidth_kbps, checksum=spec.checksum, disk_mapping=mapping,
+            scheduled_at=scheduled_at, state=state.value, created_at=now, updated_at=now,
+            continuous=continuous, ignore_checks=spec.ignore_checks,
         )
         try:
             rec = await self.storage.create_task(rec, unfinished_states=UNFINISHED_STATES)
@@ -674,13 +644,14 @@ class ConsoleService:
         events = await self.storage.list_events(p.TaskId, after_id=p.AfterEventId, limit=p.Limit)
         return {"EventSet": [self.event_view(e) for e in events]}
 
-    # ------------------------------------------------------------ Tencent Cloud
+    # ------------------------------------------------------------ the cloud (migrated/cloud/provider.py)
 
-    async def _cloud_checks(self, p: P.CreateTask, task_id: str, disks: list[SourceDisk], image_name: str
+    async def _cloud_checks(self, p: P.CreateTask, task_id: str, disks: list[DiskSpec], image_name: str
                             ) -> tuple[list[str], str]:
         """CreateTask's cloud side: validate the target (or relay) instance, warn about its SSH port,
         pick an image name no image of the account has. Returns (warnings, image name)."""
         assert self.cloud is not None
+        traits = self.cloud.traits
         warnings: list[str] = []
         try:
             if p.TargetInstanceId:
@@ -703,7 +674,7 @@ class ConsoleService:
                 image_name = await self.cloud.unique_image_name(p.Region, image_name, task_id)
         except CloudError as exc:  # answered as FailedOperation.CloudApi, with what the console was doing
             again = " (temporary: try again)" if exc.retryable else ""
-            exc.message = f"cannot check the target on Tencent Cloud: {exc.message}{again}"
+            exc.message = f"cannot check the target on {traits.title}: {exc.message}{again}"
             raise exc from None
         return warnings, image_name
 
@@ -743,13 +714,13 @@ class ConsoleService:
         if not t.target_instance_id:
             await self._set_image(task_id, image_state="SKIPPED", event=(
                 "warning", "image", f"image {t.image_name} not made: the task names no relay instance "
-                                    "(TargetInstanceId); make it in the Tencent Cloud console"))
+                                    f"(TargetInstanceId); make it in the {cloud.traits.title} console"))
             return
         marker = f"migrated {task_id}"
         try:
             image_id = t.image_id
             if not image_id:
-                name = t.image_name or unique_name(t.name, task_id)
+                name = t.image_name or unique_name(t.name, task_id, cloud.traits.image_name_max)
                 same = await cloud.find_images(t.region, name=name)
                 ours = [i for i in same if i.description == marker]
                 if ours:
@@ -757,7 +728,7 @@ class ConsoleService:
                     with_disks = " (found from an earlier attempt)"
                 else:
                     if same:  # someone took the name since CreateTask
-                        name = unique_name(name, task_id)
+                        name = unique_name(name, task_id, cloud.traits.image_name_max)
                     data_disks: tuple[str, ...] = ()
                     if len(t.disk_mapping) > 1:  # data disks were migrated too: a full image
                         info = await cloud.describe_instance(t.region, t.target_instance_id)

@@ -192,17 +192,22 @@ def prepare_runtime_dir(directory: str, gid: int | None) -> None:
         os.chmod(directory, mode)
 
 
+def group_id(group: str | None) -> int | None:
+    """The gid of ``control.group`` (None: no group); UsageError naming the fix if it does not exist."""
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(
+            f"control.group: group {group!r} does not exist; create it (groupadd {group}) "
+            "or set control.group: null for root-only access"
+        ) from None
+
+
 def bind_control_socket(path: str, group: str | None) -> socket.socket:
     """Return a listening Unix socket at ``path`` created with the right mode from birth."""
-    gid: int | None = None
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise UsageError(
-                f"control.group: group {group!r} does not exist; create it (groupadd {group}) "
-                "or set control.group: null for root-only access"
-            ) from None
+    gid = group_id(group)
     directory = os.path.dirname(path)
     prepare_runtime_dir(directory, gid)
     if os.path.lexists(path):

@@ -9,8 +9,9 @@ with the source quiesced for one short final pass, verified, with the downtime m
                                       ContinuousOptions(interval=30, cutover_after=None), control, on_event)
     # elsewhere (signal handler, daemon command): control.request_cutover()
 
-Built on the engine's library API only: every round is ``session.sync_disk`` with the
-same checkpoint (the engine re-reads the source and sends what changed). The pieces:
+Built on the engine's library API only (``Session``: ``sync_disk``, ``verify_disk``,
+``state_files``): every round is ``session.sync_disk`` with the same checkpoint (the engine
+re-reads the source and sends what changed). The pieces:
 
 * **Rounds** (``migrated.model.rounds``): after each round its numbers are summarised
   (change rate, send rate, forecast of the final pass, advice) and passed to
@@ -52,16 +53,24 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import structlog
 
-from migrated.engine.sync import DiskSync, HashFile, SyncControl, SyncOptions, SyncResult, default_state_dir
-from migrated.errors import MigratedError, UsageError, VerificationFailed
+from migrated.engine.session import Session
+from migrated.engine.sync import SyncControl, SyncOptions, SyncResult, default_state_dir
+from migrated.errors import MigratedError, UsageError
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 from migrated.model.rounds import Advice, Policy, RoundStats, Summary, summarize
+from migrated.model.taskspec import (
+    DEFAULT_FREEZE_BUDGET_SECONDS,
+    DEFAULT_HOOK_TIMEOUT_SECONDS,
+    DEFAULT_QUIESCE,
+    DEFAULT_ROUND_INTERVAL_SECONDS,
+)
 from migrated.source.freeze import (
     FreezeBudgetExceeded,
     FreezeError,
@@ -99,19 +108,19 @@ class ContinuousOptions:
     ``auto_cutover``: cut over as soon as the advice says so. Otherwise: rounds until
     ``ContinuousControl.request_cutover()``."""
 
-    interval: float = 60.0
+    interval: float = float(DEFAULT_ROUND_INTERVAL_SECONDS)
     read_limit: int | None = None
     cutover_after: int | None = None
     auto_cutover: bool = False
-    quiesce: str = "freeze"
-    freeze_budget: float = 30.0
+    quiesce: str = DEFAULT_QUIESCE
+    freeze_budget: float = float(DEFAULT_FREEZE_BUDGET_SECONDS)
     downtime_target: float = 2.0
     pre_hook: str | None = None
     post_hook: str | None = None
-    hook_timeout: float = 300.0
+    hook_timeout: float = float(DEFAULT_HOOK_TIMEOUT_SECONDS)
     final_attempts: int = 2
     track_writes: bool = True  # trace writes so the final pass reads only them (migrated.source.tracker)
-    snapshot_size: str = "10%ORIGIN"  # --quiesce lvm: copy-on-write space of each snapshot (lvcreate size)
+    snapshot_size: str = DEFAULT_SNAPSHOT_SIZE  # --quiesce lvm: copy-on-write space of each snapshot (lvcreate size)
     verify: bool = True
     # where the freeze guardian records what it froze while it is frozen (tmpfs; migrated.source.guardian);
     # None: $RUNTIME_DIRECTORY/frozen.json under systemd, else no record
@@ -239,11 +248,6 @@ class ContinuousResult:
 Event = dict[str, Any]
 
 
-def _stats(index: int, started: float, res: SyncResult) -> RoundStats:
-    return RoundStats(index=index, started_at=started, duration=res.seconds, bytes_scanned=res.bytes_read,
-                      bytes_changed=res.bytes_changed, bytes_sent=res.bytes_sent)
-
-
 # ------------------------------------------------------------ held output
 
 
@@ -272,85 +276,12 @@ def held_output() -> Iterator[io.StringIO]:
                 sys.stderr.flush()
 
 
-# ------------------------------------------------------------ verification
-
-
-async def verify_against_checkpoint(session: Any, source_path: str, target_path: str,
-                                    options: SyncOptions, read_from: str | None = None) -> int:
-    """Compare every target block with the hash the last (final) pass recorded for the source.
-
-    Used after a cutover: the source has been thawed and has moved on, so it cannot be re-read;
-    the hash file the frozen final pass wrote is what the target must hold. With ``read_from``
-    (the LVM snapshot the final pass read, still there), every block of it is read and hashed
-    again and the target must equal *it*. Returns the number of blocks compared; raises
-    VerificationFailed naming the first differing offsets. Reads the checkpoint/hash file (or the
-    snapshot, read-only) and the target's hashes; writes nothing.
-    """
-    from migrated.source import open_source, open_source_via
-    from migrated.transport import recv as wire
-    from migrated.transport.ssh import RecvChannel
-
-    async with session._lock:  # one disk operation at a time on a session (engine contract)
-        # identity and size only (no block is read), or the snapshot to hash under the origin's identity
-        src = open_source_via(source_path, read_from) if read_from else open_source(source_path)
-        try:
-            chan = await RecvChannel.start(session.conn, await session.receiver_command(), session.endpoint.label)
-            ok = False
-            try:
-                disk = DiskSync(chan, src, session.endpoint.label, target_path, options, None, None, session._pool)
-                await disk.handshake()
-                await disk.open_target()
-                cp, how = disk.load_checkpoint()
-                if cp is None or not cp.complete:
-                    raise VerificationFailed(f"cannot verify {disk.target_label}:{target_path}: no complete "
-                                             f"checkpoint of the final pass ({how})")
-                hf = HashFile.open(disk.hf_path, cp.generation, disk.bs, disk.hash_name, fresh=False)
-                bs = disk.bs
-                # re-reading a snapshot holds a span in memory: keep it smaller
-                limit = 16 * 1024 * 1024 if read_from else 64 * 1024 * 1024
-                span = max(bs, min(wire.MAX_HASH_SPAN, limit) // bs * bs)
-                loop = asyncio.get_running_loop()
-                bad: list[int] = []
-                blocks = 0
-                try:
-                    for off in range(0, src.size, span):
-                        length = min(span, src.size - off)
-                        n = wire.block_count(length, bs)
-                        asked = chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(off, length)),
-                                             wire.T_HASHES)
-                        if read_from:
-                            _, hashes, _ = await loop.run_in_executor(session._pool, disk._read_and_hash, off,
-                                                                      length, False)
-                            expect = b"".join(hashes)
-                        else:
-                            expect = hf.read(off // bs, n)
-                        reply = await asked
-                        got = reply[wire.RANGE.size:]
-                        for i in range(n):
-                            if got[i * 16:(i + 1) * 16] != expect[i * 16:(i + 1) * 16]:
-                                bad.append(off + i * bs)
-                        blocks += n
-                finally:
-                    hf.close()
-                ok = True
-            finally:
-                await chan.close(bye=ok)
-        finally:
-            src.close()
-    if bad:
-        first = ", ".join(str(b) for b in bad[:5])
-        what = f"the snapshot {read_from}" if read_from else "the source as it was at the cutover"
-        raise VerificationFailed(f"{len(bad)} blocks of {session.endpoint.label}:{target_path} differ from "
-                                 f"{what} (first offsets: {first}); run the cutover again")
-    return blocks
-
-
 # ------------------------------------------------------------ rounds
 
 Disk = tuple[str, str]  # (source path, target path on the target host)
 
 
-async def run_continuous(session: Any, source: str, target_path: str, options: SyncOptions,
+async def run_continuous(session: Session, source: str, target_path: str, options: SyncOptions,
                          copts: ContinuousOptions, control: ContinuousControl,
                          on_event: Callable[[Event], None] | None = None,
                          on_progress: Callable[..., None] | None = None) -> ContinuousResult:
@@ -359,7 +290,7 @@ async def run_continuous(session: Any, source: str, target_path: str, options: S
                                       on_progress)
 
 
-async def run_continuous_disks(session: Any, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
+async def run_continuous_disks(session: Session, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
                                control: ContinuousControl, on_event: Callable[[Event], None] | None = None,
                                on_progress: Callable[..., None] | None = None) -> ContinuousResult:
     """Full pass, rounds, cutover (module doc) for the disks of one task, over one session. A round
@@ -422,7 +353,7 @@ async def _poll_trackers(trackers: list[WriteTracker]) -> None:
         await asyncio.sleep(0.5)
 
 
-async def _run_rounds_and_cutover(session: Any, disks: list[Disk], options: SyncOptions,
+async def _run_rounds_and_cutover(session: Session, disks: list[Disk], options: SyncOptions,
                                   copts: ContinuousOptions, control: ContinuousControl,
                                   emit: Callable[[Event], None], policy: Policy,
                                   trackers: dict[str, WriteTracker | None],
@@ -503,15 +434,6 @@ async def _run_rounds_and_cutover(session: Any, disks: list[Disk], options: Sync
 # ------------------------------------------------------------ cutover
 
 
-def _state_files(source: str, session: Any, target_path: str) -> set[str]:
-    """Names of the engine's checkpoint files for this disk (``DiskSync.cp_path`` / ``hf_path``)."""
-    import hashlib
-
-    ident = f"{os.path.realpath(source)}\0{session.endpoint.label}\0{target_path}"
-    key = hashlib.sha256(ident.encode()).hexdigest()
-    return {f"{key[:24]}.ckpt", f"{key[:24]}.hashes"}
-
-
 def _mounts_of(disks: list[Disk]) -> list[MountedFs]:
     seen: dict[str, MountedFs] = {}
     for src, _ in disks:
@@ -520,9 +442,9 @@ def _mounts_of(disks: list[Disk]) -> list[MountedFs]:
     return sorted(seen.values(), key=lambda m: (m.mountpoint.count("/"), m.mountpoint))
 
 
-async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
+async def cutover(session: Session, disks: list[Disk], options: SyncOptions, copts: ContinuousOptions,
                   control: ContinuousControl, emit: Callable[[Event], None],
-                  another_round: Callable[[], Any] | None = None,
+                  another_round: Callable[[], Awaitable[None]] | None = None,
                   trackers: dict[str, WriteTracker | None] | None = None,
                   notes: list[str] | None = None) -> CutoverReport:
     """Quiesce, final pass of every disk, un-quiesce, verify (module doc). The sources are running when
@@ -578,15 +500,15 @@ async def cutover(session: Any, disks: list[Disk], options: SyncOptions, copts: 
     if copts.verify:
         control.phase = Phase.VERIFYING
         for src, dst in disks:
-            report.blocks_verified += await verify_against_checkpoint(session, src, dst, final_opts)
+            report.blocks_verified += await session.verify_disk(src, dst, final_opts)
         report.verified = True
     emit({"event": "verified" if report.verified else "done", "blocks": report.blocks_verified})
     return report
 
 
-async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
+async def _final_pass_frozen(session: Session, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
                              control: ContinuousControl, report: CutoverReport, mounts: list[MountedFs],
-                             state_dir: Any, trackers: dict[str, WriteTracker | None],
+                             state_dir: str | os.PathLike[str], trackers: dict[str, WriteTracker | None],
                              emit: Callable[[Event], None] = lambda _e: None) -> list[SyncResult]:
     """One final pass of every disk with ``mounts`` frozen (or nothing frozen: quiesce hooks/none).
 
@@ -601,7 +523,7 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
     if mounts and path_on_filesystems(state_dir, mounts):
         files: set[str] = set()
         for src, dst in disks:
-            files |= _state_files(src, session, dst)
+            files |= session.state_files(src, dst)
         staged = StagedDir(state_dir, mounts, files)
         final_opts = dataclasses.replace(final_opts, state_dir=str(await asyncio.to_thread(staged.stage)))
     control.phase = Phase.FINAL_PASS
@@ -674,7 +596,7 @@ async def _final_pass_frozen(session: Any, disks: list[Disk], final_opts: SyncOp
     return results
 
 
-async def _cutover_lvm(session: Any, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
+async def _cutover_lvm(session: Session, disks: list[Disk], final_opts: SyncOptions, copts: ContinuousOptions,
                        control: ContinuousControl, report: CutoverReport, emit: Callable[[Event], None],
                        trackers: dict[str, WriteTracker | None], hook_results: list[HookResult]) -> None:
     """``--quiesce lvm``: pre hook -> ``lvcreate --snapshot`` of every disk (the cutover point) ->
@@ -746,8 +668,7 @@ async def _cutover_lvm(session: Any, disks: list[Disk], final_opts: SyncOptions,
         if copts.verify:
             control.phase = Phase.VERIFYING
             for (src, dst), sn in zip(disks, snaps, strict=True):
-                report.blocks_verified += await verify_against_checkpoint(session, src, dst, final_opts,
-                                                                          read_from=sn.device)
+                report.blocks_verified += await session.verify_disk(src, dst, final_opts, read_from=sn.device)
             report.verified = True
     # the snapshots are removed (lvm_snapshot raised otherwise)
     for d, sn in zip(report.snapshots, snaps, strict=True):

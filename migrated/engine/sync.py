@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +36,7 @@ from migrated.errors import (
     Interrupted,
     ProtocolError,
     TargetError,
+    UsageError,
     VerificationFailed,
 )
 from migrated.model.checkpoint import (
@@ -44,7 +45,11 @@ from migrated.model.checkpoint import (
     Checkpoint,
     encode_hashfile_header,
     hashfile_header_matches,
+    hashfile_trusted,
+    trusted_entries,
+    zero_entries,
 )
+from migrated.model.negotiate import choose_codec, choose_hash
 from migrated.model.plan import Kind, plan_chunk
 from migrated.model.status import DiskProgress
 from migrated.model.tokenbucket import TokenBucket
@@ -67,6 +72,12 @@ def default_state_dir() -> Path:
     return Path(base) / "migrated" / "checkpoints"
 
 
+def state_file_names(source_path: str, target_label: str, target_path: str) -> tuple[str, str]:
+    """(checkpoint, hash file) names in the state dir of the disk ``source_path`` -> ``target_label:target_path``."""
+    key = hashlib.sha256(f"{os.path.realpath(source_path)}\0{target_label}\0{target_path}".encode()).hexdigest()
+    return f"{key[:24]}.ckpt", f"{key[:24]}.hashes"
+
+
 @dataclass
 class SyncOptions:
     """How to sync one disk. Defaults are the measured sweet spot on a 2-core box."""
@@ -76,7 +87,7 @@ class SyncOptions:
     bwlimit: int | None = None  # bytes/s on the wire; None = unlimited
     checksum: bool = False  # verify every target block after the transfer, re-send what differs
     state_dir: str | os.PathLike[str] | None = None  # checkpoints; default_state_dir() when None
-    compress: str = "auto"  # auto (zstd when both ends have it, else none) | zstd | zlib | none
+    compress: str = "auto"  # auto (zstd when both ends have it, else none) or a codec of wire.CODECS
     window_chunks: int = 6  # chunks prepared ahead of the sender (memory ~ window * chunk * 2)
     checkpoint_bytes: int = 64 * 1024 * 1024  # flush + checkpoint after this many bytes on the wire
     checkpoint_seconds: float = 5.0  # ... or after this long
@@ -95,15 +106,14 @@ class SyncOptions:
     read_from: str | None = None
 
     def validate(self) -> None:
-        from migrated.errors import UsageError
-
         bs = self.block_size
         if not (wire.MIN_BLOCK <= bs <= wire.MAX_BLOCK) or bs & (bs - 1):
             raise UsageError(f"--block-size {bs}: must be a power of two between 4KiB and 4MiB")
         if self.chunk_size % bs or self.chunk_size < bs:
             self.chunk_size = max(bs, self.chunk_size // bs * bs)
-        if self.compress not in ("auto", "zstd", "zlib", "none"):
-            raise UsageError(f"--compress {self.compress!r}: choose auto, zstd, zlib or none")
+        choices = wire.compress_choices()
+        if self.compress not in choices:
+            raise UsageError(f"--compress {self.compress!r}: choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 
 class SyncControl:
@@ -127,6 +137,16 @@ class SyncControl:
         self._bwlimit = bytes_per_s if bytes_per_s else None
         for cb in list(self._listeners):
             cb(self._bwlimit)
+
+    def watch_bwlimit(self, cb: Callable[[int | None], None]) -> Callable[[], None]:
+        """Call ``cb(bytes_per_s)`` on every ``set_bwlimit``; returns the function that stops it."""
+        self._listeners.append(cb)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(cb)
+
+        return unwatch
 
     # Source read-rate limit (bytes/s; None = unlimited), changeable while running: protects the
     # production server's I/O during continuous rounds (migrated.engine.continuous).
@@ -194,33 +214,14 @@ class _Chunk:
     changed_bytes: int = 0
 
 
-_tls = threading.local()
-
-
-def _compressor(codec: str):
-    c = getattr(_tls, codec, None)
-    if c is None:
-        if codec == "zstd":
-            import zstandard
-
-            c = zstandard.ZstdCompressor(level=1)  # one per thread: a shared one is not thread-safe
-        setattr(_tls, codec, c)
-    return c
-
-
-def _encode_write(offset: int, raw: memoryview, codec: str) -> bytes:
+def _encode_write(offset: int, raw: memoryview, codec: wire.Codec) -> bytes:
+    """A WRITE frame; compressed only where that saves more than 1/32 of the bytes."""
     payload: bytes | memoryview = raw
     cid = 0
-    if codec == "zstd":
-        comp = _compressor("zstd").compress(raw)
+    if codec.wire_id != 0:
+        comp = codec.compress(raw)
         if len(comp) < len(raw) - len(raw) // 32:
-            payload, cid = comp, wire.CODEC_IDS["zstd"]
-    elif codec == "zlib":
-        import zlib
-
-        comp = zlib.compress(raw, 1)
-        if len(comp) < len(raw) - len(raw) // 32:
-            payload, cid = comp, wire.CODEC_IDS["zlib"]
+            payload, cid = comp, codec.wire_id
     hdr = wire.HEADER.pack(wire.T_WRITE, wire.WRITE_HDR.size + len(payload))
     return b"".join((hdr, wire.WRITE_HDR.pack(offset, len(raw), cid), payload))
 
@@ -289,28 +290,23 @@ class DiskSync:
         self.size = source.size
         self.stats = _Stats()
         self.bucket = TokenBucket(self.control.bwlimit, time.monotonic())
-        self._listener = lambda r: self.bucket.set_rate(r, time.monotonic())
-        self.control._listeners.append(self._listener)
+        self._unwatch = self.control.watch_bwlimit(lambda r: self.bucket.set_rate(r, time.monotonic()))
         self.read_bucket = TokenBucket(self.control.read_limit, time.monotonic())
         self.flush_seq = 0
         self.progress = DiskProgress(name=source.path, target=f"{target_label}:{target_path}",
                                      bytes_total=self.size)
         self._last_progress = 0.0
         state = Path(options.state_dir) if options.state_dir else default_state_dir()
-        import hashlib
-
-        key = hashlib.sha256(f"{os.path.realpath(source.path)}\0{target_label}\0{target_path}".encode()).hexdigest()
-        self.cp_path = state / f"{key[:24]}.ckpt"
-        self.hf_path = state / f"{key[:24]}.hashes"
+        cp_name, hf_name = state_file_names(source.path, target_label, target_path)
+        self.cp_path = state / cp_name
+        self.hf_path = state / hf_name
         self.hf: HashFile | None = None
         self._zero_hash: dict[int, bytes] = {}
 
     # -- small helpers ---------------------------------------------------------------------
     def zero_entries(self, off: int, length: int) -> bytes:
         """Hash-file entries of an all-zero range (the last block of the disk may be short)."""
-        n = wire.block_count(length, self.bs)
-        tail = length - (n - 1) * self.bs
-        return self.zero_hash(self.bs) * (n - 1) + self.zero_hash(tail)
+        return zero_entries(length, self.bs, self.zero_hash)
 
     def zero_hash(self, length: int) -> bytes:
         h = self._zero_hash.get(length)
@@ -371,18 +367,10 @@ class DiskSync:
                                 f"this agent {wire.PROTOCOL_VERSION}")
         theirs_h = reply.get("hashes") or []
         theirs_c = reply.get("codecs") or []
-        self.hash_name = next((h for h in wire.available_hashes() if h in theirs_h), None)  # type: ignore[assignment]
-        if self.hash_name is None:
-            raise ProtocolError(f"no common hash with the receiver on {self.target_label} ({theirs_h})")
+        self.hash_name = choose_hash(wire.available_hashes(), theirs_h, self.target_label)
         self.hash = wire.hasher(self.hash_name)
         self.subhash = self.opt.subblocks and "subhash" in (reply.get("features") or []) and self.bs > SUB_BLOCK
-        want = self.opt.compress
-        if want == "auto":
-            self.codec = "zstd" if "zstd" in theirs_c and "zstd" in wire.available_codecs() else "none"
-        elif want in theirs_c and want in wire.available_codecs():
-            self.codec = want
-        else:
-            raise TargetError(f"codec {want} is not available on both ends (receiver has {theirs_c})")
+        self.codec = choose_codec(self.opt.compress, wire.available_codecs(), theirs_c, wire.auto_codecs())
         return reply
 
     async def open_target(self) -> dict:
@@ -495,8 +483,9 @@ class DiskSync:
                         if self.hash(mv[p:q]) != theirs[k * HASH_LEN:(k + 1) * HASH_LEN]:
                             add(p, q)
         assert mv is not None or not ranges
+        codec = wire.CODEC_BY_NAME[self.codec]
         for a, b in ranges:
-            frames.append(_encode_write(offset + a, mv[a:b], self.codec))  # type: ignore[index]
+            frames.append(_encode_write(offset + a, mv[a:b], codec))  # type: ignore[index]
         return frames
 
     async def _ask_subhashes(self, offset: int, length: int, runs, tgt: list[bytes]) -> dict[int, bytes]:
@@ -533,7 +522,7 @@ class DiskSync:
     def _is_hole(self, offset: int, length: int) -> bool:
         return not self.src.is_device and not self.src.data_ranges(offset, offset + length)
 
-    async def prepare(self, offset: int, length: int, known: bytes | None, send: bool) -> tuple[_Chunk, list[bytes]]:
+    async def prepare(self, offset: int, length: int, known: bytes | None, send: bool) -> _Chunk:
         """Read, hash, resolve the target's hashes, plan and encode one chunk.
 
         ``known``: target hashes for the chunk's blocks (UNKNOWN entries are asked from the
@@ -546,13 +535,12 @@ class DiskSync:
         if hole and known is not None:
             zeros = self.zero_entries(offset, length)
             if known == zeros:  # a hole onto zeros: nothing to read, send or ask
-                return _Chunk(offset, length, entries=zeros, same=n), []
+                return _Chunk(offset, length, entries=zeros, same=n)
         if known is not None and self.opt.only_ranges is not None and not any(
                 s < offset + length and offset < e for s, e in self.opt.only_ranges):
             entries = [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]
             if UNKNOWN not in entries:  # untraced and known: unchanged since the last round read it
-                ch = _Chunk(offset, length, same=n, entries=known)
-                return ch, entries
+                return _Chunk(offset, length, same=n, entries=known)
         hash_fut = None
         if known is None or UNKNOWN in [known[i * HASH_LEN:(i + 1) * HASH_LEN] for i in range(n)]:
             hash_fut = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(offset, length)), wire.T_HASHES)
@@ -591,7 +579,7 @@ class DiskSync:
         # What the target holds once these frames are durable: the source's hashes, except blocks
         # that a check-only pass found different (their entries keep the target's hash).
         ch.entries = b"".join(src_hashes) if send else b"".join(tgt)
-        return ch, src_hashes
+        return ch
 
     # -- one pass over the disk --------------------------------------------------------------
     async def run_pass(self, cp: Checkpoint, start: int, untrusted: tuple[int, int], *, ask_all: bool,
@@ -614,25 +602,9 @@ class DiskSync:
         def known_for(off: int, length: int) -> bytes | None:
             if ask_all:
                 return None
-            first, n = off // bs, wire.block_count(length, bs)
-            raw = self.hf.read(first, n)  # type: ignore[union-attr]
-            lo, hi = untrusted
-            overlaps = lo < off + length and off < hi
-            if not overlaps:
-                if cp.zero_from is None or off + length <= cp.zero_from or UNKNOWN not in raw:
-                    return raw  # fast path: the hash file says it all
-                if off >= cp.zero_from and raw == UNKNOWN * n:
-                    return self.zero_entries(off, length)  # never written since created sparse
-            entries = bytearray(raw)
-            for i in range(n):
-                boff = off + i * bs
-                e = entries[i * HASH_LEN:(i + 1) * HASH_LEN]
-                if lo <= boff < hi:
-                    e = UNKNOWN
-                if e == UNKNOWN and cp.zero_from is not None and boff >= cp.zero_from and not (lo <= boff < hi):
-                    e = self.zero_hash(min(bs, size - boff))
-                entries[i * HASH_LEN:(i + 1) * HASH_LEN] = e
-            return bytes(entries)
+            raw = self.hf.read(off // bs, wire.block_count(length, bs))  # type: ignore[union-attr]
+            return trusted_entries(raw, off, length, block_size=bs, disk_size=size, untrusted=untrusted,
+                                   zero_from=cp.zero_from, zero_hash=self.zero_hash)
 
         def schedule() -> None:
             nonlocal next_off
@@ -655,12 +627,7 @@ class DiskSync:
                 first, entries = committed_entries.popleft()
                 hf.write(first, entries)
             await asyncio.to_thread(hf.sync)
-            cp.cursor = pos
-            cp.dirty_end = min(size, pos + self.opt.dirty_span)
-            if cp.zero_from is not None:
-                cp.zero_from = max(cp.zero_from, cp.dirty_end)
-            cp.complete = pos >= size
-            cp.bytes_sent_total += self.stats.bytes_sent - self._sent_at_last_ck
+            cp.advance(pos, self.opt.dirty_span, self.stats.bytes_sent - self._sent_at_last_ck)
             self._sent_at_last_ck = self.stats.bytes_sent
             await self.save_checkpoint(cp)
 
@@ -669,7 +636,7 @@ class DiskSync:
             schedule()
             while pending:
                 off, task = pending[0]
-                ch, _ = await task
+                ch = await task
                 pending.popleft()
                 if send and self.control.stop_requested:
                     break
@@ -731,8 +698,27 @@ class DiskSync:
         return differing
 
     # -- the whole run ----------------------------------------------------------------------
+    def check_state_paths(self) -> None:
+        """Refuse, before anything is written anywhere, a state dir or checkpoint file that is not one
+        (a directory at the checkpoint's path, a file at the state dir's): nothing is removed or changed."""
+        import stat as st
+
+        state = self.cp_path.parent
+        for path, want, what in ((state, st.S_ISDIR, "a directory"), (self.cp_path, st.S_ISREG, "a regular file"),
+                                 (self.hf_path, st.S_ISREG, "a regular file")):
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise UsageError(f"state dir {state}: cannot use {path}: {e.strerror}") from None
+            if not want(mode):
+                raise UsageError(f"{path} is in the way of the checkpoint of {self.src.path}: it is not {what}; "
+                                 "move it away or pass another --state-dir (nothing was written)")
+
     async def run(self) -> SyncResult:
         t0 = time.monotonic()
+        self.check_state_paths()
         await self.handshake()
         await self.open_target()
         result = SyncResult(source=self.src.path, target=f"{self.target_label}:{self.target_path}",
@@ -742,20 +728,12 @@ class DiskSync:
         result.checkpoint = how
         if how.startswith("fallback"):
             log.warning("checkpoint_fallback", disk=self.src.path, reason=how)
-        untrusted = (0, 0)
         if cp is not None:
             try:
                 self.hf = HashFile.open(self.hf_path, cp.generation, self.bs, self.hash_name, fresh=False)
             except CheckpointError as e:
                 cp, result.checkpoint = None, f"fallback: {e}"
-        if cp is not None:
-            if cp.complete:  # a new incremental round: re-read everything, send what changed
-                cp.round += 1
-                cp.cursor, cp.dirty_end, cp.complete, cp.zero_from = 0, 0, False, None
-            else:
-                result.resumed = cp.cursor > 0
-                untrusted = (cp.cursor, cp.dirty_end)
-        else:
+        if cp is None:
             generation = secrets.token_hex(16)
             await self._reply(self.chan.request(wire.pack_json(wire.T_SETGEN, {"generation": generation}),
                                                 wire.T_GENSET))
@@ -764,12 +742,11 @@ class DiskSync:
                             target=f"{self.target_label}:{self.target_path}", target_id=self.target_id,
                             block_size=self.bs, hash_name=self.hash_name, generation=generation,
                             zero_from=0 if self.target_created else None)
-        ask_all = not self.target_created and cp.zero_from is None and result.checkpoint != "trusted"
-        start = cp.cursor
-        # Establish the dirty window durably before the first frame.
-        cp.dirty_end = max(cp.dirty_end, min(self.size, start + self.opt.dirty_span))
-        if cp.zero_from is not None:
-            cp.zero_from = max(cp.zero_from, cp.dirty_end)
+        begin = cp.begin_run(self.opt.dirty_span)  # the dirty window, saved durably before the first frame
+        ask_all = not hashfile_trusted(cp, checkpoint_trusted=result.checkpoint == "trusted",
+                                       target_created=self.target_created)
+        result.resumed = begin.resumed
+        start, untrusted = begin.start, begin.untrusted
         await self.save_checkpoint(cp)
         result.round = cp.round
         self.progress.bytes_done = start
@@ -799,16 +776,52 @@ class DiskSync:
             result.throughput_bps = round(covered / result.seconds if result.seconds else 0.0, 1)
             self._emit_progress(force=True)
             self.last_result = result
-            with contextlib.suppress(ValueError):
-                self.control._listeners.remove(self._listener)
+            self._unwatch()
         return result
+
+    async def verify_recorded(self, *, reread: bool) -> tuple[int, list[int]]:
+        """Compare every target block with what the last complete pass recorded in the hash file, or
+        (``reread``) with the hashes of the source read again (a snapshot that cannot have changed).
+        Returns (blocks compared, offsets of the blocks that differ). Writes nothing
+        (``Session.verify_disk``)."""
+        await self.handshake()
+        await self.open_target()
+        cp, how = self.load_checkpoint()
+        if cp is None or not cp.complete:
+            raise VerificationFailed(f"cannot verify {self.target_label}:{self.target_path}: no complete "
+                                     f"checkpoint of the final pass ({how})")
+        hf = HashFile.open(self.hf_path, cp.generation, self.bs, self.hash_name, fresh=False)
+        bs = self.bs
+        # re-reading holds a span in memory: keep it smaller
+        limit = 16 * 1024 * 1024 if reread else 64 * 1024 * 1024
+        span = max(bs, min(wire.MAX_HASH_SPAN, limit) // bs * bs)
+        loop = asyncio.get_running_loop()
+        bad: list[int] = []
+        blocks = 0
+        try:
+            for off in range(0, self.size, span):
+                length = min(span, self.size - off)
+                n = wire.block_count(length, bs)
+                asked = self.chan.request(wire.pack_frame(wire.T_HASH, wire.RANGE.pack(off, length)), wire.T_HASHES)
+                if reread:
+                    _, hashes, _ = await loop.run_in_executor(self.pool, self._read_and_hash, off, length, False)
+                    expect = b"".join(hashes)
+                else:
+                    expect = hf.read(off // bs, n)
+                got = (await asked)[wire.RANGE.size:]
+                for i in range(n):
+                    if got[i * HASH_LEN:(i + 1) * HASH_LEN] != expect[i * HASH_LEN:(i + 1) * HASH_LEN]:
+                        bad.append(off + i * bs)
+                blocks += n
+        finally:
+            hf.close()
+        return blocks, bad
 
     async def verify(self, cp: Checkpoint) -> bool:
         """Compare every target block with the source; re-send what differs; check once more."""
         before = (self.stats.blocks_sent, self.stats.blocks_zero)
         same_before = self.stats.blocks_same
-        cp.cursor, cp.dirty_end, cp.complete = 0, 0, False
-        cp.dirty_end = min(self.size, self.opt.dirty_span)
+        cp.restart_pass(self.opt.dirty_span)
         await self.save_checkpoint(cp)
         differing = await self.run_pass(cp, 0, (0, self.size), ask_all=True, send=True, show=False)
         resent = self.stats.blocks_sent - before[0] + self.stats.blocks_zero - before[1]
@@ -826,4 +839,4 @@ class DiskSync:
         return True
 
 
-__all__ = ["DiskSync", "SyncControl", "SyncOptions", "SyncResult", "default_state_dir"]
+__all__ = ["DiskSync", "SyncControl", "SyncOptions", "SyncResult", "default_state_dir", "state_file_names"]

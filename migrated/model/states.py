@@ -54,6 +54,13 @@ AGENT_HOLDS: frozenset[TaskState] = ACTIVE | {S.PAUSED}
 # ... or keeps its record for a retry: a setting the agent must keep across a retry (rounds) is sent too
 AGENT_KEEPS: frozenset[TaskState] = AGENT_HOLDS | {S.FAILED}
 NOT_DELETED: frozenset[TaskState] = frozenset(TaskState) - {S.DELETED}  # what the task lists show
+# the agent's side:
+# the engine is copying blocks: a pause stops it at a checkpoint, an agent restart re-initialises (-> starting)
+COPYING: frozenset[TaskState] = frozenset({S.TRANSFERRING, S.SYNCING})
+# the agent's runner (re)runs a task it holds in these (verifying: a cutover asked for before a restart)
+RUNNABLE: frozenset[TaskState] = frozenset({S.STARTING, S.VERIFYING})
+# the agent holds it and would lose it: a start of another task is refused (a failed one may be replaced)
+AGENT_BUSY: frozenset[TaskState] = UNFINISHED - {S.FAILED}
 
 
 def values(states: frozenset[TaskState]) -> tuple[str, ...]:

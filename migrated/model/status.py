@@ -78,6 +78,93 @@ class TaskProgress:
         fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "disks"}
         return cls(disks=disks, **fields)
 
+    # ------------------------------------------------------------ the console API form
+
+    def to_api(self) -> dict[str, Any]:
+        """The ``ReportTaskProgress`` parameters (without ``SourceId``), also the form the console
+        keeps: the optional fields of continuous tasks only when set, so an older console never
+        sees them otherwise; texts cut to what the API takes."""
+        body: dict[str, Any] = {
+            "TaskId": self.task_id, "State": self.state, "Stage": self.stage[:32],
+            "Disks": [{"Name": d.name, "Target": d.target, "BytesTotal": d.bytes_total, "BytesDone": d.bytes_done,
+                       "BytesSent": d.bytes_sent} for d in self.disks],
+            "RateBps": max(0.0, self.rate_bps), "EtaSeconds": self.eta_seconds, "Message": self.message[:4000],
+        }
+        for key, attr, limit in _OPTIONAL:
+            value = getattr(self, attr)
+            if value not in (None, ""):
+                body[key] = value[:limit] if isinstance(value, str) else (
+                    max(0.0, value) if isinstance(value, float) else value)
+        if self.round_interval_seconds is not None:  # the settings in effect (changed live)
+            body["RoundIntervalSeconds"] = float(self.round_interval_seconds)
+            body["ReadLimitKBps"] = max(1, round(self.read_limit_bps / 1024)) if self.read_limit_bps else 0
+        return body
+
+    def to_view(self) -> dict[str, Any]:
+        """The ``Progress`` of a task in ``DescribeTasks`` (the console adds ``UpdatedTime``): every
+        field, ``null``/``""`` where the agent has not reported it, with the totals and the percent."""
+        total, done = self.bytes_total, self.bytes_done
+        api = self.to_api()
+        view: dict[str, Any] = {
+            "Disks": api["Disks"], "BytesTotal": total, "BytesDone": done,
+            "Percent": percent_done(done, total),
+            "RateBps": _finite(self.rate_bps), "EtaSeconds": self.eta_seconds,  # null: not a number
+        }
+        for key, _attr, _limit in _OPTIONAL:
+            view[key] = api.get(key, "" if key in ("Phase", "Convergence", "Advice") else None)
+        # continuous tasks: the round interval / source read limit the agent applies right now (null
+        # until it reports); the task's RoundIntervalSeconds / ReadLimitKBps are the settings
+        view["RoundIntervalSeconds"] = api.get("RoundIntervalSeconds")
+        view["ReadLimitKBps"] = api.get("ReadLimitKBps")
+        return view
+
+    @classmethod
+    def from_api(cls, d: dict[str, Any], **known: Any) -> TaskProgress:
+        """Read the API form: a ``ReportTaskProgress`` body, the console's stored progress (with
+        ``UpdatedAt``) or the ``Progress`` of a task view. ``known`` gives fields that live outside
+        it (``task_id``, ``state``, ``stage``, ``message``) and win over it. Never raises on odd
+        values (what an agent reported): a field of the wrong type is left at its default."""
+        disks = [DiskProgress(name=_text(x.get("Name")), target=_text(x.get("Target")),
+                              bytes_total=_whole(x.get("BytesTotal")) or 0, bytes_done=_whole(x.get("BytesDone")) or 0,
+                              bytes_sent=_whole(x.get("BytesSent")) or 0)
+                 for x in (d.get("Disks") or []) if isinstance(x, dict)] if isinstance(d.get("Disks"), list) else []
+        fields: dict[str, Any] = {
+            "task_id": _text(d.get("TaskId")), "state": _text(d.get("State")), "stage": _text(d.get("Stage")),
+            "message": _text(d.get("Message")),
+            # a stored non-finite rate (an older console took RateBps 1e400) stays so: the view says null
+            "rate_bps": d["RateBps"] if isinstance(d.get("RateBps"), float) else _number(d.get("RateBps")) or 0.0,
+            "eta_seconds": _number(d.get("EtaSeconds")), "updated_at": _number(d.get("UpdatedAt")) or 0.0,
+        }
+        for key, attr, _limit in _OPTIONAL:
+            default = cls.__dataclass_fields__[attr].default
+            fields[attr] = (_text(d.get(key)) if isinstance(default, str) else
+                            _whole(d.get(key)) if attr in ("round", "round_changed_bytes") else _number(d.get(key)))
+        fields["round_interval_seconds"] = _number(d.get("RoundIntervalSeconds"))
+        fields["read_limit_bps"] = (_whole(d.get("ReadLimitKBps")) or 0) * 1024 or None
+        fields.update(known)
+        return cls(disks=disks, **fields)
+
+
+# the optional fields of TaskProgress.to_api(): (API key, attribute, longest text)
+_OPTIONAL = (
+    ("Phase", "phase", 32), ("Round", "round", 0), ("RoundChangedBytes", "round_changed_bytes", 0),
+    ("LagSeconds", "lag_seconds", 0), ("ForecastSeconds", "forecast_seconds", 0),
+    ("Convergence", "convergence", 512), ("Advice", "advice", 32), ("DowntimeSeconds", "downtime_seconds", 0),
+)
+
+
+def _text(v: object) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def _whole(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _number(v: object) -> float | None:
+    """A JSON number as a finite float (not a string that spells one), else None."""
+    return _finite(v) if isinstance(v, int | float) else None
+
 
 def continuous_line(p: TaskProgress) -> str:
     """One line about the rounds of a continuous task ("" when it has none): what ``migratectl

@@ -57,6 +57,8 @@ import time
 
 sys.dont_write_bytecode = True
 
+from migrated.store import atomic_write  # noqa: E402 - after the line above: no bytecode written for it either
+
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -93,18 +95,15 @@ def _syncfs(fd: int) -> None:
 
 
 def write_record(path: str, mounts: list[str], budget: float) -> bool:
-    """Record what is about to be frozen (tmp file + rename). False, and nothing written, when
-    ``path`` lies on one of ``mounts`` (a record there would block on the freeze it describes)."""
+    """Record what is about to be frozen (``store.atomic_write``, before the first FIFREEZE). False, and
+    nothing written, when ``path`` lies on one of ``mounts`` (a record there would block on the freeze it describes)."""
     d = os.path.dirname(os.path.abspath(path))
     try:
         dev = os.stat(d).st_dev
         if any(os.stat(m).st_dev == dev for m in mounts):
             return False
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"guardian_pid": os.getpid(), "mountpoints": mounts, "budget": budget,
-                       "since": time.time()}, f)
-        os.replace(tmp, path)
+        record = {"guardian_pid": os.getpid(), "mountpoints": mounts, "budget": budget, "since": time.time()}
+        atomic_write(path, json.dumps(record).encode(), mode=0o644)
         return True
     except OSError:
         return False

@@ -41,6 +41,9 @@ except ImportError:  # pragma: no cover
 
 PROTOCOL_VERSION = 1
 MAGIC = "migrated"
+# = migrated.__version__ (tests/test_recv_receiver.py keeps them equal): this file stands alone, it
+# cannot import the package it ships with
+__version__ = "0.1.0"
 
 # --- framing -------------------------------------------------------------------------------
 HEADER = struct.Struct(">BI")  # type, payload length
@@ -66,9 +69,74 @@ MAX_SUBHASH_SPAN = 4 * 1024 * 1024
 MIN_SUB = 512
 FEATURES = ["subhash"]  # optional requests this receiver answers (same protocol version)
 
-CODEC_IDS = {"none": 0, "zlib": 1, "zstd": 2}
-CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 HASH_LEN = 16
+
+
+# --- codecs: the one table (docs/engine.md "Where to add a codec") ----------------------------
+class Codec:
+    """One codec of WRITE frames. ``wire_id`` is its byte in WRITE_HDR (never reuse one);
+    ``auto``: ``--compress auto`` may pick it (in table order) when both ends have it;
+    ``compress(raw) -> bytes`` (the agent, from several threads); ``decompress(body, raw_len) ->
+    bytes-like`` (the receiver, which refuses output longer than ``raw_len``). ``available``: this
+    process can do both (an optional module imported)."""
+
+    __slots__ = ("auto", "available", "compress", "decompress", "name", "wire_id")
+
+    def __init__(self, name: str, wire_id: int, auto: bool, available: bool, compress, decompress) -> None:
+        self.name = name
+        self.wire_id = wire_id
+        self.auto = auto
+        self.available = available
+        self.compress = compress
+        self.decompress = decompress
+
+
+_codec_tls = threading.local()  # zstd (de)compressors are not thread-safe: one per thread
+
+
+def _zstd_compress(raw) -> bytes:
+    c = getattr(_codec_tls, "zstd_c", None)
+    if c is None:
+        c = _codec_tls.zstd_c = _zstd.ZstdCompressor(level=1)
+    return c.compress(raw)
+
+
+def _zstd_decompress(body, raw_len: int):
+    d = getattr(_codec_tls, "zstd_d", None)
+    if d is None:
+        d = _codec_tls.zstd_d = _zstd.ZstdDecompressor()
+    return d.decompress(body, max_output_size=raw_len)
+
+
+def _zlib_decompress(body, raw_len: int) -> bytes:
+    d = zlib.decompressobj()
+    out = d.decompress(body, raw_len + 1)  # one byte over the claim is enough to see a lie
+    return out + d.flush() if len(out) <= raw_len and not d.unconsumed_tail else out
+
+
+# In order of preference: available_codecs() offers them in this order.
+CODECS = (
+    Codec("zstd", 2, True, _zstd is not None, _zstd_compress, _zstd_decompress),
+    Codec("zlib", 1, False, True, lambda raw: zlib.compress(raw, 1), _zlib_decompress),
+    Codec("none", 0, False, True, bytes, lambda body, raw_len: body),  # payload is the raw bytes
+)
+CODEC_BY_NAME = {c.name: c for c in CODECS}
+CODEC_BY_ID = {c.wire_id: c for c in CODECS}
+
+
+def codec_names() -> list[str]:
+    """Every codec of the table, available here or not (what ``--compress`` may name besides auto)."""
+    return [c.name for c in CODECS]
+
+
+def compress_choices() -> list[str]:
+    """What ``--compress`` (``SyncOptions.compress``) accepts: ``auto`` and every codec of the table."""
+    return ["auto", *codec_names()]
+
+
+def auto_codecs() -> list[str]:
+    """The codecs ``--compress auto`` may pick, best first."""
+    return [c.name for c in CODECS if c.auto]
 
 
 def available_hashes() -> list[str]:
@@ -77,7 +145,8 @@ def available_hashes() -> list[str]:
 
 
 def available_codecs() -> list[str]:
-    return (["zstd"] if _zstd is not None else []) + ["zlib", "none"]
+    """Codec names this process can use, best first."""
+    return [c.name for c in CODECS if c.available]
 
 
 def hasher(name: str):
@@ -183,16 +252,30 @@ def _state_dir() -> str:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
+    """Replace ``path`` with ``data`` atomically and durably: a temp file in the same directory,
+    mode 0600 from birth, fsync, rename over ``path``, fsync the directory.
+
+    A copy of ``migrated.store.atomic_write`` on purpose: this file must run alone on the target
+    (uploaded, standard library only), so it cannot import the package. Keep the two in step."""
+    d = os.path.dirname(path) or "."
     os.makedirs(d, mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -280,7 +363,6 @@ class Receiver:
         self.is_device = False
         self.block_size = 0
         self.hash = None
-        self.decompressor = None
 
     # I/O helpers
     def read_exact(self, n: int) -> bytes:
@@ -398,7 +480,7 @@ class Receiver:
             self.hash = hasher(hash_name)
         except ValueError:
             raise Fail("protocol", f"hash {hash_name!r} not available here") from None
-        if (codec == "zstd" and _zstd is None) or codec not in CODEC_IDS:
+        if codec not in available_codecs():
             raise Fail("protocol", f"codec {codec!r} not available here")
         self.block_size = block_size
         created = False
@@ -514,20 +596,11 @@ class Receiver:
         offset, raw_len, codec = WRITE_HDR.unpack_from(payload)
         self._check_range(offset, raw_len)
         body = memoryview(payload)[WRITE_HDR.size:]
-        name = CODEC_NAMES.get(codec)
+        c = CODEC_BY_ID.get(codec)
+        if c is None or not c.available:
+            raise Fail("protocol", f"unknown codec id {codec}")
         try:
-            if name == "none":
-                data = body
-            elif name == "zlib":
-                data = zlib.decompress(body)
-            elif name == "zstd" and _zstd is not None:
-                if self.decompressor is None:
-                    self.decompressor = _zstd.ZstdDecompressor()
-                data = self.decompressor.decompress(body, max_output_size=raw_len)
-            else:
-                raise Fail("protocol", f"unknown codec id {codec}")
-        except Fail:
-            raise
+            data = c.decompress(body, raw_len)
         except Exception as e:
             raise Fail("protocol", f"cannot decompress block at {offset}: {e}") from None
         if len(data) != raw_len:
@@ -627,11 +700,29 @@ def _subhash_check(offset: int, length: int, sub: int, block_size: int) -> str |
     return None
 
 
+USAGE = """usage: migrated-recv [-h] [--version]
+
+The receiver of migrated on the target host. The agent starts it over SSH and
+speaks the migrated protocol (docs/protocol.md) with it on stdin/stdout; it is
+not meant to be run by hand. It writes only to the target the agent opens.
+
+options:
+  -h, --help  show this help and exit
+  --version   show the version and the protocol version and exit
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("--version", "version"):
-        print(f"migrated-recv protocol {PROTOCOL_VERSION}")
+        print(f"migrated-recv {__version__} (protocol {PROTOCOL_VERSION})")
         return 0
+    if argv and argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if argv:  # never read stdin for a command line we do not understand
+        sys.stderr.write(USAGE + f"migrated-recv: unknown argument {argv[0]!r}\n")
+        return 2
     try:  # bigger pipes from/to sshd: fewer wake-ups per MiB (Linux F_SETPIPE_SZ)
         import fcntl
 

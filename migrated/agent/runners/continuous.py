@@ -11,7 +11,8 @@ Pause / SIGTERM stop it at a checkpoint like the one-shot sync (the steering obj
 A cutover asked for before a restart is not lost: a task found in ``verifying`` cuts over right
 after its next round.
 
-Spec keys read: ``ContinuousSync``, ``RoundIntervalSeconds`` (default 60), ``ReadLimitKBps``,
+Settings read (``TaskRecord.settings``, a :class:`~migrated.model.taskspec.TaskSpec`, where the
+defaults are): ``ContinuousSync``, ``RoundIntervalSeconds`` (default 60), ``ReadLimitKBps``,
 ``Quiesce`` (freeze | lvm | hooks | none; default freeze), ``FreezeBudgetSeconds`` (default 30),
 ``PreHook``, ``PostHook`` (the console's CreateTask parameters of the same names), ``SnapshotSize``
 (``Quiesce: lvm``: copy-on-write space, e.g. ``2G`` or ``20%ORIGIN``; default ``10%ORIGIN``). With
@@ -40,6 +41,7 @@ import structlog
 
 from migrated.agent.runners import progress
 from migrated.errors import QuiesceError, StateError, UsageError
+from migrated.model.states import COPYING
 from migrated.model.states import TaskState as S
 from migrated.model.status import DiskProgress, TaskProgress, format_bytes
 from migrated.source.hooks import HookFailed
@@ -70,25 +72,15 @@ class Steer:
         return getattr(self.cc.sync, name)
 
 
-def is_continuous(spec: dict[str, Any]) -> bool:
-    """Run through the rounds-and-cutover engine: a ContinuousSync task, or a one-shot task with a
-    consistent finish (ConsistentFinish: the cutover right after the full pass, no rounds)."""
-    return bool(spec.get("ContinuousSync") or spec.get("ConsistentFinish"))
-
-
-def finishes_at_once(spec: dict[str, Any]) -> bool:
-    """ConsistentFinish without ContinuousSync: cut over as soon as the full pass is done."""
-    return bool(spec.get("ConsistentFinish")) and not spec.get("ContinuousSync")
-
-
 def cutover(t: TaskRecord | None, cc: ContinuousControl | None) -> str:
     """The console's ``cutover`` command and ``migratectl cutover`` for the agent's task ``t``, whose
     rounds run under ``cc`` (None: between attempts)."""
     if t is None:
         raise StateError("no task on this agent")
-    if not is_continuous(t.spec) or finishes_at_once(t.spec):
+    spec = t.settings
+    if not spec.continuous_sync:
         raise StateError(f"task {t.task_id} is not a continuous task (create it with ContinuousSync)"
-                         + ("; it cuts over by itself when its full pass is done" if finishes_at_once(t.spec) else ""))
+                         + ("; it cuts over by itself when its full pass is done" if spec.finishes_at_once else ""))
     if S(t.state) is not S.SYNCING:
         raise StateError(f"cannot cutover a task that is {t.state}; cutover is allowed when syncing")
     if cc is None:
@@ -100,17 +92,24 @@ def cutover(t: TaskRecord | None, cc: ContinuousControl | None) -> str:
 
 def settings(t: TaskRecord) -> tuple[float, int | None]:
     """(round interval in seconds, source read limit in bytes/s or None) in effect for ``t``: the
-    latest live change, else the spec, else the defaults."""
-    merged = {**t.spec, **(t.rounds or {})}
-    interval = merged.get("RoundIntervalSeconds")
-    kbps = merged.get("ReadLimitKBps")
-    return (float(interval) if isinstance(interval, int | float) and not isinstance(interval, bool) else 60.0,
+    latest live change (``t.rounds``, written by :func:`set_rounds` only), else the spec, else the defaults."""
+    spec = t.settings
+    live = t.rounds or {}
+    interval = live.get("RoundIntervalSeconds", spec.round_interval_seconds)
+    kbps = live.get("ReadLimitKBps", spec.read_limit_kbps)
+    return (float(interval) if isinstance(interval, int | float) and not isinstance(interval, bool)
+            else spec.effective_round_interval,
             kbps * 1024 if isinstance(kbps, int) and not isinstance(kbps, bool) and kbps > 0 else None)
 
 
 def fill_settings(p: TaskProgress, t: TaskRecord) -> None:
-    """Show the interval and the read limit in effect with a continuous task's progress."""
-    if is_continuous(t.spec) and not finishes_at_once(t.spec):
+    """Show the interval and the read limit in effect with a continuous task's progress (nothing for
+    a task.json whose spec no longer reads: its run fails naming the key, the status still shows)."""
+    try:
+        rounds = t.settings.continuous_sync
+    except UsageError:
+        return
+    if rounds:
         p.round_interval_seconds, p.read_limit_bps = settings(t)
 
 
@@ -122,7 +121,7 @@ def set_rounds(t: TaskRecord | None, cc: ContinuousControl | None, interval: flo
     UsageError for a bad value."""
     if t is None:
         raise StateError("no task on this agent")
-    if not is_continuous(t.spec) or finishes_at_once(t.spec):
+    if not t.settings.continuous_sync:
         raise StateError(f"task {t.task_id} is not a continuous task (created without ContinuousSync): the round "
                          "interval and the source read limit apply only to continuous tasks")
     if S(t.state).finished:
@@ -187,25 +186,18 @@ def _rate(bps: int | None) -> str:
 def _options(t: TaskRecord) -> Any:
     from migrated.engine.continuous import ContinuousOptions
 
-    spec = t.spec
+    spec = t.settings
     interval, read_limit = settings(t)
-    copts = ContinuousOptions(
+    return ContinuousOptions(
         interval=interval,
         read_limit=read_limit,
-        quiesce=str(spec.get("Quiesce") or "freeze"),
-        pre_hook=spec.get("PreHook") or None,
-        post_hook=spec.get("PostHook") or None,
+        quiesce=spec.effective_quiesce,
+        pre_hook=spec.pre_hook,
+        post_hook=spec.post_hook,
+        snapshot_size=spec.effective_snapshot_size,
+        freeze_budget=spec.effective_freeze_budget,
+        hook_timeout=spec.effective_hook_timeout,
     )
-    size = spec.get("SnapshotSize")
-    if isinstance(size, str) and size.strip():
-        copts.snapshot_size = size.strip()
-    budget = spec.get("FreezeBudgetSeconds")
-    if isinstance(budget, int | float) and budget > 0:
-        copts.freeze_budget = float(budget)
-    hook_timeout = spec.get("HookTimeoutSeconds")
-    if isinstance(hook_timeout, int | float) and not isinstance(hook_timeout, bool) and hook_timeout > 0:
-        copts.hook_timeout = float(hook_timeout)
-    return copts
 
 
 async def run(host: RunnerHost, rc: RunControl, t: TaskRecord, session: Any, mapping: list[tuple[str, str]],
@@ -220,7 +212,7 @@ async def run(host: RunnerHost, rc: RunControl, t: TaskRecord, session: Any, map
     cc = ContinuousControl(control)
     if getattr(control, "stop_requested", False):
         cc.stop(getattr(control, "stop_reason", "") or "stop requested")
-    at_once = finishes_at_once(t.spec)
+    at_once = t.settings.finishes_at_once
     if S(t.state) is S.VERIFYING or at_once:
         cc.request_cutover()  # asked for before a restart or a failed attempt (not lost), or a consistent finish
     rc.continuous = cc
@@ -261,7 +253,7 @@ async def run(host: RunnerHost, rc: RunControl, t: TaskRecord, session: Any, map
             keep(phase="final-pass")
             what = ", ".join(e.get("mountpoints") or e.get("volumes") or []) or "nothing mounted"
             msg = f"cutover: final pass with the source quiesced ({e.get('quiesce')}: {what})"
-            if S(t.state) in (S.SYNCING, S.TRANSFERRING):
+            if S(t.state) in COPYING:
                 host.set_state(S.VERIFYING, "cutover", msg)
             else:
                 host.event("info", msg)

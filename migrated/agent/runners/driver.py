@@ -6,8 +6,6 @@ steers the run in progress through :class:`~migrated.agent.runners.host.RunContr
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,12 +15,13 @@ import structlog
 from migrated.agent.checks import any_failed, migratable_disks, run_checks
 from migrated.agent.runners import continuous, oneshot, progress
 from migrated.errors import Interrupted, MigratedError, SourceError, UsageError
+from migrated.model.states import ACTIVE, COPYING
 from migrated.model.states import TaskState as S
 
 if TYPE_CHECKING:
     from migrated.agent.runners.host import RunControl, RunnerHost
     from migrated.agent.state import TaskRecord
-    from migrated.model.backoff import Backoff
+    from migrated.aio.retry import Retry
 
 log = structlog.get_logger(__name__)
 
@@ -42,9 +41,9 @@ def parse_ssh(spec: str) -> tuple[str | None, str, int]:
 
 
 def disk_mapping(host: RunnerHost, t: TaskRecord) -> list[tuple[str, str]]:
-    mapping = t.spec.get("DiskMapping")
+    mapping = t.settings.disk_mapping
     if mapping:
-        return [(str(m["Source"]), str(m["Target"])) for m in mapping]
+        return list(mapping)
     disks = host.probe.disks() or []
     return [(d.path, d.path) for d in migratable_disks(disks)]
 
@@ -52,17 +51,11 @@ def disk_mapping(host: RunnerHost, t: TaskRecord) -> list[tuple[str, str]]:
 def endpoint(host: RunnerHost, t: TaskRecord) -> Any:
     from migrated.transport.ssh import SshEndpoint
 
-    user, hostname, port = parse_ssh(str(t.spec.get("TargetSsh", "")))
+    settings = t.settings
+    user, hostname, port = parse_ssh(settings.target_ssh)
     identity = host.ssh_identity or str(host.store.ssh_identity)
     return SshEndpoint(host=hostname, port=port, username=user, identity_files=(identity,),
-                       host_keys=(str(t.spec.get("TargetHostKey", "")),), recv_command=host.recv_command)
-
-
-async def _sleep(seconds: float, wake: asyncio.Event) -> None:
-    """Sleep, ending early when ``wake`` is set (and clearing it)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), seconds)
-    wake.clear()
+                       host_keys=(settings.target_host_key,), recv_command=host.recv_command)
 
 
 def _bytes_done(host: RunnerHost) -> int:
@@ -70,9 +63,10 @@ def _bytes_done(host: RunnerHost) -> int:
     return p.bytes_done if p else 0
 
 
-async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, backoff: Backoff) -> None:
+async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, retry: Retry) -> None:
     """Run ``t`` until it succeeds, fails for good, or ``rc`` stops it (then it is paused or left
-    at its checkpoint). Every error ends here: a permanent one fails the task."""
+    at its checkpoint). Every error ends here: a permanent one fails the task. ``retry``'s backoff
+    restarts whenever an attempt made progress; a stop ends its wait at once."""
     from migrated.engine.sync import SyncControl, SyncOptions
 
     opener = host.session_opener
@@ -102,28 +96,30 @@ async def run_task(host: RunnerHost, rc: RunControl, t: TaskRecord, backoff: Bac
             if progressed or first_failure is None:
                 first_failure = now
                 if progressed:
-                    backoff.reset()
+                    retry.reset()
             if e.retryable and now - first_failure < host.cfg.transfer_retry_deadline:
-                delay = backoff.next_delay()
-                log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
-                            reason=str(e), retry_in=round(delay, 1))
-                t.message = f"retrying: {e}"
-                host.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
-                await _sleep(delay, rc.interrupt)
+
+                def retrying(e: BaseException, delay: float) -> None:
+                    log.warning("task attempt failed; retrying from the checkpoint", task_id=t.task_id,
+                                reason=str(e), retry_in=round(delay, 1))
+                    t.message = f"retrying: {e}"
+                    host.event("warning", f"attempt failed, retrying from the checkpoint in {delay:.0f} s: {e}")
+
+                await retry.failed(e, retrying, wake=rc.interrupt)
                 continue
-            if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
+            if S(t.state) in ACTIVE:
                 host.set_state(S.FAILED, t.stage, str(e))
             return
         except Exception as e:
             log.exception("task failed with an internal error", task_id=t.task_id)
-            if S(t.state) in (S.STARTING, S.TRANSFERRING, S.SYNCING, S.VERIFYING):
+            if S(t.state) in ACTIVE:
                 host.set_state(S.FAILED, t.stage, f"internal error: {type(e).__name__}: {e}")
             return
 
 
 def interrupted(host: RunnerHost, rc: RunControl, t: TaskRecord) -> None:
     reason = rc.stop_reason or "stopped"
-    if reason.startswith("pause") and S(t.state) in (S.TRANSFERRING, S.SYNCING):
+    if reason.startswith("pause") and S(t.state) in COPYING:
         host.set_state(S.PAUSED, "transfer", f"{reason} at {progress.percent(host.progress())}")
     else:
         log.info("task stopped at a checkpoint", task_id=t.task_id, reason=reason)
@@ -133,7 +129,8 @@ def interrupted(host: RunnerHost, rc: RunControl, t: TaskRecord) -> None:
 async def attempt(host: RunnerHost, rc: RunControl, t: TaskRecord, opener: Any, control: Any,
                   options_cls: Any) -> None:
     """One attempt: refuse what this agent does not run, check, open the session, run the disks."""
-    hooks = [k for k in ("PreHook", "PostHook") if t.spec.get(k)]
+    settings = t.settings  # UsageError naming the key of a mistyped setting
+    hooks = settings.hooks
     if hooks and not host.cfg.allow_console_hooks:
         raise UsageError(f"task {t.task_id} asks this server to run {' and '.join(hooks)} commands as root at "
                          "cutover, and this agent does not run hooks from the console: set "
@@ -142,17 +139,16 @@ async def attempt(host: RunnerHost, rc: RunControl, t: TaskRecord, opener: Any, 
     mapping = disk_mapping(host, t)
     if not mapping:
         raise UsageError("no disks to migrate: the task has no disk mapping and no mounted disk was found")
-    if continuous.is_continuous(t.spec):
+    if settings.has_cutover:
         from migrated.source.privileges import check_cutover
 
-        problem = check_cutover(str(t.spec.get("Quiesce") or "freeze"), [src for src, _ in mapping])
+        problem = check_cutover(settings.effective_quiesce, [src for src, _ in mapping])
         if problem:
             raise UsageError(f"task {t.task_id}: {problem}")
     target = endpoint(host, t)
-    ignore = t.spec.get("IgnoreChecks", ())
     # checks run when a task starts afresh; a resume from a checkpoint already passed them
-    if not t.progress and not (host.cfg.ignore_checks == "all" or ignore == "all"):
-        results = await task_checks(host, t, mapping, target, ignore)
+    if not t.progress and not (host.cfg.ignore_checks == "all" or settings.skips_every_check):
+        results = await task_checks(host, t, mapping, target, settings.ignore_checks)
         if any_failed(results):
             from migrated.errors import ChecksFailed
 
@@ -164,7 +160,7 @@ async def attempt(host: RunnerHost, rc: RunControl, t: TaskRecord, opener: Any, 
     async with opener(target) as session:
         if S(t.state) is S.STARTING:
             host.set_state(S.TRANSFERRING, "transfer", f"target {target.label} ready")
-        if continuous.is_continuous(t.spec):
+        if settings.has_cutover:
             # the limit lives on `control` only: the engine re-applies SyncOptions.bwlimit to a
             # control without a limit at every round, which undid `migratectl bandwidth 0`
             options = options_cls(checksum=False, state_dir=str(state_dir), bwlimit=None)
@@ -175,7 +171,7 @@ async def attempt(host: RunnerHost, rc: RunControl, t: TaskRecord, opener: Any, 
 
 
 async def task_checks(host: RunnerHost, t: TaskRecord, mapping: list[tuple[str, str]], target: Any,
-                      ignore: Any) -> list[Any]:
+                      ignore: tuple[str, ...]) -> list[Any]:
     """The checks before a start: local ones, plus the target over SSH (sizes, receiver)."""
     from migrated.agent.checks import TargetPlan
     from migrated.agent.target_probe import SshTargetProbe
@@ -190,8 +186,8 @@ async def task_checks(host: RunnerHost, t: TaskRecord, mapping: list[tuple[str, 
                 os.close(fd)
         except OSError as e:
             raise SourceError(f"cannot open source disk {src}: {e.strerror}") from None
-    skip = tuple(ignore or ())
-    if t.spec.get("DiskMapping"):
+    skip = tuple(ignore)
+    if t.settings.disk_mapping:
         skip += ("disks",)  # the person chose the disks
     results = await run_checks(host.cfg, host.probe, clock_skew=host.clock_skew,
                                target=SshTargetProbe(target), plan=TargetPlan(tuple(sizes)), ignore=skip)

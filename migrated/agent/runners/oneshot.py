@@ -23,7 +23,7 @@ async def sync_disks(host: RunnerHost, t: TaskRecord, session: Any, mapping: lis
     for i, (src, dst) in enumerate(mapping):
         if src in done:
             continue
-        options = options_cls(checksum=bool(t.spec.get("Checksum")), state_dir=state_dir,
+        options = options_cls(checksum=t.settings.checksum, state_dir=state_dir,
                               bwlimit=host.bandwidth_bps)
 
         def on_progress(dp: DiskProgress, i: int = i) -> None:
@@ -42,7 +42,7 @@ async def sync_disks(host: RunnerHost, t: TaskRecord, session: Any, mapping: lis
 
 def finish(host: RunnerHost, t: TaskRecord, mapping: list[tuple[str, str]]) -> None:
     """Every disk synced and the session closed: *verifying* (when checksummed), *success*."""
-    if t.spec.get("Checksum") and S(t.state) is S.TRANSFERRING:
+    checksum = t.settings.checksum
+    if checksum and S(t.state) is S.TRANSFERRING:
         host.set_state(S.VERIFYING, "verify", "every target block was compared with the source")
-    host.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated"
-                   + (", verified" if t.spec.get("Checksum") else ""))
+    host.set_state(S.SUCCESS, "release", f"{len(mapping)} disk(s) migrated" + (", verified" if checksum else ""))

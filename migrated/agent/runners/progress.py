@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from migrated.model.states import TaskState as S
+from migrated.model.states import COPYING
 from migrated.model.status import DiskProgress, TaskProgress
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def carry(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
 def fill(p: TaskProgress, stored: dict[str, Any] | None, now: float) -> None:
     """Complete a TaskProgress built from the task record: the lag is live (now - start of the last round)."""
     since = (stored or {}).get("lag_since")
-    if since is not None and p.state in (S.SYNCING.value, S.TRANSFERRING.value) and p.downtime_seconds is None:
+    if since is not None and p.state in COPYING and p.downtime_seconds is None:
         p.lag_seconds = max(0.0, now - float(since))
 
 

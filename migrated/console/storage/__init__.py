@@ -4,6 +4,8 @@
 * ``heartbeats.py``: :class:`BufferedHeartbeats`, above any backend.
 * ``wakeup.py``: the in-process long-poll wake-up a backend uses.
 * ``sqlite.py``: the SQLite backend (the embedded default).
+* ``postgresql.py``: the PostgreSQL backend (asyncpg, imported when it opens: the
+  ``[postgresql]`` extra).
 
 :func:`create_storage` opens a backend by its name in :data:`BACKENDS` with heartbeat
 buffering on top; that is what the console runs. Callers import everything from here.
@@ -26,6 +28,7 @@ from .interface import (
     KeyRecord,
     NewCommand,
     OutOfRange,
+    SchemaTooNew,
     SourceRecord,
     Storage,
     StorageConflict,
@@ -35,11 +38,13 @@ from .interface import (
     new_secret_id,
     new_secret_key,
 )
+from .postgresql import PostgreSQLBackend
 from .sqlite import SCHEMA_VERSION, SQLiteBackend
 
 # backend name (the console config's storage.backend) -> the class, called with that backend's options
 BACKENDS: dict[str, Callable[..., Storage]] = {
     "sqlite": SQLiteBackend,
+    "postgresql": PostgreSQLBackend,
 }
 
 
@@ -75,8 +80,10 @@ __all__ = [
     "KeyRecord",
     "NewCommand",
     "OutOfRange",
+    "PostgreSQLBackend",
     "SQLiteBackend",
     "SQLiteStorage",
+    "SchemaTooNew",
     "SourceRecord",
     "Storage",
     "StorageConflict",

@@ -37,7 +37,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrated.errors import OutOfRange  # the error tree's (a ValueError too): the API answers InvalidParameterValue
+from migrated.errors import (
+    ConfigError,
+    OutOfRange,  # the error tree's (a ValueError too): the API answers InvalidParameterValue
+)
 
 _ALNUM = string.ascii_letters + string.digits
 _LOWER = string.ascii_lowercase + string.digits
@@ -128,6 +131,7 @@ class TaskRecord:
     # "SnapshotSize"}, each None when not given (older rows hold fewer keys: read with .get);
     # ModifyTaskRounds changes the first two
     continuous: dict[str, Any] | None = None
+    ignore_checks: tuple[str, ...] = ()  # CreateTask IgnoreChecks: names from model.taskspec.CHECKS
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,11 @@ class StorageConflict(Exception):
     """A compare-and-set lost: the row changed (or vanished) since the caller read it."""
 
 
+class SchemaTooNew(ConfigError):
+    """:meth:`Storage.open` found a database whose schema a newer console wrote: refused, never
+    downgraded (the message names the config key of the database)."""
+
+
 def check_int64(name: str, value: int, *, minimum: int = INT64_MIN) -> int:
     """``value`` if ``minimum <= value <= 2**63-1``, else :class:`OutOfRange` naming ``name``."""
     if not minimum <= value <= INT64_MAX:
@@ -195,6 +204,11 @@ class Storage(abc.ABC):
 
     # called with the seconds each write took, queueing included (for /metrics); None: not measured
     observe_write: Callable[[float], None] | None = None
+    # Versioned schema: open() applies the backend's numbered upgrade steps the database lacks, in
+    # one transaction, and refuses (SchemaTooNew) a database newer than it knows. After open():
+    # the version the database is on, and the one it was on before if open() upgraded it.
+    schema_version: int = 0
+    schema_upgraded_from: int | None = None
 
     # lifecycle
     @abc.abstractmethod

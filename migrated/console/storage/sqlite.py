@@ -33,6 +33,7 @@ from .interface import (
     EventRecord,
     KeyRecord,
     NewCommand,
+    SchemaTooNew,
     SourceRecord,
     Storage,
     StorageConflict,
@@ -69,7 +70,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     scheduled_at REAL, state TEXT NOT NULL, stage TEXT NOT NULL, message TEXT NOT NULL,
     progress TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
     image_id TEXT NOT NULL DEFAULT '', image_state TEXT NOT NULL DEFAULT '',
-    continuous TEXT NOT NULL DEFAULT ''
+    continuous TEXT NOT NULL DEFAULT '',
+    ignore_checks TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source_id, state);
 CREATE INDEX IF NOT EXISTS tasks_sched ON tasks(state, scheduled_at);
@@ -87,20 +89,23 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_task ON events(task_id, event_id);
 """
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
-# schema upgrades, applied in order to an older file: version -> the statements that lead to the next
+# schema upgrades, numbered steps applied in order to an older file at open (one transaction):
+# version -> the statements that lead to the next; a newer file than SCHEMA_VERSION is refused
+# (SchemaTooNew). A change to _SCHEMA gets a step here and SCHEMA_VERSION one up.
 _MIGRATIONS = {
     "1": ("ALTER TABLE tasks ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
           "ALTER TABLE tasks ADD COLUMN image_state TEXT NOT NULL DEFAULT ''"),
     "2": ("ALTER TABLE tasks ADD COLUMN continuous TEXT NOT NULL DEFAULT ''",),
+    "3": ("ALTER TABLE tasks ADD COLUMN ignore_checks TEXT NOT NULL DEFAULT ''",),
 }
 
 _TASK_COLUMNS = (
     "task_id", "source_id", "name", "description", "region", "target_type", "image_name",
     "target_instance_id", "target_ssh", "target_host_key", "bandwidth_limit_kbps", "checksum",
     "disk_mapping", "scheduled_at", "state", "stage", "message", "progress", "created_at", "updated_at",
-    "image_id", "image_state", "continuous",
+    "image_id", "image_state", "continuous", "ignore_checks",
 )
 
 
@@ -110,6 +115,7 @@ def _task_from_row(row: sqlite3.Row) -> TaskRecord:
     d["disk_mapping"] = tuple((a, b) for a, b in json.loads(d["disk_mapping"]))
     d["progress"] = json.loads(d["progress"])
     d["continuous"] = json.loads(d["continuous"]) if d.get("continuous") else None
+    d["ignore_checks"] = tuple(json.loads(d["ignore_checks"])) if d.get("ignore_checks") else ()
     return TaskRecord(**d)
 
 
@@ -125,6 +131,7 @@ def _task_to_row(t: TaskRecord) -> dict[str, Any]:
         "progress": json.dumps(t.progress), "created_at": t.created_at, "updated_at": t.updated_at,
         "image_id": t.image_id, "image_state": t.image_state,
         "continuous": json.dumps(t.continuous) if t.continuous is not None else "",
+        "ignore_checks": json.dumps(list(t.ignore_checks)) if t.ignore_checks else "",
     }
 
 
@@ -182,9 +189,15 @@ class SQLiteBackend(Storage):
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        self.schema_upgraded_from = None
+        if row is not None and row[0].isdigit() and int(row[0]) > int(SCHEMA_VERSION):
+            db.close()
+            raise SchemaTooNew(f"{self.path} is on schema version {row[0]}, this console knows up to "
+                               f"{SCHEMA_VERSION}: run the newer console (or restore the file)", path="storage.path")
         if row is None:
             db.execute("INSERT INTO meta(k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif row[0] in _MIGRATIONS:
+            self.schema_upgraded_from = int(row[0])
             version = row[0]
             db.execute("BEGIN IMMEDIATE")  # one transaction: an upgrade lands whole or not at all
             try:
@@ -200,6 +213,7 @@ class SQLiteBackend(Storage):
             row = (version,)
         if row is not None and row[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"{self.path}: schema version {row[0]}, this console knows {SCHEMA_VERSION}")
+        self.schema_version = int(SCHEMA_VERSION)
         self._db = db
 
     def _reader(self) -> sqlite3.Connection:

@@ -18,13 +18,12 @@ from migrated.console.service import (
     UNFINISHED_STATES,
     ConsoleService,
     Principal,
-    consistent_finish,
-    is_continuous,
+    task_spec,
 )
 from migrated.console.storage import KeyRecord, SourceRecord, TaskRecord
 from migrated.errors import MigratedError, StateError
 from migrated.model.states import NOT_DELETED, Action, TaskState, values
-from migrated.model.status import DiskProgress, TaskProgress
+from migrated.model.status import TaskProgress
 
 from .forms import form_to_params, message_field, parse_bandwidth, parse_mib, pydantic_errors
 from .model import DiskMapView, DiskView, EventView, FormErrors, SourceView, TaskForm, TaskView
@@ -39,21 +38,9 @@ _ACTION_CALL = {
 
 
 def _progress(t: TaskRecord) -> TaskProgress | None:
-    p = t.progress or {}
-    if not p:
+    if not t.progress:
         return None
-    disks = [DiskProgress(name=d.get("Name", ""), target=d.get("Target", ""), bytes_total=int(d.get("BytesTotal", 0)),
-                          bytes_done=int(d.get("BytesDone", 0)), bytes_sent=int(d.get("BytesSent", 0)))
-             for d in p.get("Disks", [])]
-    return TaskProgress(task_id=t.task_id, state=t.state, stage=t.stage, disks=disks,
-                        rate_bps=float(p.get("RateBps") or 0.0), eta_seconds=p.get("EtaSeconds"),
-                        message=t.message, updated_at=float(p.get("UpdatedAt") or 0.0),
-                        phase=str(p.get("Phase") or ""), round=p.get("Round"),
-                        round_changed_bytes=p.get("RoundChangedBytes"), lag_seconds=p.get("LagSeconds"),
-                        forecast_seconds=p.get("ForecastSeconds"), convergence=str(p.get("Convergence") or ""),
-                        advice=str(p.get("Advice") or ""), downtime_seconds=p.get("DowntimeSeconds"),
-                        round_interval_seconds=p.get("RoundIntervalSeconds"),
-                        read_limit_bps=int(p.get("ReadLimitKBps") or 0) * 1024 or None)
+    return TaskProgress.from_api(t.progress, task_id=t.task_id, state=t.state, stage=t.stage, message=t.message)
 
 
 class ServiceBackend:
@@ -117,7 +104,7 @@ class ServiceBackend:
     @staticmethod
     def _task(t: TaskRecord, source_name: str = "", source_online: bool = True) -> TaskView:
         p = t.progress or {}
-        c = t.continuous or {}
+        s = task_spec(t)
         return TaskView(
             id=t.task_id, name=t.name, source_id=t.source_id, state=TaskState(t.state), description=t.description,
             source_name=source_name, region=t.region, target_type=t.target_type, image_name=t.image_name,
@@ -127,12 +114,10 @@ class ServiceBackend:
             checksum=t.checksum, ssh_endpoint=t.target_ssh, host_key=t.target_host_key,
             disk_map=[DiskMapView(a, b) for a, b in t.disk_mapping], created_at=t.created_at,
             progress=_progress(t), message=t.message, source_online=source_online,
-            continuous=is_continuous(t), consistent_finish=consistent_finish(t),
-            round_interval=c.get("RoundIntervalSeconds"),
-            read_limit_kbps=c.get("ReadLimitKBps"), quiesce=str(c.get("Quiesce") or ""),
-            pre_hook=str(c.get("PreHook") or ""), post_hook=str(c.get("PostHook") or ""),
-            freeze_budget=c.get("FreezeBudgetSeconds"), snapshot_size=str(c.get("SnapshotSize") or ""),
-            hook_timeout=c.get("HookTimeoutSeconds"),
+            continuous=s.continuous_sync, consistent_finish=s.consistent_finish,
+            round_interval=s.round_interval_seconds, read_limit_kbps=s.read_limit_kbps, quiesce=s.quiesce or "",
+            pre_hook=s.pre_hook or "", post_hook=s.post_hook or "", freeze_budget=s.freeze_budget_seconds,
+            snapshot_size=s.snapshot_size or "", hook_timeout=s.hook_timeout_seconds, ignore_checks=s.ignore_checks,
         )
 
     async def list_tasks(self) -> list[TaskView]:

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from migrated.cloud.provider import traits_for
 from migrated.model import bandwidth
 
 from .model import FormErrors, TaskForm
@@ -48,6 +49,7 @@ PARAM_FIELD = {
     "FreezeBudgetSeconds": "freeze_budget",
     "HookTimeoutSeconds": "hook_timeout",
     "SnapshotSize": "snapshot_size",
+    "IgnoreChecks": "ignore_checks",
 }
 
 # the continuous-only form fields, in the order their errors are shown
@@ -59,7 +61,7 @@ ONLY_CONTINUOUS = "only for incremental sync until cutover or a consistent finis
 PATTERN_HINT = {
     "Region": "must be a region such as ap-guangzhou",
     "ImageName": "may hold letters, digits, '.', '_' and '-' only",
-    "TargetInstanceId": "must be an instance ID such as ins-abcd1234",
+    "TargetInstanceId": f"must be an instance ID such as {traits_for(None).instance_id_example}",
 }
 
 BANDWIDTH_ERROR = (f"must be a number of Mbit/s or a rate with its unit, e.g. {bandwidth.EXAMPLES} "
@@ -165,6 +167,8 @@ def form_to_params(source_id: str, form: TaskForm, tz: str) -> tuple[dict[str, A
         p["TargetSsh"] = form.ssh_endpoint
     if form.host_key:
         p["TargetHostKey"] = form.host_key
+    if form.ignore_checks:  # names from CHECKS; the API refuses any other, beside the field
+        p["IgnoreChecks"] = list(form.ignore_checks)
     mapping = [{"Source": name, "Target": target} for name, migrate, target in form.disks if migrate]
     if form.disks:
         if not mapping:

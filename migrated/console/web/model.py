@@ -87,6 +87,7 @@ class TaskView:
     post_hook: str = ""
     freeze_budget: int | None = None  # cutover: seconds (None: the agent's default, 30)
     hook_timeout: int | None = None  # cutover: seconds each hook may run (None: the agent default, 300)
+    ignore_checks: tuple[str, ...] = ()  # pre-migration checks the agent skips (names from model.taskspec.CHECKS)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class TaskForm:
     post_hook: str = ""
     freeze_budget: str = ""  # seconds, "" = default (30)
     hook_timeout: str = ""  # seconds each hook may run, "" = default (300)
+    ignore_checks: list[str] = field(default_factory=list)  # pre-migration checks to skip (model.taskspec.CHECKS)
 
 
 class FormErrors(Exception):

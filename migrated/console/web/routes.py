@@ -25,10 +25,13 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from migrated.cloud.provider import traits_for
 from migrated.errors import MigratedError, StateError
 from migrated.model.bandwidth import format_kbps, kbps_text
+from migrated.model.lvmsize import DEFAULT_SNAPSHOT_SIZE
 from migrated.model.states import NOT_STARTED, Action, ActionDenied, TaskState, allowed_actions
 from migrated.model.status import continuous_line, format_bytes, format_duration, rounds_settings_line
+from migrated.model.taskspec import CHECKS, DEFAULT_FREEZE_BUDGET_SECONDS, DEFAULT_HOOK_TIMEOUT_SECONDS
 
 from .auth import (
     COOKIE_PATH,
@@ -51,9 +54,7 @@ THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("web_throttle", LoginThrottle)
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("web_jinja", jinja2.Environment)
 
 POLL_MS = 2000
-REGIONS = ["ap-guangzhou", "ap-shanghai", "ap-beijing", "ap-chengdu", "ap-chongqing", "ap-nanjing",
-           "ap-hongkong", "ap-singapore", "ap-bangkok", "ap-jakarta", "ap-seoul", "ap-tokyo",
-           "na-siliconvalley", "na-ashburn", "eu-frankfurt", "sa-saopaulo"]
+REGIONS = list(traits_for(None).regions)  # the form's suggestions: the default provider's (migrated/cloud/provider.py)
 
 STATE_LABEL = {
     TaskState.CREATED: "Created", TaskState.SCHEDULED: "Scheduled", TaskState.STARTING: "Starting",
@@ -184,7 +185,9 @@ def make_jinja() -> jinja2.Environment:
     env.filters["kbps_text"] = kbps_text
     env.filters["ago"] = fmt_ago
     env.globals.update(STATE_LABEL=STATE_LABEL, ACTION_LABEL=ACTION_LABEL, POLL_MS=POLL_MS, Action=Action,
-                       NOT_STARTED=NOT_STARTED)
+                       NOT_STARTED=NOT_STARTED, DEFAULT_SNAPSHOT_SIZE=DEFAULT_SNAPSHOT_SIZE,
+                       DEFAULT_FREEZE_BUDGET=DEFAULT_FREEZE_BUDGET_SECONDS,
+                       DEFAULT_HOOK_TIMEOUT=DEFAULT_HOOK_TIMEOUT_SECONDS)  # the defaults of model/taskspec
     return env
 
 
@@ -378,7 +381,8 @@ def _form_from_post(post: Any, source: SourceView) -> TaskForm:
                     round_interval=s("round_interval"), read_limit_mib=s("read_limit_mib"), quiesce=s("quiesce"),
                     pre_hook=s("pre_hook"), post_hook=s("post_hook"),
                     freeze_budget=s("freeze_budget"), snapshot_size=s("snapshot_size"),
-                    hook_timeout=s("hook_timeout"))
+                    hook_timeout=s("hook_timeout"),
+                    ignore_checks=[str(n).strip() for n in post.getall("ignore_check", [])])
 
 
 def _default_form(source: SourceView) -> TaskForm:
@@ -390,7 +394,7 @@ def _create_page(request: web.Request, session: WebSession, source: SourceView, 
     lead = request.app[BACKEND].min_lead_seconds
     return render(request, "create_task.html", status=status, session=session, nav="sources", source=source,
                   form=form, errors=errors.fields if errors else {}, general=errors.general if errors else "",
-                  regions=REGIONS, tz_label=tz_label(session.tz),
+                  regions=REGIONS, tz_label=tz_label(session.tz), checks=CHECKS,
                   now_local=datetime.now(zone(session.tz)).strftime("%Y-%m-%d %H:%M"),
                   min_lead=lead_text(lead) if lead > 0 else "",
                   min_start=(datetime.now(zone(session.tz)) + timedelta(seconds=lead)).strftime("%Y-%m-%dT%H:%M"))

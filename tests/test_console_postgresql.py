@@ -1,0 +1,93 @@
+"""A real console process (``migrate-console serve``) on a real PostgreSQL 15 server (tests/pg.py):
+check-config, storage upgrade, and an agent's register / create / poll / ack round trip, then a
+kill -9 and a restart that keeps the queued command. The password only ever travels in a file."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import yaml
+
+from migrated.console.client import ConsoleClient
+from migrated.console.storage.postgresql import SCHEMA_VERSION
+from tests.console_proc import ConsoleProcess, run_cli, write_config
+from tests.console_support import register, task_params
+from tests.pg import pg_server  # noqa: F401 - the session fixture
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def pg_config(tmp_path, server, db, **storage):
+    return write_config(tmp_path, tmp_path / "unused.db", storage={
+        "backend": "postgresql", "dsn": server.dsn(db), "password_file": str(server.password_file), **storage})
+
+
+async def test_console_serves_agents_from_postgresql(pg_server, tmp_path):  # noqa: F811
+    db = pg_server.create_database()
+    cfg = pg_config(tmp_path, pg_server, db)
+    r = run_cli("check-config", "--config", str(cfg))  # connects, changes nothing
+    assert r.returncode == 0, r.stderr
+    assert f"postgresql {pg_server.dsn(db)}, schema version 0: serve will upgrade it to {SCHEMA_VERSION})" \
+        in r.stdout
+    r = run_cli("storage", "upgrade", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert f"schema version {SCHEMA_VERSION}, up to date" in r.stdout  # a new database is created at the newest
+    r = run_cli("check-config", "--config", str(cfg))
+    assert r.returncode == 0 and f"postgresql {pg_server.dsn(db)}, schema version {SCHEMA_VERSION})" in r.stdout
+    admin_file = tmp_path / "admin.yaml"
+    r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
+                "--save", str(admin_file))
+    assert r.returncode == 0, r.stderr
+    a = yaml.safe_load(admin_file.read_text())
+    log = tmp_path / "console.log"
+
+    first = ConsoleProcess(cfg, log).start()
+    try:
+        async with ConsoleClient(first.url, a["secret_id"], a["secret_key"]) as admin:
+            k = await admin.call("CreateKey", {"Role": "agent", "Name": "fleet"})
+            async with ConsoleClient(first.url, k["SecretId"], k["SecretKey"]) as agent:
+                s1 = await register(agent, "m-1")
+                t1 = (await admin.call("CreateTask", task_params(s1)))["TaskId"]
+                # a long-poll held before the command exists is woken by it
+                poll = asyncio.create_task(agent.call("PollCommands", {"SourceId": s1, "WaitSeconds": 20}))
+                c1 = (await admin.call("StartTask", {"TaskId": t1}))["CommandId"]
+                got = await asyncio.wait_for(poll, 15)
+                assert [(c["CommandId"], c["Action"]) for c in got["Commands"]] == [(c1, "start")]
+                await agent.call("AckCommand", {"SourceId": s1, "CommandId": c1, "Result": "ok"})
+                s2 = await register(agent, "m-2")
+                t2 = (await admin.call("CreateTask", task_params(s2)))["TaskId"]
+                c2 = (await admin.call("StartTask", {"TaskId": t2}))["CommandId"]  # queued, never polled
+    finally:
+        first.kill9()
+
+    second = ConsoleProcess(cfg, log).start()
+    try:
+        async with ConsoleClient(second.url, k["SecretId"], k["SecretKey"]) as agent, \
+                ConsoleClient(second.url, a["secret_id"], a["secret_key"]) as admin:
+            got = await agent.call("PollCommands", {"SourceId": s2, "WaitSeconds": 5})
+            assert [c["CommandId"] for c in got["Commands"]] == [c2], "the queued command survived kill -9"
+            got = await agent.call("PollCommands", {"SourceId": s1, "WaitSeconds": 0})
+            assert got["Commands"] == [], "the acked one never comes again"
+            tasks = {t["TaskId"]: t["State"] for t in (await admin.call("DescribeTasks", {}))["TaskSet"]}
+            assert tasks == {t1: "starting", t2: "starting"}
+    finally:
+        assert second.stop() == 0
+    assert pg_server.password not in log.read_text(), "the password is never logged"
+
+
+def test_check_config_names_the_key_of_a_bad_postgresql_setting(pg_server, tmp_path):  # noqa: F811
+    db = pg_server.create_database()
+    cfg = pg_config(tmp_path, pg_server, db, password_file=str(tmp_path / "missing"))
+    r = run_cli("check-config", "--config", str(cfg))
+    assert r.returncode != 0 and "storage.password_file: cannot read" in r.stderr, r.stderr
+    cfg = pg_config(tmp_path, pg_server, "nosuchdb")
+    r = run_cli("check-config", "--config", str(cfg))
+    assert r.returncode != 0 and "storage.dsn: cannot connect to PostgreSQL" in r.stderr, r.stderr
+    r = run_cli("serve", "--config", str(cfg))
+    assert r.returncode != 0 and "storage.dsn: cannot connect to PostgreSQL" in r.stderr, r.stderr[-2000:]
+    cfg = write_config(tmp_path, tmp_path / "unused.db", storage={
+        "backend": "postgresql", "dsn": f"postgresql://migrated:{pg_server.password}@/x"})
+    r = run_cli("check-config", "--config", str(cfg))
+    assert r.returncode != 0 and "storage.dsn" in r.stderr and "must not hold a password" in r.stderr, r.stderr
+    assert pg_server.password not in r.stderr
