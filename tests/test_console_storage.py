@@ -468,8 +468,8 @@ async def test_postgresql_bad_dsn_unreachable_server_and_password_errors_name_th
 
 
 async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg_server):  # noqa: F811
-    """Not several console processes yet (no LISTEN/NOTIFY): but two pools on one database never
-    both win a compare-and-set nor both take one command."""
+    """Two pools on one database (two console processes) never both win a compare-and-set nor
+    both take one command."""
     db = pg_server.create_database()
     a, b = (PostgreSQLBackend(pg_server.dsn(db), password_file=str(pg_server.password_file)) for _ in range(2))
     await a.open()
@@ -486,6 +486,44 @@ async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg
         assert all(isinstance(r, StorageConflict) for r in results if isinstance(r, BaseException))
         got = await asyncio.gather(*(s.take_commands(sid, now=3.0, visibility_seconds=30) for s in (a, b)))
         assert sorted(len(cmds) for cmds, _ in got) == [0, 1]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgresql_a_command_queued_through_one_backend_wakes_the_polls_of_another(pg_server):  # noqa: F811
+    """LISTEN/NOTIFY: a waiter of process B is woken by a command queued through process A; a
+    command for another source wakes it not; and after B's listening connection is killed
+    (pg_terminate_backend), B reconnects, wakes its waiters once, and later commands wake it again."""
+    db = pg_server.create_database()
+    a, b = (PostgreSQLBackend(pg_server.dsn(db), password_file=str(pg_server.password_file)) for _ in range(2))
+    await a.open()
+    await b.open()
+    try:
+        k = await a.create_key("agent", "a", 1.0)
+        sid, other = await source(a, k.secret_id, "m1"), await source(a, k.secret_id, "m2")
+        await a.create_task(task("t1", sid), unfinished_states=["created"])
+        await a.create_task(task("t2", other), unfinished_states=["created"])
+        waiter, quiet = b.command_waiter(sid), b.command_waiter("src-nobody")
+        await a.update_task("t1", expect_state="created", changes={"state": "starting"},
+                            command=NewCommand("start"), now=2.0)
+        assert await waiter.wait(20) is True, "B's poll is woken by A's command, well before its timeout"
+        await a.update_task("t2", expect_state="created", changes={"state": "starting"},
+                            command=NewCommand("start"), now=2.0)
+        waiter = b.command_waiter(sid)
+        await a.update_task("t1", expect_state="starting", changes={"state": "running"}, now=3.0)  # no command
+        assert await waiter.wait(0.3) is False and await quiet.wait(0) is False
+
+        pid = b.listener_pid
+        assert pid is not None
+        waiter = b.command_waiter(sid)  # held across the loss: woken once B listens again
+        assert await a._p().fetchval("SELECT pg_terminate_backend($1)", pid) is True
+        assert await waiter.wait(20) is True
+        assert b.listener_reconnects == 1 and b.listener_pid not in (None, pid)
+        waiter = b.command_waiter(sid)
+        await a.update_task("t1", expect_state="running", changes={"state": "stopping"},
+                            command=NewCommand("stop"), now=4.0)
+        assert await waiter.wait(20) is True, "a command queued after the reconnect wakes B at once"
     finally:
         await a.close()
         await b.close()
