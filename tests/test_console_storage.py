@@ -573,3 +573,46 @@ def test_postgresql_config_hands_its_options_to_the_backend():
     store = create_storage(cfg.storage.backend, **cfg.storage.backend_options())
     assert isinstance(store.backend, PostgreSQLBackend) and store.backend.dsn == "postgresql://migrate@db/migrate"
     assert cfg.storage.describe() == "postgresql postgresql://migrate@db/migrate"
+
+
+async def test_two_stores_on_one_database_start_each_due_task_exactly_once(backend_name, tmp_path):
+    """Scheduled starts with two console processes on one database: two schedulers, each on its
+    own storage object, claim the same due tasks at once; every task is started by exactly one of
+    them, with one start command. A claim of a task that is no longer scheduled (started, failed
+    and waiting for a person) does nothing."""
+    from migrated.console.scheduler import Scheduler
+    from migrated.console.service import ConsoleService
+
+    a, b = open_again(backend_name, tmp_path), open_again(backend_name, tmp_path)
+    await a.open()
+    await b.open()
+    try:
+        k = await a.create_key("agent", "a", 1.0)
+        tids = []
+        for i in range(6):
+            sid = await source(a, k.secret_id, f"m{i}")
+            await a.create_task(task(f"t{i}", sid), unfinished_states=["created"])
+            await a.update_task(f"t{i}", expect_state="created", changes={"state": "scheduled", "scheduled_at": 5.0},
+                                now=2.0)
+            tids.append(f"t{i}")
+        cfg = parse_config(None)
+        sa, sb = (Scheduler(ConsoleService(s, cfg, clock=lambda: 10.0)) for s in (a, b))
+        for _round in range(3):  # ticking together again finds nothing left to start
+            got_a, got_b = await asyncio.gather(sa.run_once(), sb.run_once())
+            assert not set(got_a) & set(got_b), "no task started by both"
+            if _round == 0:
+                assert sorted(got_a + got_b) == tids
+            else:
+                assert got_a == got_b == []
+        for tid in tids:
+            cmds = await b.list_commands(tid)
+            assert [c.action for c in cmds] == ["start"], tid
+            assert (await b.get_task(tid)).state == "starting"
+        # a stale due record: the task started, then failed; the scheduler must not start it again
+        stale = await a.get_task("t0")
+        await a.update_task("t0", expect_state="starting", changes={"state": "failed"}, now=11.0)
+        assert await sb.claim(replace(stale, state="scheduled")) is None
+        assert (await a.get_task("t0")).state == "failed" and len(await a.list_commands("t0")) == 1
+    finally:
+        await a.close()
+        await b.close()
