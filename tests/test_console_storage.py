@@ -7,7 +7,9 @@ backend's own part. A new backend adds its name to ``BACKENDS`` and its options 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
@@ -467,14 +469,24 @@ async def test_postgresql_bad_dsn_unreachable_server_and_password_errors_name_th
         await store.close()
 
 
-async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg_server):  # noqa: F811
-    """Two pools on one database (two console processes) never both win a compare-and-set nor
-    both take one command."""
-    db = pg_server.create_database()
-    a, b = (PostgreSQLBackend(pg_server.dsn(db), password_file=str(pg_server.password_file)) for _ in range(2))
+@contextlib.asynccontextmanager
+async def two_pg_backends(server: PgServer) -> AsyncIterator[tuple[PostgreSQLBackend, PostgreSQLBackend]]:
+    """Two backends (two console processes' pools) open on one new database."""
+    db = server.create_database()
+    a, b = (PostgreSQLBackend(server.dsn(db), password_file=str(server.password_file)) for _ in range(2))
     await a.open()
     await b.open()
     try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg_server):  # noqa: F811
+    """Two pools on one database (two console processes) never both win a compare-and-set nor
+    both take one command."""
+    async with two_pg_backends(pg_server) as (a, b):
         k = await a.create_key("agent", "a", 1.0)
         sid = await source(a, k.secret_id)
         await a.create_task(task("t1", sid), unfinished_states=["created"])
@@ -486,20 +498,13 @@ async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg
         assert all(isinstance(r, StorageConflict) for r in results if isinstance(r, BaseException))
         got = await asyncio.gather(*(s.take_commands(sid, now=3.0, visibility_seconds=30) for s in (a, b)))
         assert sorted(len(cmds) for cmds, _ in got) == [0, 1]
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_postgresql_a_command_queued_through_one_backend_wakes_the_polls_of_another(pg_server):  # noqa: F811
     """LISTEN/NOTIFY: a waiter of process B is woken by a command queued through process A; a
     command for another source wakes it not; and after B's listening connection is killed
     (pg_terminate_backend), B reconnects, wakes its waiters once, and later commands wake it again."""
-    db = pg_server.create_database()
-    a, b = (PostgreSQLBackend(pg_server.dsn(db), password_file=str(pg_server.password_file)) for _ in range(2))
-    await a.open()
-    await b.open()
-    try:
+    async with two_pg_backends(pg_server) as (a, b):
         k = await a.create_key("agent", "a", 1.0)
         sid, other = await source(a, k.secret_id, "m1"), await source(a, k.secret_id, "m2")
         await a.create_task(task("t1", sid), unfinished_states=["created"])
@@ -524,9 +529,6 @@ async def test_postgresql_a_command_queued_through_one_backend_wakes_the_polls_o
         await a.update_task("t1", expect_state="running", changes={"state": "stopping"},
                             command=NewCommand("stop"), now=4.0)
         assert await waiter.wait(20) is True, "a command queued after the reconnect wakes B at once"
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_postgresql_a_write_whose_caller_is_cancelled_still_lands_and_wakes(pg_server):  # noqa: F811
