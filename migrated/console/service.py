@@ -577,16 +577,6 @@ class ConsoleService:
         """Continuous tasks in ``syncing``: the agent cuts over after the round in progress."""
         return await self._act(p.TaskId, Action.CUTOVER, by=caller.key.name or caller.secret_id)
 
-    async def start_scheduled(self, task_id: str) -> dict[str, Any] | None:
-        """The scheduler's start: None when the task is no longer scheduled (started, deleted)."""
-        t = await self.storage.get_task(task_id)
-        if t is None or t.state != TaskState.SCHEDULED.value:
-            return None
-        try:
-            return await self._act(task_id, Action.START, by="scheduler")
-        except MigratedError:
-            return None
-
     async def modify_task_bandwidth(self, caller: Principal, p: P.ModifyTaskBandwidth) -> dict[str, Any]:
         for _attempt in range(5):
             t = await self._task(p.TaskId)
