@@ -71,7 +71,6 @@ from migrated.errors import (
     IllegalStateTransition,
     InvalidParameter,
     InvalidParameterValue,
-    MigratedError,
     MissingParameter,
     Refused,
     ResourceInUse,
