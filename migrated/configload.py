@@ -97,11 +97,11 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 
 
 def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, pos: _Positions, dups: list[Issue],
-          inside: frozenset[int] = frozenset()) -> None:
+          walked: set[int]) -> None:
     pos.values[loc] = _mark(node)
-    if id(node) in inside:  # an alias of a node that contains it (&a [*a]): nothing more to locate
+    if id(node) in walked:  # an alias (&a [*a], or a "billion laughs" bomb): located once, at its anchor
         return
-    inside = inside | {id(node)}
+    walked.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, tuple[int, int]] = {}
         for knode, vnode in node.value:
@@ -115,10 +115,10 @@ def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, pos: _Positions, d
                 dups.append(Issue(_path((*loc, key)), f"duplicate key (first at line {seen[key][0]})", line, col))
             seen[key] = _mark(knode)
             pos.keys[(*loc, key)] = _mark(knode)
-            _walk(loader, vnode, (*loc, key), pos, dups, inside)
+            _walk(loader, vnode, (*loc, key), pos, dups, walked)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(loader, item, (*loc, i), pos, dups, inside)
+            _walk(loader, item, (*loc, i), pos, dups, walked)
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, _Positions, list[Issue]]:
@@ -130,7 +130,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, _Positions, list[Issue]]:
         node = loader.get_single_node()
         if node is None:
             return None, pos, dups
-        _walk(loader, node, (), pos, dups)
+        _walk(loader, node, (), pos, dups, set())
         data = loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

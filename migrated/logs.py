@@ -22,6 +22,7 @@ import re
 import socket
 import struct
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,6 +105,9 @@ def _route_stdlib_logging(level: int, *, one_line: bool) -> None:
     # WARNING at least, as Python's last-resort handler had it: no aiohttp access or asyncssh info lines
     root.setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)
+    # asyncssh's import-time "DSA is deprecated" warnings (cryptography) are about asyncssh, not about
+    # anything an operator can change: without this every `migrated sync` began with three tracebacks
+    warnings.filterwarnings("ignore", message="DSA is deprecated", module=r"asyncssh\.")
     sys.excepthook = _uncaught if one_line else sys.__excepthook__
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,14 @@ def test_a_recursive_alias_does_not_hang_the_loader() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("disks: &a [*a]\n", "m.yaml")
     assert "m.yaml: line 1, column 8: disks[0]: must be a string" in str(info.value)
+
+
+def test_a_billion_laughs_alias_bomb_is_refused_at_once() -> None:
+    # 9**8 paths through eight anchors: the position walk visited each (minutes); it locates a node once
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        parse_config("\n".join(lines) + "\n", "bomb.yaml")
+    assert "bomb.yaml: line 8, column 1: a7: unknown key" in str(info.value)
+    assert time.monotonic() - start < 30  # was ~minutes; a generous bound, not a timing window

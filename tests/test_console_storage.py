@@ -7,7 +7,9 @@ backend's own part. A new backend adds its name to ``BACKENDS`` and its options 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
@@ -467,14 +469,24 @@ async def test_postgresql_bad_dsn_unreachable_server_and_password_errors_name_th
         await store.close()
 
 
-async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg_server):  # noqa: F811
-    """Not several console processes yet (no LISTEN/NOTIFY): but two pools on one database never
-    both win a compare-and-set nor both take one command."""
-    db = pg_server.create_database()
-    a, b = (PostgreSQLBackend(pg_server.dsn(db), password_file=str(pg_server.password_file)) for _ in range(2))
+@contextlib.asynccontextmanager
+async def two_pg_backends(server: PgServer) -> AsyncIterator[tuple[PostgreSQLBackend, PostgreSQLBackend]]:
+    """Two backends (two console processes' pools) open on one new database."""
+    db = server.create_database()
+    a, b = (PostgreSQLBackend(server.dsn(db), password_file=str(server.password_file)) for _ in range(2))
     await a.open()
     await b.open()
     try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg_server):  # noqa: F811
+    """Two pools on one database (two console processes) never both win a compare-and-set nor
+    both take one command."""
+    async with two_pg_backends(pg_server) as (a, b):
         k = await a.create_key("agent", "a", 1.0)
         sid = await source(a, k.secret_id)
         await a.create_task(task("t1", sid), unfinished_states=["created"])
@@ -486,9 +498,37 @@ async def test_postgresql_two_backends_on_one_database_share_commands_and_cas(pg
         assert all(isinstance(r, StorageConflict) for r in results if isinstance(r, BaseException))
         got = await asyncio.gather(*(s.take_commands(sid, now=3.0, visibility_seconds=30) for s in (a, b)))
         assert sorted(len(cmds) for cmds, _ in got) == [0, 1]
-    finally:
-        await a.close()
-        await b.close()
+
+
+async def test_postgresql_a_command_queued_through_one_backend_wakes_the_polls_of_another(pg_server):  # noqa: F811
+    """LISTEN/NOTIFY: a waiter of process B is woken by a command queued through process A; a
+    command for another source wakes it not; and after B's listening connection is killed
+    (pg_terminate_backend), B reconnects, wakes its waiters once, and later commands wake it again."""
+    async with two_pg_backends(pg_server) as (a, b):
+        k = await a.create_key("agent", "a", 1.0)
+        sid, other = await source(a, k.secret_id, "m1"), await source(a, k.secret_id, "m2")
+        await a.create_task(task("t1", sid), unfinished_states=["created"])
+        await a.create_task(task("t2", other), unfinished_states=["created"])
+        waiter, quiet = b.command_waiter(sid), b.command_waiter("src-nobody")
+        await a.update_task("t1", expect_state="created", changes={"state": "starting"},
+                            command=NewCommand("start"), now=2.0)
+        assert await waiter.wait(20) is True, "B's poll is woken by A's command, well before its timeout"
+        await a.update_task("t2", expect_state="created", changes={"state": "starting"},
+                            command=NewCommand("start"), now=2.0)
+        waiter = b.command_waiter(sid)
+        await a.update_task("t1", expect_state="starting", changes={"state": "running"}, now=3.0)  # no command
+        assert await waiter.wait(0.3) is False and await quiet.wait(0) is False
+
+        pid = b.listener_pid
+        assert pid is not None
+        waiter = b.command_waiter(sid)  # held across the loss: woken once B listens again
+        assert await a._p().fetchval("SELECT pg_terminate_backend($1)", pid) is True
+        assert await waiter.wait(20) is True
+        assert b.listener_reconnects == 1 and b.listener_pid not in (None, pid)
+        waiter = b.command_waiter(sid)
+        await a.update_task("t1", expect_state="running", changes={"state": "stopping"},
+                            command=NewCommand("stop"), now=4.0)
+        assert await waiter.wait(20) is True, "a command queued after the reconnect wakes B at once"
 
 
 async def test_postgresql_a_write_whose_caller_is_cancelled_still_lands_and_wakes(pg_server):  # noqa: F811
@@ -535,3 +575,46 @@ def test_postgresql_config_hands_its_options_to_the_backend():
     store = create_storage(cfg.storage.backend, **cfg.storage.backend_options())
     assert isinstance(store.backend, PostgreSQLBackend) and store.backend.dsn == "postgresql://migrate@db/migrate"
     assert cfg.storage.describe() == "postgresql postgresql://migrate@db/migrate"
+
+
+async def test_two_stores_on_one_database_start_each_due_task_exactly_once(backend_name, tmp_path):
+    """Scheduled starts with two console processes on one database: two schedulers, each on its
+    own storage object, claim the same due tasks at once; every task is started by exactly one of
+    them, with one start command. A claim of a task that is no longer scheduled (started, failed
+    and waiting for a person) does nothing."""
+    from migrated.console.scheduler import Scheduler
+    from migrated.console.service import ConsoleService
+
+    a, b = open_again(backend_name, tmp_path), open_again(backend_name, tmp_path)
+    await a.open()
+    await b.open()
+    try:
+        k = await a.create_key("agent", "a", 1.0)
+        tids = []
+        for i in range(6):
+            sid = await source(a, k.secret_id, f"m{i}")
+            await a.create_task(task(f"t{i}", sid), unfinished_states=["created"])
+            await a.update_task(f"t{i}", expect_state="created", changes={"state": "scheduled", "scheduled_at": 5.0},
+                                now=2.0)
+            tids.append(f"t{i}")
+        cfg = parse_config(None)
+        sa, sb = (Scheduler(ConsoleService(s, cfg, clock=lambda: 10.0)) for s in (a, b))
+        for _round in range(3):  # ticking together again finds nothing left to start
+            got_a, got_b = await asyncio.gather(sa.run_once(), sb.run_once())
+            assert not set(got_a) & set(got_b), "no task started by both"
+            if _round == 0:
+                assert sorted(got_a + got_b) == tids
+            else:
+                assert got_a == got_b == []
+        for tid in tids:
+            cmds = await b.list_commands(tid)
+            assert [c.action for c in cmds] == ["start"], tid
+            assert (await b.get_task(tid)).state == "starting"
+        # a stale due record: the task started, then failed; the scheduler must not start it again
+        stale = await a.get_task("t0")
+        await a.update_task("t0", expect_state="starting", changes={"state": "failed"}, now=11.0)
+        assert await sb.claim(replace(stale, state="scheduled")) is None
+        assert (await a.get_task("t0")).state == "failed" and len(await a.list_commands("t0")) == 1
+    finally:
+        await a.close()
+        await b.close()

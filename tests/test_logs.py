@@ -67,3 +67,13 @@ def test_a_warning_and_an_uncaught_exception_are_one_json_line_each(tmp_path) ->
     assert warned["logger"] == "py.warnings" and "over two lines" in warned["event"]
     assert crashed["event"] == "uncaught exception" and "RuntimeError: boom" in crashed["exception"]
     assert "planted" not in r.stderr
+
+
+def test_a_failed_sync_writes_its_error_and_no_library_warnings(tmp_path) -> None:
+    # asyncssh's import warned "DSA is deprecated" three times, each two lines, before every error
+    from tests.conftest import cli
+    proc = subprocess.run([*cli("migrated"), "--log-format", "console", "sync", str(tmp_path / "missing.img"),
+                           "127.0.0.1:/x"], capture_output=True, text=True, env=repo_env(), timeout=60)
+    assert proc.returncode == 6
+    assert "DSA" not in proc.stderr and "py.warnings" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"migrated: source {tmp_path / 'missing.img'} does not exist"]

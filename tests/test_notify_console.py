@@ -73,3 +73,9 @@ def test_check_config(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert f"storage.path: {tmp_path / 'afile'} is not a directory" in r.stderr
+    # root may "access" /proc, yet nothing can be created there: check-config must say so, as serve would fail
+    db = write_config(tmp_path, Path("/proc/nope/console.db"))
+    r = subprocess.run([*cli("migrate-console"), "check-config", "--config", str(db)], env=repo_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "storage.path: cannot create files in /proc, so /proc/nope/console.db cannot be created" in r.stderr

@@ -36,6 +36,7 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,14 @@ def _check_storage_path(db: Path) -> None:
     for p in (existing, db) if db.exists() else (existing,):
         if not os.access(p, os.W_OK):
             raise ConfigError(f"{p} is not writable by this user (uid {os.getuid()})", path="storage.path")
+    # access() says yes to root almost everywhere (/proc, a read-only mount): create a file to be sure
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".check-config-", dir=existing)
+    except OSError as e:
+        raise ConfigError(f"cannot create files in {existing}, so {db} cannot be created: {e.strerror}",
+                          path="storage.path") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _ssl_context(cfg: Any) -> ssl.SSLContext | None:

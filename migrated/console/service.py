@@ -71,7 +71,6 @@ from migrated.errors import (
     IllegalStateTransition,
     InvalidParameter,
     InvalidParameterValue,
-    MigratedError,
     MissingParameter,
     Refused,
     ResourceInUse,
@@ -576,16 +575,6 @@ class ConsoleService:
     async def cutover_task(self, caller: Principal, p: P.CutoverTask) -> dict[str, Any]:
         """Continuous tasks in ``syncing``: the agent cuts over after the round in progress."""
         return await self._act(p.TaskId, Action.CUTOVER, by=caller.key.name or caller.secret_id)
-
-    async def start_scheduled(self, task_id: str) -> dict[str, Any] | None:
-        """The scheduler's start: None when the task is no longer scheduled (started, deleted)."""
-        t = await self.storage.get_task(task_id)
-        if t is None or t.state != TaskState.SCHEDULED.value:
-            return None
-        try:
-            return await self._act(task_id, Action.START, by="scheduler")
-        except MigratedError:
-            return None
 
     async def modify_task_bandwidth(self, caller: Principal, p: P.ModifyTaskBandwidth) -> dict[str, Any]:
         for _attempt in range(5):

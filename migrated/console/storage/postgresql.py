@@ -15,8 +15,17 @@ lost in a crash only means an early redelivery, which the contract allows; acks 
 
 Every write runs to its end in a task of its own, shielded from the caller: a request cancelled
 (client gone) after the commit still wakes the source's long-polls, as the storage thread does in
-``sqlite.py``. The long-poll wake-up is ``wakeup.LocalWakeups``, in this process only: several
-console processes on one database (LISTEN/NOTIFY) are not done yet (docs/design.md).
+``sqlite.py``.
+
+Several console processes on one database: the long-poll wake-up crosses processes with
+``LISTEN/NOTIFY``. :meth:`update_task` that queues a command also runs ``pg_notify`` on
+:data:`NOTIFY_CHANNEL` with the source ID as payload *in the same transaction* (PostgreSQL
+delivers it at commit, never for a rolled-back one). Each process holds one dedicated connection
+(not from the pool) that ``LISTEN``s; a notification sets ``wakeup.LocalWakeups`` for that source,
+as a local commit does. That connection is watched (asyncpg's termination callback, and a
+``SELECT 1`` every ``listen_check_seconds``); when it is lost it is reopened with backoff
+(``aio/retry.py``), and once it listens again every waiter of this process is woken once, so a
+command queued during the gap is found at once rather than at the poll's timeout.
 
 The schema is versioned: ``schema_version`` holds the version, :data:`MIGRATIONS` the numbered
 steps, applied in one transaction at :meth:`open` under an advisory lock (two processes starting
@@ -26,8 +35,10 @@ together upgrade once). A database on a newer schema than this console knows is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -35,7 +46,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
+from migrated.aio.retry import Retry
 from migrated.errors import ConfigError
+from migrated.model.backoff import Backoff
 from migrated.model.states import TaskState
 
 from .interface import (
@@ -60,6 +75,13 @@ from .sqlite import _TASK_COLUMNS, _command_from_row, _disks_json, _source_from_
 from .wakeup import LocalWakeups
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
+
+# LISTEN/NOTIFY: the channel a queued command is announced on (payload: the source ID), and the
+# application_name of each process's listening connection (pg_stat_activity shows it)
+NOTIFY_CHANNEL = "migrated_commands"
+LISTENER_APPLICATION_NAME = "migrate-console listen"
 
 _SCHEDULED = TaskState.SCHEDULED.value
 
@@ -179,7 +201,7 @@ class PostgreSQLBackend(Storage):
     """
 
     def __init__(self, dsn: str, *, password_file: str = "", password_credential: str = "",
-                 pool_size: int = 10, connect_timeout: float = 10.0) -> None:
+                 pool_size: int = 10, connect_timeout: float = 10.0, listen_check_seconds: float = 10.0) -> None:
         if dsn_has_password(dsn):
             raise ConfigError("has a password in it; put the password in password_file instead", path="storage.dsn")
         self.dsn = dsn
@@ -189,6 +211,11 @@ class PostgreSQLBackend(Storage):
         self._connect_timeout = connect_timeout
         self._pool: Any = None  # asyncpg.Pool
         self._wakeups = LocalWakeups()
+        self._listen_check_seconds = listen_check_seconds
+        self._listener: Any = None  # the asyncpg.Connection that LISTENs
+        self._listener_lost = asyncio.Event()
+        self._listening: asyncio.Task[None] | None = None
+        self.listener_reconnects = 0  # how often the listening connection was reopened
         self._writes: set[asyncio.Task[Any]] = set()
         self.observe_write: Callable[[float], None] | None = None
         self.schema_version = 0
@@ -196,7 +223,8 @@ class PostgreSQLBackend(Storage):
 
     # -- plumbing
 
-    async def _connecting(self, connect: Callable[..., Awaitable[T]], **kw: Any) -> T:
+    async def _connecting(self, connect: Callable[..., Awaitable[T]], *,
+                          application_name: str = "migrate-console", **kw: Any) -> T:
         """``connect(dsn, ...)`` (asyncpg's pool or connection) with the password, the settings
         every connection gets, and a failure as a ConfigError naming ``storage.dsn``."""
         import asyncpg  # the optional dependency: pip install 'migrated[postgresql]'
@@ -205,7 +233,7 @@ class PostgreSQLBackend(Storage):
         try:
             return await connect(
                 self.dsn, password=password, timeout=self._connect_timeout, command_timeout=60,
-                server_settings={"synchronous_commit": "on", "application_name": "migrate-console"}, **kw)
+                server_settings={"synchronous_commit": "on", "application_name": application_name}, **kw)
         except (TimeoutError, OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise ConfigError(f"cannot connect to PostgreSQL at {safe_dsn(self.dsn)}: "
                               f"{type(exc).__name__}: {exc}", path="storage.dsn") from None
@@ -221,10 +249,67 @@ class PostgreSQLBackend(Storage):
                 except asyncpg.PostgresError as exc:  # e.g. no CREATE privilege on the database
                     raise ConfigError(f"cannot set up the console's schema in {safe_dsn(self.dsn)}: "
                                       f"{type(exc).__name__}: {exc}", path="storage.dsn") from None
+            await self._listen()
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+        self._listening = asyncio.get_running_loop().create_task(self._keep_listening(), name="pg-listen")
+
+    # -- LISTEN/NOTIFY
+
+    async def _listen(self) -> None:
+        """Open the listening connection and LISTEN on it (ConfigError when it cannot connect)."""
+        import asyncpg
+
+        con = await self._connecting(asyncpg.connect, application_name=LISTENER_APPLICATION_NAME)
+        try:
+            lost = asyncio.Event()
+            con.add_termination_listener(lambda _con: lost.set())
+            await con.add_listener(NOTIFY_CHANNEL, self._notified)
+        except BaseException:
+            con.terminate()
+            raise
+        self._listener, self._listener_lost = con, lost
+
+    def _notified(self, _con: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._wakeups.notify(payload)
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The server process ID of the listening connection (None while it is down)."""
+        con = self._listener
+        return con.get_server_pid() if con is not None and not con.is_closed() else None
+
+    async def _listener_alive(self) -> bool:
+        """Wait up to ``listen_check_seconds`` for a loss; then ask the connection once."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._listen_check_seconds):
+                await self._listener_lost.wait()
+        if self._listener_lost.is_set() or self._listener.is_closed():
+            return False
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._listener.execute("SELECT 1")
+        except Exception:  # any failure of the check means: reconnect
+            return False
+        return True
+
+    async def _keep_listening(self) -> None:
+        retry = Retry(Backoff(initial=0.2, factor=2.0, cap=10.0, random=random.random))
+        while True:
+            if await self._listener_alive():
+                continue
+            log.warning("postgresql listening connection lost; reconnecting", dsn=safe_dsn(self.dsn))
+            old, self._listener = self._listener, None
+            old.terminate()
+            await retry.call(self._listen, retry_on=Exception,
+                             on_retry=lambda e, delay: log.warning("postgresql listen reconnect failed",
+                                                                   reason=str(e), retry_in=round(delay, 2)))
+            self.listener_reconnects += 1
+            log.info("postgresql listening connection back", dsn=safe_dsn(self.dsn))
+            # anything queued while nobody listened was announced to no one here: every poll looks again
+            self._wakeups.notify_all()
 
     async def check(self) -> int:
         """Connect once and read the schema version (0: no tables yet) without changing anything;
@@ -263,6 +348,17 @@ class PostgreSQLBackend(Storage):
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.close(), self._connect_timeout)
+            if not listener.is_closed():
+                listener.terminate()
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
         await pool.close()
@@ -502,6 +598,8 @@ class PostgreSQLBackend(Storage):
                     "VALUES ($1,$2,$3,$4,$5,$6)",
                     cmd.command_id, cmd.source_id, cmd.task_id, cmd.action, json.dumps(cmd.params), now,
                 )
+                # delivered to every LISTENing process at commit (and never if this rolls back)
+                await con.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, cmd.source_id)
             if event is not None:
                 await con.execute("INSERT INTO events(task_id, source_id, time, level, stage, message) "
                                   "VALUES ($1,$2,$3,$4,$5,$6)", task_id, cur.source_id, now, *event)
