@@ -73,6 +73,17 @@ def test_check_config(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert f"storage.path: {tmp_path / 'afile'} is not a directory" in r.stderr
+    # plain HTTP beyond loopback is allowed (a TLS proxy may be in front) but said
+    (tmp_path / "wide").mkdir()
+    wide = write_config(tmp_path / "wide", tmp_path / "console.db", listen={"host": "0.0.0.0", "port": 8930})
+    r = subprocess.run([*cli("migrate-console"), "check-config", "--config", str(wide)], env=repo_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "warning: listen.host 0.0.0.0 serves plain HTTP beyond this machine; set listen.tls" in r.stderr
+    loopback = write_config(tmp_path, tmp_path / "console.db")
+    r = subprocess.run([*cli("migrate-console"), "check-config", "--config", str(loopback)], env=repo_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "warning" not in r.stderr
     # root may "access" /proc, yet nothing can be created there: check-config must say so, as serve would fail
     db = write_config(tmp_path, Path("/proc/nope/console.db"))
     r = subprocess.run([*cli("migrate-console"), "check-config", "--config", str(db)], env=repo_env(),

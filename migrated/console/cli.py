@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import gc
 import getpass
+import ipaddress
 import json
 import os
 import signal
@@ -238,9 +239,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
         check_cloud(cfg.cloud)
     scheme = "https" if cfg.listen.tls is not None else "http"
+    if warning := plain_http_warning(cfg.listen.host, cfg.listen.tls is not None):
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK (listen {scheme}://{cfg.listen.host}:{cfg.listen.port}, {cfg.storage.describe()}"
           f"{schema})")
     return 0
+
+
+def plain_http_warning(host: str, tls: bool) -> str | None:
+    """A console serving plain HTTP beyond loopback sends admin keys' signatures and web logins in the
+    clear: legal (a TLS proxy may sit in front), worth a line."""
+    if tls:
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"listen.host {host} serves plain HTTP beyond this machine; set listen.tls, or put a TLS proxy "
+            "in front and listen on 127.0.0.1")
 
 
 async def _open_storage(cfg: Any, then: Any) -> Any:
@@ -339,6 +357,8 @@ async def _serve(cfg: Any) -> int:
         scheme = "https" if ssl_ctx else "http"
         print(f"migrate-console listening on {scheme}://{host}:{port}", flush=True)
         log.info("console listening", url=f"{scheme}://{host}:{port}", db=cfg.storage.describe())
+        if warning := plain_http_warning(cfg.listen.host, cfg.listen.tls is not None):
+            log.warning(warning)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
