@@ -79,3 +79,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = N
             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*cli("migrate-console"), *args], capture_output=True, text=True,
                           env=env or repo_env(), input=input, timeout=60)
+
+
+def local_admin_key(config: Path, save: Path) -> dict[str, Any]:
+    """``migrate-console keys create --local --role admin --save SAVE``: the admin credentials file it
+    wrote (endpoint, secret_id, secret_key), for a console that is not running yet."""
+    r = run_cli("keys", "create", "--local", "--config", str(config), "--role", "admin", "--name", "ops",
+                "--save", str(save))
+    assert r.returncode == 0, r.stderr
+    return yaml.safe_load(save.read_text())

@@ -9,11 +9,10 @@ import re
 
 import aiohttp
 import pytest
-import yaml
 
 from migrated.console.client import ConsoleClient
 from migrated.console.storage.postgresql import SCHEMA_VERSION
-from tests.console_proc import ConsoleProcess, run_cli, write_config
+from tests.console_proc import ConsoleProcess, local_admin_key, run_cli, write_config
 from tests.console_support import register, task_params
 from tests.pg import pg_server  # noqa: F401 - the session fixture
 
@@ -37,11 +36,7 @@ async def test_console_serves_agents_from_postgresql(pg_server, tmp_path):  # no
     assert f"schema version {SCHEMA_VERSION}, up to date" in r.stdout  # a new database is created at the newest
     r = run_cli("check-config", "--config", str(cfg))
     assert r.returncode == 0 and f"postgresql {pg_server.dsn(db)}, schema version {SCHEMA_VERSION})" in r.stdout
-    admin_file = tmp_path / "admin.yaml"
-    r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
-                "--save", str(admin_file))
-    assert r.returncode == 0, r.stderr
-    a = yaml.safe_load(admin_file.read_text())
+    a = local_admin_key(cfg, tmp_path / "admin.yaml")
     log = tmp_path / "console.log"
 
     first = ConsoleProcess(cfg, log).start()
@@ -124,11 +119,7 @@ async def test_two_console_processes_on_one_database_deliver_across_at_once(pg_s
     loop = asyncio.get_running_loop()
     db = pg_server.create_database()
     cfg = pg_config(tmp_path, pg_server, db)
-    admin_file = tmp_path / "admin.yaml"
-    r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
-                "--save", str(admin_file))
-    assert r.returncode == 0, r.stderr
-    a = yaml.safe_load(admin_file.read_text())
+    a = local_admin_key(cfg, tmp_path / "admin.yaml")
     proc_a = ConsoleProcess(cfg, tmp_path / "a.log").start()
     proc_b = None
     con = await asyncpg.connect(pg_server.dsn(db), password=pg_server.password)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from migrated.console.client import ConsoleClient
-from tests.console_proc import ConsoleProcess, run_cli, write_config
+from tests.console_proc import ConsoleProcess, local_admin_key, write_config
 from tests.console_support import register, task_params
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,13 +19,7 @@ async def test_kill9_restart_keeps_commands_and_schedules(tmp_path):
     db = tmp_path / "console.db"
     cfg = write_config(tmp_path, db, agents={"command_visibility_seconds": 1.0},
                        scheduler={"min_lead_seconds": 1, "tick_seconds": 0.2})
-    admin_file = tmp_path / "admin.yaml"
-    r = run_cli("keys", "create", "--local", "--config", str(cfg), "--role", "admin", "--name", "ops",
-                "--save", str(admin_file))
-    assert r.returncode == 0, r.stderr
-    import yaml
-
-    a = yaml.safe_load(admin_file.read_text())
+    a = local_admin_key(cfg, tmp_path / "admin.yaml")
     log = tmp_path / "console.log"
 
     first = ConsoleProcess(cfg, log).start()
