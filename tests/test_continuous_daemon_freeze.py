@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -156,22 +157,32 @@ def test_daemon_cutover_freezes_a_busy_ext4_holding_its_state_dir(busy: Busy, tm
     check_target(b, rec.record, tmp_path)
 
 
-def staging_dirs(pid: int) -> list[Path]:
-    """The tmpfs dirs where process ``pid`` staged the state dir during a freeze (StagedDir)."""
-    bases = {os.environ.get("XDG_RUNTIME_DIR") or "/run", "/run", "/dev/shm", tempfile.gettempdir()}
-    return [d for b in bases for d in Path(b).glob(f"migrated-final-{pid}-*")]
+def staging_dirs(pid: int, base: Path) -> list[Path]:
+    """The tmpfs dirs where process ``pid`` staged the state dir during a freeze (StagedDir) in ``base``."""
+    return list(base.glob(f"migrated-final-{pid}-*"))
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    """A private $XDG_RUNTIME_DIR (tmpfs) for the daemon's staging dir: any agent's cutover sweeps dead
+    agents' staging dirs from its own base, so another test's daemon must not share this one's."""
+    d = Path(tempfile.mkdtemp(prefix="migrated-test-xdg-", dir="/dev/shm"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @loop_test
 @pytest.mark.parametrize("how", ["kill9", "sigterm"])
 def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy: Busy, tmp_path: Path,
-                                                                          how: str) -> None:
+                                                                          how: str, runtime_dir: Path) -> None:
     """kill -9 of the daemon's process group (a crash, the OOM killer) or SIGTERM (systemctl stop,
     an upgrade) while the source is frozen: thawed at once, and the restart finishes the cutover."""
     b, w = busy, busy.w
     # a budget far past anything the test waits for: a thaw seen here is not the budget's
     task_id = start_rounds(b, how, FreezeBudgetSeconds=600)
-    daemon = w.daemon()
+    daemon = w.daemon(XDG_RUNTIME_DIR=str(runtime_dir))
     rec: FrozenRecorder | None = None
     try:
         w.wait_daemon_online()
@@ -211,12 +222,12 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
         assert json.loads((b.state / "task.json").read_text())["state"] == "verifying"
 
         # the daemon's state dir was staged in tmpfs for the freeze; a killed daemon left it there
-        assert bool(staging_dirs(killed)) is (how == "kill9")
+        assert bool(staging_dirs(killed, runtime_dir)) is (how == "kill9")
 
         # restarted: it resumes the task and finishes the cutover that was asked for
         rec = FrozenRecorder(b.writer.pid, b.fs.mountpoint)
         rec.start()
-        daemon = w.daemon()
+        daemon = w.daemon(XDG_RUNTIME_DIR=str(runtime_dir))
         wait_for(lambda: ctl_status(w.socket, allow_down=True).get("task"), "the restarted daemon's socket")
         r = w.ctl("bandwidth", "0")  # the fast link again, for the final pass after the restart
         assert r.returncode == 0, r.stderr
@@ -236,7 +247,7 @@ def test_daemon_stopped_during_the_freeze_thaws_then_the_restart_cuts_over(busy:
         assert rec.freezes_seen == 1
         evs = w.events(task_id)
         assert any(m.startswith("cutover done: downtime") for m in evs), evs
-        assert staging_dirs(killed) == []  # the next cutover swept a dead daemon's copy away
+        assert staging_dirs(killed, runtime_dir) == []  # the next cutover swept a dead daemon's copy away
     finally:
         if rec is not None:
             rec.done.set()
